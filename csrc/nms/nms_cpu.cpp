@@ -1,0 +1,171 @@
+// NMS on the CPU: a greedy pass in score order in which each kept box only looks at
+// the boxes whose x-interval can overlap its own. Boxes are laid out sorted by
+// (class, x1); a box of width at most max_w that overlaps [x1, x2) has its x1 in
+// (x1 - max_w, x2), a window found by binary search. On sparse boxes the window is a
+// small fraction of N, where torchvision's loop compares every later box.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "nms/nms.h"
+
+namespace rfe {
+namespace {
+
+void check_finite(const at::Tensor& t, const char* op_name, const char* arg) {
+  TORCH_CHECK(at::isfinite(t).all().item<bool>(), op_name, ": ", arg,
+              " contains NaN or inf; NMS needs finite values");
+}
+
+// Boxes in sweep order, structure of arrays so that the window scan vectorises.
+template <typename scalar_t>
+struct SweepBoxes {
+  std::vector<scalar_t> x1, y1, x2, y2, area;
+  std::vector<int32_t> rank;        // position in score order (0 = highest score)
+  std::vector<int64_t> position;    // sweep position of box i (original index)
+  std::vector<int64_t> run_begin;   // per sweep position: the range of its class
+  std::vector<int64_t> run_end;
+  std::vector<double> run_max_width;  // per sweep position: widest box of its class
+};
+
+// Marks removed every box q in [begin, end) ranked after `rank` whose IoU with box p
+// exceeds the threshold. Branch-free so that the compiler vectorises it.
+template <typename scalar_t>
+void suppress_window(const SweepBoxes<scalar_t>& s, int64_t p, int32_t rank, scalar_t threshold,
+                     int64_t begin, int64_t end, uint8_t* __restrict removed) {
+  const scalar_t x1 = s.x1[p], y1 = s.y1[p], x2 = s.x2[p], y2 = s.y2[p], area = s.area[p];
+  const scalar_t* __restrict qx1 = s.x1.data();
+  const scalar_t* __restrict qy1 = s.y1.data();
+  const scalar_t* __restrict qx2 = s.x2.data();
+  const scalar_t* __restrict qy2 = s.y2.data();
+  const scalar_t* __restrict qarea = s.area.data();
+  const int32_t* __restrict qrank = s.rank.data();
+  for (int64_t q = begin; q < end; ++q) {
+    const scalar_t iou = box_iou(x1, y1, x2, y2, area, qx1[q], qy1[q], qx2[q], qy2[q], qarea[q]);
+    removed[q] |= static_cast<uint8_t>((qrank[q] > rank) & (iou > threshold));
+  }
+}
+
+template <typename scalar_t>
+SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
+                                const int64_t* order, int64_t n) {
+  std::vector<int64_t> by_x(n);
+  std::iota(by_x.begin(), by_x.end(), 0);
+  auto class_of = [&](int64_t i) { return classes ? classes[i] : int64_t(0); };
+  std::sort(by_x.begin(), by_x.end(), [&](int64_t a, int64_t b) {
+    const int64_t ca = class_of(a), cb = class_of(b);
+    return ca != cb ? ca < cb : boxes[4 * a] < boxes[4 * b];
+  });
+
+  SweepBoxes<scalar_t> s;
+  for (auto* v : {&s.x1, &s.y1, &s.x2, &s.y2, &s.area}) v->resize(n);
+  s.rank.resize(n);
+  s.position.resize(n);
+  s.run_begin.resize(n);
+  s.run_end.resize(n);
+  s.run_max_width.resize(n);
+  for (int64_t p = 0; p < n; ++p) {
+    const scalar_t* b = boxes + 4 * by_x[p];
+    s.x1[p] = b[0];
+    s.y1[p] = b[1];
+    s.x2[p] = b[2];
+    s.y2[p] = b[3];
+    s.area[p] = box_area(b[0], b[1], b[2], b[3]);
+    s.position[by_x[p]] = p;
+  }
+  for (int64_t r = 0; r < n; ++r) s.rank[s.position[order[r]]] = static_cast<int32_t>(r);
+  for (int64_t begin = 0; begin < n;) {
+    int64_t end = begin;
+    double max_width = 0.0;
+    while (end < n && class_of(by_x[end]) == class_of(by_x[begin])) {
+      max_width = std::max(max_width, double(s.x2[end]) - double(s.x1[end]));
+      ++end;
+    }
+    for (int64_t p = begin; p < end; ++p) {
+      s.run_begin[p] = begin;
+      s.run_end[p] = end;
+      s.run_max_width[p] = max_width;
+    }
+    begin = end;
+  }
+  return s;
+}
+
+template <typename scalar_t>
+at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
+                      const at::Tensor& idxs_in, double iou_threshold, const char* op_name) {
+  const int64_t n = boxes_in.size(0);
+  const at::Tensor boxes = boxes_in.contiguous();
+  const at::Tensor idxs = idxs_in.defined() ? idxs_in.contiguous() : idxs_in;
+  const at::Tensor order =
+      std::get<1>(scores_in.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
+  const SweepBoxes<scalar_t> s =
+      make_sweep(boxes.data_ptr<scalar_t>(), idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
+                 order.data_ptr<int64_t>(), n);
+  const scalar_t threshold = threshold_as<scalar_t>(iou_threshold);
+  const int64_t* order_ptr = order.data_ptr<int64_t>();
+
+  std::vector<uint8_t> removed(n, 0);
+  std::vector<int64_t> keep;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = order_ptr[r];
+    const int64_t p = s.position[i];
+    if (removed[p]) continue;
+    keep.push_back(i);
+
+    const scalar_t x1 = s.x1[p], x2 = s.x2[p];
+    // A generous margin: the window is only a prefilter, the IoU test decides.
+    const double width = s.run_max_width[p];
+    const double reach = double(x1) - width - 1e-6 * (std::abs(double(x1)) + width) - 1e-30;
+    const scalar_t* run_x1 = s.x1.data();
+    const int64_t lo = std::lower_bound(run_x1 + s.run_begin[p], run_x1 + s.run_end[p], reach,
+                                        [](scalar_t v, double t) { return double(v) < t; }) -
+                       run_x1;
+    // Boxes with x1 >= x2 of this one cannot overlap it (exactly, in floating point too).
+    const int64_t hi = std::lower_bound(run_x1 + lo, run_x1 + s.run_end[p], x2) - run_x1;
+
+    uint8_t* removed_ptr = removed.data();
+    at::parallel_for(lo, hi, 16384, [&](int64_t begin, int64_t end) {
+      suppress_window(s, p, static_cast<int32_t>(r), threshold, begin, end, removed_ptr);
+    });
+  }
+  return at::from_blob(keep.data(), {static_cast<int64_t>(keep.size())}, at::kLong).clone();
+}
+
+at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                        double iou_threshold, const char* op_name) {
+  check_nms_args(boxes, scores, idxs, iou_threshold, op_name);
+  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble, op_name,
+              ": boxes on the CPU must be float32 or float64, got ", boxes.scalar_type());
+  TORCH_CHECK(boxes.size(0) < std::numeric_limits<int32_t>::max(), op_name,
+              ": at most 2^31 - 2 boxes, got ", boxes.size(0));
+  if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  check_finite(boxes, op_name, "boxes");
+  check_finite(scores, op_name, "scores");
+  return AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
+    return nms_kernel<scalar_t>(boxes, scores, idxs, iou_threshold, op_name);
+  });
+}
+
+}  // namespace
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  return nms_dispatch(boxes, scores, at::Tensor(), iou_threshold, "nms");
+}
+
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                           const at::Tensor& idxs, double iou_threshold) {
+  TORCH_CHECK(idxs.defined(), "batched_nms: idxs is required");
+  return nms_dispatch(boxes, scores, idxs, iou_threshold, "batched_nms");
+}
+
+TORCH_LIBRARY_IMPL(retinaface_ext, CPU, m) {
+  m.impl("nms", &nms_cpu);
+  m.impl("batched_nms", &batched_nms_cpu);
+}
+
+}  // namespace rfe

@@ -1,0 +1,15 @@
+// Every op schema of retinaface_ext, in one place. The kernels register their
+// implementations with TORCH_LIBRARY_IMPL in their own files.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(retinaface_ext, m) {
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+}
+
+// _C is imported as a Python module only so that loading it runs the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

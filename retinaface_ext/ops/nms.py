@@ -1,0 +1,74 @@
+"""Non-maximum suppression with torchvision's semantics, on our CPU and CUDA kernels."""
+
+import torch
+
+from .. import _extension
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression.
+
+    Args:
+        boxes: ``[N, 4]`` as x1, y1, x2, y2. A degenerate box (x2 < x1 or y2 < y1) has
+            zero area. float32/float64 on the CPU; float16/bfloat16/float32/float64 on
+            CUDA (IoU computed in float32, float64 for float64).
+        scores: ``[N]``, same dtype and device as ``boxes``.
+        iou_threshold: a box is dropped when its IoU with a kept box is strictly
+            greater than this (>= 0).
+
+    Returns:
+        int64 ``[K]``: indices of the kept boxes in decreasing score order; equal scores
+        keep the lower index first. NaN or inf in the inputs raises an error.
+    """
+    _extension.require()
+    return torch.ops.retinaface_ext.nms(boxes, scores, float(iou_threshold))
+
+
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """NMS done independently per category: boxes only suppress boxes of their own ``idxs``.
+
+    Args:
+        boxes, scores, iou_threshold: as in :func:`nms`.
+        idxs: ``[N]`` integer category of each box (converted to int64).
+
+    Returns:
+        int64 ``[K]``: indices of the kept boxes of all categories, in decreasing score
+        order (equal scores: lower index first).
+    """
+    _extension.require()
+    if isinstance(idxs, torch.Tensor) and idxs.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        idxs = idxs.long()
+    return torch.ops.retinaface_ext.batched_nms(boxes, scores, idxs, float(iou_threshold))
+
+
+def _check_shapes(boxes, scores, idxs=None):
+    torch._check(
+        boxes.dim() == 2 and boxes.shape[1] == 4,
+        lambda: f"boxes must have shape [N, 4] (x1, y1, x2, y2), got {list(boxes.shape)}",
+    )
+    torch._check(
+        scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
+        lambda: f"scores must have shape [N] with N = boxes.shape[0], got {list(scores.shape)}",
+    )
+    if idxs is not None:
+        torch._check(
+            idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0],
+            lambda: f"idxs must have shape [N] with N = boxes.shape[0], got {list(idxs.shape)}",
+        )
+
+
+if _extension.is_available():
+
+    @torch.library.register_fake("retinaface_ext::nms")
+    def _nms_fake(boxes, scores, iou_threshold):
+        _check_shapes(boxes, scores)
+        kept = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty((kept,), dtype=torch.long)
+
+    @torch.library.register_fake("retinaface_ext::batched_nms")
+    def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
+        _check_shapes(boxes, scores, idxs)
+        kept = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty((kept,), dtype=torch.long)
