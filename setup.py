@@ -19,10 +19,30 @@ from pathlib import Path
 
 from setuptools import setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-
 ROOT = Path(__file__).parent.resolve()
+
+
+def _find_cuda_home():
+    """The CUDA toolkit folder: the one holding bin/nvcc *and* include/cuda_runtime.h.
+
+    torch guesses it from the nvcc on PATH, which fails when that nvcc is a wrapper
+    script (as /usr/local/bin/nvcc is here): it would take /usr/local.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates += [Path("/usr/local/cuda")] + sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            os.environ["CUDA_HOME"] = str(home)
+            return
+
+
+_find_cuda_home()  # before torch.utils.cpp_extension reads it
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 # CUDA 13 builds sm_75 and newer; PTX of the newest listed arch covers later GPUs.
 DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 
@@ -54,9 +74,7 @@ def _nvidia_include_dirs():
     site-packages/nvidia/cu*/include rather than in the toolkit's own folder.
     """
     site_packages = Path(torch.__file__).resolve().parent.parent
-    found = glob.glob(str(site_packages / "nvidia" / "cu*" / "include"))
-    found += glob.glob(str(site_packages / "nvidia" / "*" / "include"))
-    return sorted(set(found))
+    return sorted(glob.glob(str(site_packages / "nvidia" / "cu*" / "include")))
 
 
 def _extension():

@@ -62,10 +62,16 @@ def compiled_backends():
     return tuple(_build_info.BACKENDS) if is_available() else ()
 
 
-def require():
-    """Raises the ImportError that explains why the kernels are unavailable, if they are."""
+def require(tensor=None):
+    """Raises the ImportError that explains why the kernels are unavailable, if they are,
+    or a RuntimeError when ``tensor`` is on CUDA and _C was compiled without CUDA."""
     if _load_error is not None:
         raise _load_error
+    if tensor is not None and tensor.is_cuda and "cuda" not in _build_info.BACKENDS:
+        raise RuntimeError(
+            "retinaface_ext was built without CUDA kernels (torch was not a CUDA build or nvcc "
+            f"was missing at build time); rebuild with CUDA: {REBUILD_COMMAND}"
+        )
 
 
 _load()

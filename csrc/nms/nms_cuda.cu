@@ -40,8 +40,8 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, const scalar_t* _
                                 unsigned long long* __restrict__ status) {
   const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
   if (col_block < row_block) return;
-  const int row_size = static_cast<int>(min<int64_t>(n - row_block * kBoxesPerBlock, kBoxesPerBlock));
-  const int col_size = static_cast<int>(min<int64_t>(n - col_block * kBoxesPerBlock, kBoxesPerBlock));
+  const int row_size = static_cast<int>(min_of<int64_t>(n - row_block * kBoxesPerBlock, kBoxesPerBlock));
+  const int col_size = static_cast<int>(min_of<int64_t>(n - col_block * kBoxesPerBlock, kBoxesPerBlock));
 
   __shared__ acc_t col_boxes[kBoxesPerBlock][5];
   __shared__ int64_t col_classes[kBoxesPerBlock];
@@ -92,7 +92,7 @@ __global__ void nms_gather_kernel(int64_t n, int64_t col_blocks,
   __shared__ unsigned long long survivors;
   int64_t kept = 0;  // meaningful in thread 0
   for (int64_t block = 0; block < col_blocks; ++block) {
-    const int size = static_cast<int>(min<int64_t>(n - block * kBoxesPerBlock, kBoxesPerBlock));
+    const int size = static_cast<int>(min_of<int64_t>(n - block * kBoxesPerBlock, kBoxesPerBlock));
     if (threadIdx.x < size)
       diagonal[threadIdx.x] = mask[(block * kBoxesPerBlock + threadIdx.x) * col_blocks + block];
     __syncthreads();  // also publishes removed[block], written in the last round

@@ -20,7 +20,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         int64 ``[K]``: indices of the kept boxes in decreasing score order; equal scores
         keep the lower index first. NaN or inf in the inputs raises an error.
     """
-    _extension.require()
+    _extension.require(boxes)
     return torch.ops.retinaface_ext.nms(boxes, scores, float(iou_threshold))
 
 
@@ -37,7 +37,7 @@ def batched_nms(
         int64 ``[K]``: indices of the kept boxes of all categories, in decreasing score
         order (equal scores: lower index first).
     """
-    _extension.require()
+    _extension.require(boxes)
     if isinstance(idxs, torch.Tensor) and idxs.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
         idxs = idxs.long()
     return torch.ops.retinaface_ext.batched_nms(boxes, scores, idxs, float(iou_threshold))

@@ -1,0 +1,81 @@
+"""Shared pytest set-up for tests/ and benchmarks/.
+
+``pytest`` runs the tests and runs each benchmark once, untimed, as a smoke test;
+``pytest --benchmark`` runs only the benchmarks, timed, and prints the comparison tables.
+Tests import the *installed* retinaface_ext (pytest runs with --import-mode=importlib,
+so this folder is not put on sys.path).
+"""
+
+import math
+
+import pytest
+import torch
+
+import retinaface_ext
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        help="run only the benchmarks, timed, and print kernel vs reference vs peer tables",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    if config.getoption("--benchmark"):
+        config.option.benchmark_only = True
+        config.option.benchmark_disable = False
+    else:
+        config.option.benchmark_disable = True
+    if not retinaface_ext.kernels_available():
+        try:
+            retinaface_ext._extension.require()
+        except ImportError as error:
+            raise pytest.UsageError(f"the tests need the compiled kernels: {error}") from None
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("cpu"),
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")],
+        ),
+    ]
+)
+def device(request):
+    """Runs a test on the CPU, and on CUDA where a GPU is visible."""
+    if request.param == "cuda" and "cuda" not in retinaface_ext.compiled_backends():
+        pytest.fail("a GPU is visible but retinaface_ext was built without CUDA")
+    return request.param
+
+
+def make_boxes(kind, n, seed=0, dtype=torch.float32, device="cpu"):
+    """Boxes [n, 4] x1y1x2y2 and scores [n] for tests and benchmarks.
+
+    kind "sparse": random in a 1000x1000 image, sides 4 to 100 px.
+    kind "crowd": like a detector's raw candidates, jittered around ~25 faces.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if kind == "sparse":
+        corner = torch.rand(n, 2, generator=g) * 1000
+        size = torch.rand(n, 2, generator=g) * 96 + 4
+        boxes = torch.cat([corner, corner + size], 1)
+    elif kind == "crowd":
+        faces = max(1, min(25, math.ceil(n / 40)))
+        centres = torch.rand(faces, 2, generator=g) * 900 + 50
+        sides = torch.rand(faces, generator=g) * 80 + 20
+        face = torch.randint(0, faces, (n,), generator=g)
+        side = sides[face][:, None] * (1 + 0.1 * torch.randn(n, 2, generator=g))
+        centre = centres[face] + 0.1 * sides[face][:, None] * torch.randn(n, 2, generator=g)
+        boxes = torch.cat([centre - side / 2, centre + side / 2], 1)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    scores = torch.rand(n, generator=g)
+    return boxes.to(device=device, dtype=dtype), scores.to(device=device, dtype=dtype)
+
+
+@pytest.fixture
+def boxes_factory():
+    return make_boxes
