@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 # CUDA 13 builds sm_75 and newer; PTX of the newest listed arch covers later GPUs.
 DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+BUILD_MESSAGES = []  # printed when the extension is actually built, not on every setup.py call
 
 
 def _env_flag(name):
@@ -85,7 +86,7 @@ def _extension():
     cxx_flags = ["-O3", "-ffp-contract=off"]
     include_dirs = [str(ROOT / "csrc")]
     if not build_cuda:
-        print(f"retinaface_ext: building backends: CPU only ({reason})", flush=True)
+        BUILD_MESSAGES.append(f"retinaface_ext: building backends: CPU only ({reason})")
         return CppExtension(
             "retinaface_ext._C",
             cpp_sources,
@@ -94,11 +95,10 @@ def _extension():
         )
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    print(
+    BUILD_MESSAGES.append(
         f"retinaface_ext: building backends: CPU + CUDA ({reason}); "
         f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<visible GPUs>')}; "
-        f"CUDA sources: {', '.join(cuda_sources)}",
-        flush=True,
+        f"CUDA sources: {', '.join(cuda_sources)}"
     )
     return CUDAExtension(
         "retinaface_ext._C",
@@ -120,6 +120,8 @@ class BuildWithInfo(BuildExtension):
     """
 
     def run(self):
+        for message in BUILD_MESSAGES:
+            print(message, flush=True)
         super().run()
         ext = self.extensions[0]
         backends = ["cpu"] + (["cuda"] if any(s.endswith(".cu") for s in ext.sources) else [])
