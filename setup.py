@@ -83,7 +83,9 @@ def _extension():
     cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
     cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cu"))
     # No FMA contraction: kernels must round exactly like the references and torchvision.
-    cxx_flags = ["-O3", "-ffp-contract=off"]
+    # OpenMP: at::parallel_for is a header template, parallel only when compiled with it.
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     include_dirs = [str(ROOT / "csrc")]
     if not build_cuda:
         BUILD_MESSAGES.append(f"retinaface_ext: building backends: CPU only ({reason})")
@@ -92,6 +94,7 @@ def _extension():
             cpp_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
@@ -105,6 +108,7 @@ def _extension():
         cpp_sources + cuda_sources,
         include_dirs=include_dirs + _nvidia_include_dirs(),
         define_macros=[("RFE_WITH_CUDA", None)],
+        extra_link_args=link_flags,
         extra_compile_args={
             "cxx": cxx_flags,
             "nvcc": ["-O3", "--fmad=false", "--expt-relaxed-constexpr"],

@@ -6,6 +6,14 @@
 TORCH_LIBRARY(retinaface_ext, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  m.def(
+      "match(Tensor truths, Tensor labels, Tensor landms, Tensor num_truths, Tensor priors, "
+      "float threshold, float[] variances) -> (Tensor loc_t, Tensor conf_t, Tensor landm_t)");
+  m.def(
+      "decode_detections(Tensor loc, Tensor conf, Tensor landm, Tensor priors, float[] variances, "
+      "float score_threshold) -> (Tensor boxes, Tensor scores, Tensor landmarks, "
+      "Tensor image_index, Tensor prior_index)");
 }
 
 // _C is imported as a Python module only so that loading it runs the registrations above.

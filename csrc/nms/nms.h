@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "common/host_device.h"
+#include "common/box_math.h"
 
 namespace rfe {
 
@@ -12,18 +12,6 @@ namespace rfe {
 template <typename T>
 RFE_HOST_DEVICE inline T box_area(T x1, T y1, T x2, T y2) {
   return mul_rn(max_of(x2 - x1, T(0)), max_of(y2 - y1, T(0)));
-}
-
-// IoU of two x1y1x2y2 boxes whose areas are given, with torchvision's rounding:
-// inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1)),
-// iou = inter / (area_a + area_b - inter).
-template <typename T>
-RFE_HOST_DEVICE inline T box_iou(T ax1, T ay1, T ax2, T ay2, T area_a,
-                                 T bx1, T by1, T bx2, T by2, T area_b) {
-  const T w = max_of(min_of(ax2, bx2) - max_of(ax1, bx1), T(0));
-  const T h = max_of(min_of(ay2, by2) - max_of(ay1, by1), T(0));
-  const T inter = mul_rn(w, h);
-  return inter / (area_a + area_b - inter);
 }
 
 // The threshold as the box dtype T such that, for every finite T value v,

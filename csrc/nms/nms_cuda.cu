@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/accumulate.h"
 #include "nms/nms.h"
 
 namespace rfe {
@@ -15,16 +16,6 @@ namespace {
 constexpr int kBoxesPerBlock = 64;
 constexpr int kGatherThreads = 256;
 constexpr int64_t kBadBoxes = 1, kBadScores = 2;
-
-// IoU in float32 for float16/bfloat16/float32, in float64 for float64.
-template <typename T>
-struct Accumulate {
-  using type = float;
-};
-template <>
-struct Accumulate<double> {
-  using type = double;
-};
 
 template <typename acc_t>
 __device__ inline bool is_finite(acc_t v) {
@@ -147,7 +138,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   auto* mask_ptr = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_cuda", [&] {
-    using acc_t = typename Accumulate<scalar_t>::type;
+    using acc_t = acc_type<scalar_t>;
     const dim3 grid(col_blocks, col_blocks);
     nms_mask_kernel<scalar_t, acc_t><<<grid, kBoxesPerBlock, 0, stream>>>(
         n, col_blocks, sorted_boxes.data_ptr<scalar_t>(), sorted_scores.data_ptr<scalar_t>(),

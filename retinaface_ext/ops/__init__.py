@@ -4,6 +4,19 @@ Each op has a pure-PyTorch twin of the same signature in ``retinaface_ext.ops.re
 """
 
 from . import reference
+from .box_coder import decode, decode_detections, decode_landm, encode, encode_landm
+from .match import box_iou, match
 from .nms import batched_nms, nms
 
-__all__ = ["nms", "batched_nms", "reference"]
+__all__ = [
+    "nms",
+    "batched_nms",
+    "box_iou",
+    "match",
+    "encode",
+    "decode",
+    "encode_landm",
+    "decode_landm",
+    "decode_detections",
+    "reference",
+]

@@ -52,3 +52,109 @@ def batched_nms(
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     keep = torch.sort(torch.cat(keep)).values
     return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of x1y1x2y2 boxes: [N, 4] x [M, 4] -> [N, M], or [B, N, 4] x [B, M, 4] -> [B, N, M].
+
+    Areas are (x2 - x1) * (y2 - y1), as in torchvision and Pytorch_Retinaface's jaccard.
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[..., :, None] + area2[..., None, :] - inter)
+
+
+def point_form(priors: torch.Tensor) -> torch.Tensor:
+    """Priors [..., 4] cx, cy, w, h -> x1, y1, x2, y2."""
+    return torch.cat([priors[..., :2] - priors[..., 2:] / 2, priors[..., :2] + priors[..., 2:] / 2], -1)
+
+
+def encode(matched: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2)) -> torch.Tensor:
+    """Boxes [..., P, 4] x1y1x2y2 matched to priors [P, 4] cx,cy,w,h -> offsets [..., P, 4]."""
+    centre = (matched[..., :2] + matched[..., 2:]) / 2 - priors[:, :2]
+    centre = centre / (variances[0] * priors[:, 2:])
+    size = (matched[..., 2:] - matched[..., :2]) / priors[:, 2:]
+    return torch.cat([centre, torch.log(size) / variances[1]], -1)
+
+
+def decode(loc: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2)) -> torch.Tensor:
+    """Offsets [..., P, 4] against priors [P, 4] cx,cy,w,h -> boxes [..., P, 4] x1y1x2y2."""
+    centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(loc[..., 2:] * variances[1])
+    corner = centre - size / 2
+    return torch.cat([corner, size + corner], -1)
+
+
+def encode_landm(matched: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2)) -> torch.Tensor:
+    """Landmarks [..., P, 10] (5 x, y pairs) -> offsets [..., P, 10] against priors [P, 4]."""
+    points = matched.reshape(*matched.shape[:-1], 5, 2)
+    offsets = (points - priors[:, None, :2]) / (variances[0] * priors[:, None, 2:])
+    return offsets.reshape(matched.shape)
+
+
+def decode_landm(pred: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2)) -> torch.Tensor:
+    """Offsets [..., P, 10] against priors [P, 4] -> landmarks [..., P, 10] (5 x, y pairs)."""
+    offsets = pred.reshape(*pred.shape[:-1], 5, 2)
+    points = priors[:, None, :2] + offsets * variances[0] * priors[:, None, 2:]
+    return points.reshape(pred.shape)
+
+
+def match(truths, labels, landms, num_truths, priors, threshold=0.35, variances=(0.1, 0.2)):
+    """Training targets for a batch, each image exactly as Pytorch_Retinaface's match().
+
+    Args:
+        truths: [B, G, 4] x1y1x2y2 (normalised); rows past num_truths[b] are padding.
+        labels: [B, G] int64, 1 for a face with landmarks, -1 for one without.
+        landms: [B, G, 10] five (x, y) points.
+        num_truths: [B] int64, the real truths of each image.
+        priors: [P, 4] cx, cy, w, h.
+
+    Returns:
+        loc_t [B, P, 4], conf_t [B, P] int64, landm_t [B, P, 10]. An image none of whose
+        truths reaches IoU 0.2 with any prior gets all-zero targets.
+    """
+    B, G, _ = truths.shape
+    P = priors.shape[0]
+    loc_t = truths.new_zeros(B, P, 4)
+    conf_t = torch.zeros(B, P, dtype=torch.long, device=truths.device)
+    landm_t = truths.new_zeros(B, P, 10)
+    if G == 0 or P == 0:
+        return loc_t, conf_t, landm_t
+    valid = torch.arange(G, device=truths.device) < num_truths[:, None]  # [B, G]
+    overlaps = box_iou(truths, point_form(priors).expand(B, P, 4))  # [B, G, P]
+    overlaps = overlaps.masked_fill(~valid[..., None], -1.0)  # padding never wins
+    best_prior_overlap, best_prior = overlaps.max(2)  # [B, G]: each truth's best prior
+    best_truth_overlap, best_truth = overlaps.max(1)  # [B, P]: each prior's best truth
+    forced = valid & (best_prior_overlap >= 0.2)
+    has_targets = forced.any(1)
+    image = torch.arange(B, device=truths.device)[:, None].expand(B, G)
+    best_truth_overlap[image[forced], best_prior[forced]] = 2.0
+    for g in range(G):  # in order, so that a later truth wins a shared best prior
+        images = torch.nonzero(valid[:, g]).flatten()
+        best_truth[images, best_prior[images, g]] = g
+    matched = torch.gather(truths, 1, best_truth[..., None].expand(B, P, 4))
+    conf = torch.gather(labels, 1, best_truth)
+    conf[best_truth_overlap < threshold] = 0
+    matched_landms = torch.gather(landms, 1, best_truth[..., None].expand(B, P, 10))
+    keep = has_targets[:, None, None]
+    loc_t = torch.where(keep, encode(matched, priors, variances), loc_t)
+    landm_t = torch.where(keep, encode_landm(matched_landms, priors, variances), landm_t)
+    conf_t = torch.where(keep[..., 0], conf, conf_t)
+    return loc_t, conf_t, landm_t
+
+
+def decode_detections(loc, conf, landm, priors, variances=(0.1, 0.2), score_threshold=0.02):
+    """Decodes every prior, then keeps those whose face score conf[..., 1] > score_threshold.
+
+    Returns boxes [K, 4], scores [K], landmarks [K, 10], image_index [K], prior_index [K],
+    in image-then-prior order, in the priors' normalised coordinates.
+    """
+    boxes = decode(loc, priors, variances)
+    landmarks = decode_landm(landm, priors, variances)
+    scores = conf[..., 1]
+    image, prior = torch.nonzero(scores > score_threshold, as_tuple=True)
+    return boxes[image, prior], scores[image, prior], landmarks[image, prior], image, prior

@@ -1,0 +1,28 @@
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "common/box_math.h"
+
+namespace rfe {
+
+// Truths with a best-prior overlap below this force no prior (the seed's "ignore hard gt").
+constexpr double kMinForcedOverlap = 0.2;
+// Overlap given to a truth's forced best prior, so that no threshold drops it.
+constexpr double kForcedOverlap = 2.0;
+
+// Shapes, dtypes, devices and variances of match's arguments; returns {B, G, P}.
+std::tuple<int64_t, int64_t, int64_t> check_match_args(
+    const at::Tensor& truths, const at::Tensor& labels, const at::Tensor& landms,
+    const at::Tensor& num_truths, const at::Tensor& priors, at::ArrayRef<double> variances);
+
+// Allocates (uninitialised) loc_t [B, P, 4], conf_t [B, P] int64, landm_t [B, P, 10].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_targets(const at::Tensor& truths,
+                                                             int64_t priors);
+
+// loc_t[..., 2:4] = log(ratio) / v1 for the size ratios [B, P, 2] ((x2 - x1) / w and
+// (y2 - y1) / h, overwritten), with ATen's own log, so that it rounds as torch.log does.
+void finish_size_encoding(at::Tensor& loc_t, at::Tensor& ratio, double v1);
+
+}  // namespace rfe

@@ -1,0 +1,66 @@
+"""Prior (anchor) boxes of RetinaFace, vectorised and cached per size and device."""
+
+import functools
+import math
+from typing import Sequence, Tuple
+
+import torch
+
+DEFAULT_MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+DEFAULT_STEPS = (8, 16, 32)
+
+
+def prior_boxes(
+    image_size: Tuple[int, int],
+    min_sizes: Sequence[Sequence[int]] = DEFAULT_MIN_SIZES,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    clip: bool = False,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Priors ``[P, 4]`` as cx, cy, w, h normalised by the image size (H, W).
+
+    The values and order of Pytorch_Retinaface's PriorBox: for each level k, a
+    ceil(H / step) x ceil(W / step) feature map, rows i then columns j then each min
+    size; cx = (j + 0.5) * step / W, cy = (i + 0.5) * step / H, w = size / W,
+    h = size / H (computed in float64, then rounded once to ``dtype``).
+
+    The result is cached per arguments and shared: treat it as read-only.
+    """
+    height, width = (int(v) for v in image_size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"prior_boxes: image_size must be positive (H, W), got {tuple(image_size)}")
+    if len(min_sizes) != len(steps):
+        raise ValueError(
+            f"prior_boxes: min_sizes has {len(min_sizes)} levels but steps has {len(steps)}"
+        )
+    key_sizes = tuple(tuple(int(s) for s in level) for level in min_sizes)
+    return _prior_boxes(height, width, key_sizes, tuple(int(s) for s in steps), bool(clip),
+                        torch.device(device if device is not None else "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _prior_boxes(height, width, min_sizes, steps, clip, device, dtype):
+    levels = []
+    for sizes, step in zip(min_sizes, steps):
+        rows, cols = math.ceil(height / step), math.ceil(width / step)
+        cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * step / height
+        cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * step / width
+        sw = torch.tensor([s / width for s in sizes], dtype=torch.float64)
+        sh = torch.tensor([s / height for s in sizes], dtype=torch.float64)
+        shape = (rows, cols, len(sizes))
+        levels.append(
+            torch.stack(
+                [
+                    cx[None, :, None].expand(shape),
+                    cy[:, None, None].expand(shape),
+                    sw[None, None, :].expand(shape),
+                    sh[None, None, :].expand(shape),
+                ],
+                -1,
+            ).reshape(-1, 4)
+        )
+    priors = torch.cat(levels)
+    if clip:
+        priors.clamp_(min=0, max=1)
+    return priors.to(device=device, dtype=dtype)

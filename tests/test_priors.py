@@ -1,0 +1,63 @@
+"""prior_boxes: the values and order of Pytorch_Retinaface's PriorBox."""
+
+from itertools import product
+from math import ceil
+
+import pytest
+import torch
+
+from retinaface_ext.priors import prior_boxes
+
+
+def prior_box_oracle(image_size, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32), clip=False):
+    """A transcription of Pytorch_Retinaface's PriorBox.forward (Python loops)."""
+    feature_maps = [[ceil(image_size[0] / step), ceil(image_size[1] / step)] for step in steps]
+    anchors = []
+    for k, f in enumerate(feature_maps):
+        for i, j in product(range(f[0]), range(f[1])):
+            for min_size in min_sizes[k]:
+                s_kx = min_size / image_size[1]
+                s_ky = min_size / image_size[0]
+                dense_cx = [x * steps[k] / image_size[1] for x in [j + 0.5]]
+                dense_cy = [y * steps[k] / image_size[0] for y in [i + 0.5]]
+                for cy, cx in product(dense_cy, dense_cx):
+                    anchors += [cx, cy, s_kx, s_ky]
+    output = torch.Tensor(anchors).view(-1, 4)
+    if clip:
+        output.clamp_(max=1, min=0)
+    return output
+
+
+@pytest.mark.parametrize("size", [(640, 640), (1024, 624), (624, 1024), (1, 1), (37, 101), (840, 840), (481, 353)])
+def test_equal_to_prior_box(size):
+    ours = prior_boxes(size)
+    expected = prior_box_oracle(size)
+    assert ours.dtype == torch.float32 and ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_counts_and_clip():
+    assert prior_boxes((640, 640)).shape == (16800, 4)
+    torch.testing.assert_close(prior_boxes((37, 101), clip=True), prior_box_oracle((37, 101), clip=True), rtol=0, atol=0)
+    assert prior_boxes((37, 101), clip=True).max() <= 1
+
+
+def test_custom_levels_and_cache():
+    sizes, steps = ((10, 20), (40,)), (4, 12)
+    torch.testing.assert_close(
+        prior_boxes((50, 70), sizes, steps), prior_box_oracle((50, 70), sizes, steps), rtol=0, atol=0
+    )
+    assert prior_boxes((640, 480)) is prior_boxes((640, 480))  # cached
+    assert prior_boxes((640, 480), dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_size=(0, 10)), "image_size must be positive"),
+        (dict(image_size=(10, 10), steps=(8, 16)), "min_sizes has 3 levels but steps has 2"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        prior_boxes(**kwargs)
