@@ -1,31 +1,10 @@
 """prior_boxes: the values and order of Pytorch_Retinaface's PriorBox."""
 
-from itertools import product
-from math import ceil
-
 import pytest
 import torch
 
 from retinaface_ext.priors import prior_boxes
-
-
-def prior_box_oracle(image_size, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32), clip=False):
-    """A transcription of Pytorch_Retinaface's PriorBox.forward (Python loops)."""
-    feature_maps = [[ceil(image_size[0] / step), ceil(image_size[1] / step)] for step in steps]
-    anchors = []
-    for k, f in enumerate(feature_maps):
-        for i, j in product(range(f[0]), range(f[1])):
-            for min_size in min_sizes[k]:
-                s_kx = min_size / image_size[1]
-                s_ky = min_size / image_size[0]
-                dense_cx = [x * steps[k] / image_size[1] for x in [j + 0.5]]
-                dense_cy = [y * steps[k] / image_size[0] for y in [i + 0.5]]
-                for cy, cx in product(dense_cy, dense_cx):
-                    anchors += [cx, cy, s_kx, s_ky]
-    output = torch.Tensor(anchors).view(-1, 4)
-    if clip:
-        output.clamp_(max=1, min=0)
-    return output
+from seed_reference import prior_box_oracle
 
 
 @pytest.mark.parametrize("size", [(640, 640), (1024, 624), (624, 1024), (1, 1), (37, 101), (840, 840), (481, 353)])

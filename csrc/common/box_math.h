@@ -47,14 +47,24 @@ RFE_HOST_DEVICE inline void encode_size_ratio(const T* box, const T* prior, T* o
   out[1] = (box[3] - box[1]) / prior[3];
 }
 
-// encode_landm: each point (x - cx) / (v0 * w), (y - cy) / (v0 * h).
+// encode_landm: each point (x - cx) / (v0 * w), (y - cy) / (v0 * h), i.e.
+// (points[k] - origin[k]) / scale[k] for the 10 coordinates with this frame.
 template <typename T>
-RFE_HOST_DEVICE inline void encode_landmarks(const T* points, const T* prior, T v0, T* out) {
+RFE_HOST_DEVICE inline void landmark_frame(const T* prior, T v0, T* origin, T* scale) {
   const T sx = mul_rn(v0, prior[2]), sy = mul_rn(v0, prior[3]);
   for (int k = 0; k < 5; ++k) {
-    out[2 * k] = (points[2 * k] - prior[0]) / sx;
-    out[2 * k + 1] = (points[2 * k + 1] - prior[1]) / sy;
+    origin[2 * k] = prior[0];
+    origin[2 * k + 1] = prior[1];
+    scale[2 * k] = sx;
+    scale[2 * k + 1] = sy;
   }
+}
+
+template <typename T>
+RFE_HOST_DEVICE inline void encode_landmarks(const T* points, const T* prior, T v0, T* out) {
+  T origin[10], scale[10];
+  landmark_frame(prior, v0, origin, scale);
+  for (int k = 0; k < 10; ++k) out[k] = (points[k] - origin[k]) / scale[k];
 }
 
 // decode: centre = c + l * v0 * s, size = s * exp(l * v1); then x1 = cx - w / 2, x2 = x1 + w.

@@ -1,7 +1,8 @@
 // Batched prior matching on the CPU, exactly the seed's per-image match() for each image.
-// Work items are (image, chunk of priors), run in parallel. A prior that does not
-// intersect a truth has IoU 0 with it, which changes no first-maximum: such pairs are
-// skipped after the cheap intersection test, which is most pairs.
+// Images run in parallel; each is matched and encoded in one pass by one thread, with its
+// per-prior state in a small scratch that stays in cache. A prior that does not intersect
+// a truth has IoU 0 with it, which changes no first maximum: such pairs are skipped, most
+// of them a whole row of priors at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,21 +15,6 @@
 
 namespace rfe {
 namespace {
-
-constexpr int64_t kPriorChunk = 2048;
-
-// The per-prior match state lives in the output buffers until the encoding overwrites
-// it, prior by prior: fresh megabytes cost page faults, and this op returns ~35 MB for a
-// batch of 32 at 640x640. truth_of_prior[i] is conf_t[i]; overlap_of_prior[i] is
-// size_ratio[2 * i] (hence the stride 2 below).
-template <typename T>
-struct ImageMatch {
-  int64_t* truth_of_prior;              // [B * P] best truth per prior, then forced
-  T* overlap_of_prior;                  // [B * P] (stride 2) its overlap, 2 where forced
-  std::vector<int64_t> prior_of_truth;  // [B * chunks * G] per-chunk best prior per truth
-  std::vector<T> overlap_of_truth;      // [B * chunks * G]
-  std::vector<uint8_t> has_targets;     // [B] some truth reaches kMinForcedOverlap
-};
 
 // Priors cut into runs of consecutive priors with one centre row (cy), as RetinaFace's
 // priors come (row-major per level); a run whose y-extent misses a truth is skipped
@@ -65,49 +51,95 @@ PriorRuns<T> make_runs(const T* priors, const T* corners, int64_t P) {
   return runs;
 }
 
-// For runs [r0, r1) of one image: each prior's best truth, and each truth's best prior
-// in this range (first maximum both ways, as torch.max).
+// What every image shares: the priors in point form, their areas and rows, and the
+// frames that encoding divides by (encoding is (value - origin) / scale).
 template <typename T>
-void best_overlaps(const T* truths, int64_t n, const T* centre_x, const T* corners, const T* areas,
-                   const PriorRuns<T>& runs, int64_t r0, int64_t r1, int64_t* truth_of_prior,
-                   T* overlap_of_prior, int64_t* prior_of_truth, T* overlap_of_truth) {
-  const int64_t p0 = runs.begin[r0], p1 = runs.begin[r1];
-  for (int64_t p = p0; p < p1; ++p) {
-    truth_of_prior[p] = 0;
-    overlap_of_prior[2 * p] = T(0);
+struct PriorTable {
+  std::vector<T> corners, areas, centre_x, landm_origin, landm_scale;
+  PriorRuns<T> runs;
+
+  PriorTable(const T* priors, int64_t P, T v0)
+      : corners(4 * P), areas(P), centre_x(P), landm_origin(10 * P), landm_scale(10 * P) {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* c = corners.data() + 4 * p;
+      prior_corners(priors + 4 * p, corners.data() + 4 * p);
+      areas[p] = plain_area(c[0], c[1], c[2], c[3]);
+      centre_x[p] = priors[4 * p];
+      landmark_frame(priors + 4 * p, v0, landm_origin.data() + 10 * p, landm_scale.data() + 10 * p);
+    }
+    runs = make_runs(priors, corners.data(), P);
   }
+};
+
+// One image's matching state.
+template <typename T>
+struct Scratch {
+  std::vector<int32_t> truth_of_prior;  // best truth per prior, then forced
+  std::vector<T> overlap_of_prior;      // its overlap, 2 where forced
+  std::vector<int64_t> prior_of_truth;  // best prior per truth
+  std::vector<T> ratio;                 // (x2 - x1) / w, (y2 - y1) / h per prior
+};
+
+// Each prior's best truth and each truth's best prior (first maximum both ways, as
+// torch.max), then the seed's forcing. Returns whether some truth reaches 0.2.
+template <typename T>
+bool match_image(const T* truths, int64_t n, const PriorTable<T>& table, int64_t P, Scratch<T>& s) {
+  s.truth_of_prior.assign(P, 0);
+  s.overlap_of_prior.assign(P, T(0));
+  s.prior_of_truth.assign(n, 0);
+  const PriorRuns<T>& runs = table.runs;
+  const int64_t num_runs = static_cast<int64_t>(runs.begin.size()) - 1;
+  bool has_targets = false;
+  std::vector<T> best_of_truth(n, T(0));
   for (int64_t g = 0; g < n; ++g) {
     const T* t = truths + 4 * g;
     const T area = plain_area(t[0], t[1], t[2], t[3]);
     T best = T(0);
-    int64_t best_prior = p0;
-    for (int64_t r = r0; r < r1; ++r) {
+    int64_t best_prior = 0;
+    for (int64_t r = 0; r < num_runs; ++r) {
       if (min_of(t[3], runs.y2[r]) - max_of(t[1], runs.y1[r]) <= T(0)) continue;
       int64_t first = runs.begin[r], last = runs.begin[r + 1];
       if (runs.sorted_by_cx[r]) {  // a generous window: the tests below decide exactly
         const T margin = runs.half_width[r] * T(1.001) + (std::abs(t[0]) + std::abs(t[2])) * T(1e-6);
-        const T lo = t[0] - margin, hi = t[2] + margin;
-        first = std::lower_bound(centre_x + first, centre_x + last, lo) - centre_x;
-        last = std::lower_bound(centre_x + first, centre_x + last, hi) - centre_x;
+        const T* cx = table.centre_x.data();
+        first = std::lower_bound(cx + first, cx + last, t[0] - margin) - cx;
+        last = std::lower_bound(cx + first, cx + last, t[2] + margin) - cx;
       }
       for (int64_t p = first; p < last; ++p) {
-        const T* c = corners + 4 * p;
+        const T* c = table.corners.data() + 4 * p;
         if (min_of(t[2], c[2]) - max_of(t[0], c[0]) <= T(0)) continue;  // IoU 0
         if (min_of(t[3], c[3]) - max_of(t[1], c[1]) <= T(0)) continue;
-        const T iou = box_iou(t[0], t[1], t[2], t[3], area, c[0], c[1], c[2], c[3], areas[p]);
+        const T iou = box_iou(t[0], t[1], t[2], t[3], area, c[0], c[1], c[2], c[3], table.areas[p]);
         if (iou > best) {
           best = iou;
           best_prior = p;
         }
-        if (iou > overlap_of_prior[2 * p]) {
-          overlap_of_prior[2 * p] = iou;
-          truth_of_prior[p] = g;
+        if (iou > s.overlap_of_prior[p]) {
+          s.overlap_of_prior[p] = iou;
+          s.truth_of_prior[p] = static_cast<int32_t>(g);
         }
       }
     }
-    prior_of_truth[g] = best_prior;
-    overlap_of_truth[g] = best;
+    s.prior_of_truth[g] = best_prior;
+    best_of_truth[g] = best;
   }
+  for (int64_t g = 0; g < n; ++g) {
+    if (best_of_truth[g] >= static_cast<T>(kMinForcedOverlap)) {
+      has_targets = true;
+      s.overlap_of_prior[s.prior_of_truth[g]] = static_cast<T>(kForcedOverlap);
+    }
+  }
+  // Every truth, forced or not, claims its best prior; a later truth wins a shared one.
+  for (int64_t g = 0; g < n; ++g) s.truth_of_prior[s.prior_of_truth[g]] = static_cast<int32_t>(g);
+  return has_targets;
+}
+
+// x = (x - origin) / scale elementwise: the landmark encoding of a whole image as one
+// loop that the compiler vectorises (its divisions dominate the encoding otherwise).
+template <typename T>
+void encode_in_place(T* __restrict x, const T* __restrict origin, const T* __restrict scale,
+                     int64_t n) {
+  for (int64_t k = 0; k < n; ++k) x[k] = (x[k] - origin[k]) / scale[k];
 }
 
 template <typename T>
@@ -116,7 +148,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(
     const at::Tensor& num_truths_t, const at::Tensor& priors_t, double threshold_d,
     at::ArrayRef<double> variances, int64_t B, int64_t G, int64_t P) {
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_t, P);
-  at::Tensor size_ratio = at::empty({B, P, 2}, truths_t.options());
   if (B == 0 || P == 0) return {loc_t, conf_t, landm_t};
 
   const T* truths = truths_t.data_ptr<T>();
@@ -125,99 +156,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(
   const int64_t* labels = labels_t.data_ptr<int64_t>();
   const int64_t* num_truths = num_truths_t.data_ptr<int64_t>();
   // Comparisons in T, as torch compares a float32 tensor with a Python float.
-  const T threshold = static_cast<T>(threshold_d), min_forced = static_cast<T>(kMinForcedOverlap);
+  const T threshold = static_cast<T>(threshold_d);
   const T v0 = static_cast<T>(variances[0]);
+  const PriorTable<T> table(priors, P, v0);
+  T* loc_all = loc_t.data_ptr<T>();
+  T* landm_all = landm_t.data_ptr<T>();
+  int64_t* conf_all = conf_t.data_ptr<int64_t>();
 
-  std::vector<T> corners(4 * P), areas(P), centre_x(P);
-  for (int64_t p = 0; p < P; ++p) {
-    centre_x[p] = priors[4 * p];
-    prior_corners(priors + 4 * p, corners.data() + 4 * p);
-    const T* c = corners.data() + 4 * p;
-    areas[p] = plain_area(c[0], c[1], c[2], c[3]);
-  }
-
-  // Work items: (image, chunk of whole runs of about kPriorChunk priors).
-  const PriorRuns<T> runs = make_runs(priors, corners.data(), P);
-  std::vector<int64_t> chunk_runs{0};  // chunk c is runs [chunk_runs[c], chunk_runs[c + 1])
-  for (int64_t r = 1; r < static_cast<int64_t>(runs.begin.size()) - 1; ++r)
-    if (runs.begin[r] - runs.begin[chunk_runs.back()] >= kPriorChunk) chunk_runs.push_back(r);
-  chunk_runs.push_back(static_cast<int64_t>(runs.begin.size()) - 1);
-  const int64_t chunks = static_cast<int64_t>(chunk_runs.size()) - 1;
-  ImageMatch<T> m;
-  m.truth_of_prior = conf_t.data_ptr<int64_t>();
-  m.overlap_of_prior = size_ratio.data_ptr<T>();
-  m.prior_of_truth.resize(B * chunks * std::max<int64_t>(G, 1));
-  m.overlap_of_truth.resize(B * chunks * std::max<int64_t>(G, 1));
-  m.has_targets.assign(B, 0);
-
-  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / chunks, chunk = item % chunks;
-      best_overlaps(truths + b * G * 4, num_truths[b], centre_x.data(), corners.data(), areas.data(), runs,
-                    chunk_runs[chunk], chunk_runs[chunk + 1],
-                    m.truth_of_prior + b * P, m.overlap_of_prior + 2 * b * P,
-                    m.prior_of_truth.data() + item * G, m.overlap_of_truth.data() + item * G);
-    }
-  });
-
-  // Per image: each truth's best prior over all chunks, then the seed's forcing.
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> best_prior(G);
+    Scratch<T> s;
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = num_truths[b];
-      std::vector<T> best(n, T(-1));
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-        const int64_t item = b * chunks + chunk;
-        for (int64_t g = 0; g < n; ++g) {
-          if (m.overlap_of_truth[item * G + g] > best[g]) {  // earlier chunk wins ties
-            best[g] = m.overlap_of_truth[item * G + g];
-            best_prior[g] = m.prior_of_truth[item * G + g];
-          }
+      const T* image_truths = truths + b * G * 4;
+      const bool has_targets = match_image(image_truths, num_truths[b], table, P, s);
+      T* loc = loc_all + b * P * 4;
+      T* landm = landm_all + b * P * 10;
+      int64_t* conf = conf_all + b * P;
+      s.ratio.resize(2 * P);
+      for (int64_t p = 0; p < P; ++p) {
+        if (!has_targets) {  // all-zero targets
+          std::fill_n(loc + 4 * p, 4, T(0));
+          for (int k = 0; k < 10; ++k) landm[10 * p + k] = table.landm_origin[10 * p + k];  // -> 0
+          s.ratio[2 * p] = s.ratio[2 * p + 1] = T(1);  // log(1) / v1 = 0
+          conf[p] = 0;
+          continue;
         }
+        const int64_t g = s.truth_of_prior[p];
+        const T* truth = image_truths + 4 * g;
+        conf[p] = s.overlap_of_prior[p] < threshold ? 0 : labels[b * G + g];
+        encode_centre(truth, priors + 4 * p, v0, loc + 4 * p);
+        encode_size_ratio(truth, priors + 4 * p, s.ratio.data() + 2 * p);
+        const T* points = landms + (b * G + g) * 10;
+        for (int k = 0; k < 10; ++k) landm[10 * p + k] = points[k];  // encoded below
       }
-      T* overlap = m.overlap_of_prior + 2 * b * P;
-      int64_t* truth_of = m.truth_of_prior + b * P;
-      for (int64_t g = 0; g < n; ++g) {
-        if (best[g] >= min_forced) {
-          m.has_targets[b] = 1;
-          overlap[2 * best_prior[g]] = static_cast<T>(kForcedOverlap);
-        }
+      encode_in_place(landm, table.landm_origin.data(), table.landm_scale.data(), 10 * P);
+      // log(ratio) / v1 through ATen's log and division, so that it rounds as torch's do.
+      at::from_blob(s.ratio.data(), {2 * P}, truths_t.options()).log_().div_(variances[1]);
+      for (int64_t p = 0; p < P; ++p) {
+        loc[4 * p + 2] = s.ratio[2 * p];
+        loc[4 * p + 3] = s.ratio[2 * p + 1];
       }
-      // Every truth, forced or not, claims its best prior; a later truth wins a shared one.
-      for (int64_t g = 0; g < n; ++g) truth_of[best_prior[g]] = g;
     }
   });
-
-  T* loc = loc_t.data_ptr<T>();
-  T* landm = landm_t.data_ptr<T>();
-  int64_t* conf = conf_t.data_ptr<int64_t>();
-  T* ratio = size_ratio.data_ptr<T>();
-  auto encode_priors = [&](int64_t b, int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t i = b * P + p;
-      if (!m.has_targets[b]) {  // all-zero targets
-        std::fill_n(loc + 4 * i, 4, T(0));
-        std::fill_n(ratio + 2 * i, 2, T(1));  // log(1) / v1 = 0
-        std::fill_n(landm + 10 * i, 10, T(0));
-        conf[i] = 0;
-        continue;
-      }
-      const int64_t g = m.truth_of_prior[i];  // read before conf[i] overwrites it
-      const T* truth = truths + (b * G + g) * 4;
-      conf[i] = m.overlap_of_prior[2 * i] < threshold ? 0 : labels[b * G + g];
-      encode_centre(truth, priors + 4 * p, v0, loc + 4 * i);
-      encode_size_ratio(truth, priors + 4 * p, ratio + 2 * i);
-      encode_landmarks(landms + (b * G + g) * 10, priors + 4 * p, v0, landm + 10 * i);
-    }
-  };
-  const int64_t blocks = (P + kPriorChunk - 1) / kPriorChunk;
-  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / blocks, p0 = (item % blocks) * kPriorChunk;
-      encode_priors(b, p0, std::min(P, p0 + kPriorChunk));
-    }
-  });
-  finish_size_encoding(loc_t, size_ratio, variances[1]);
   return {loc_t, conf_t, landm_t};
 }
 

@@ -1,0 +1,115 @@
+"""Transcriptions of the reference code (Pytorch_Retinaface, as the seed document walks
+through it): the oracles that the tests and benchmarks compare our ops with.
+
+Kept deliberately close to the original, loops and all; not part of the package.
+"""
+
+from itertools import product
+from math import ceil
+
+import torch
+
+VARIANCES = [0.1, 0.2]
+
+
+def prior_box_oracle(image_size, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32), clip=False):
+    """A transcription of Pytorch_Retinaface's PriorBox.forward (Python loops)."""
+    feature_maps = [[ceil(image_size[0] / step), ceil(image_size[1] / step)] for step in steps]
+    anchors = []
+    for k, f in enumerate(feature_maps):
+        for i, j in product(range(f[0]), range(f[1])):
+            for min_size in min_sizes[k]:
+                s_kx = min_size / image_size[1]
+                s_ky = min_size / image_size[0]
+                dense_cx = [x * steps[k] / image_size[1] for x in [j + 0.5]]
+                dense_cy = [y * steps[k] / image_size[0] for y in [i + 0.5]]
+                for cy, cx in product(dense_cy, dense_cx):
+                    anchors += [cx, cy, s_kx, s_ky]
+    output = torch.Tensor(anchors).view(-1, 4)
+    if clip:
+        output.clamp_(max=1, min=0)
+    return output
+
+
+def seed_point_form(boxes):
+    return torch.cat((boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2), 1)
+
+
+def seed_intersect(box_a, box_b):
+    A, B = box_a.size(0), box_b.size(0)
+    max_xy = torch.min(box_a[:, 2:].unsqueeze(1).expand(A, B, 2), box_b[:, 2:].unsqueeze(0).expand(A, B, 2))
+    min_xy = torch.max(box_a[:, :2].unsqueeze(1).expand(A, B, 2), box_b[:, :2].unsqueeze(0).expand(A, B, 2))
+    inter = torch.clamp((max_xy - min_xy), min=0)
+    return inter[:, :, 0] * inter[:, :, 1]
+
+
+def seed_jaccard(box_a, box_b):
+    inter = seed_intersect(box_a, box_b)
+    area_a = ((box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1])).unsqueeze(1).expand_as(inter)
+    area_b = ((box_b[:, 2] - box_b[:, 0]) * (box_b[:, 3] - box_b[:, 1])).unsqueeze(0).expand_as(inter)
+    union = area_a + area_b - inter
+    return inter / union
+
+
+def seed_encode(matched, priors, variances):
+    g_cxcy = (matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]
+    g_cxcy /= variances[0] * priors[:, 2:]
+    g_wh = (matched[:, 2:] - matched[:, :2]) / priors[:, 2:]
+    g_wh = torch.log(g_wh) / variances[1]
+    return torch.cat([g_cxcy, g_wh], 1)
+
+
+def seed_encode_landm(matched, priors, variances):
+    matched = torch.reshape(matched, (matched.size(0), 5, 2))
+    priors_cx = priors[:, 0].unsqueeze(1).expand(matched.size(0), 5).unsqueeze(2)
+    priors_cy = priors[:, 1].unsqueeze(1).expand(matched.size(0), 5).unsqueeze(2)
+    priors_w = priors[:, 2].unsqueeze(1).expand(matched.size(0), 5).unsqueeze(2)
+    priors_h = priors[:, 3].unsqueeze(1).expand(matched.size(0), 5).unsqueeze(2)
+    priors = torch.cat([priors_cx, priors_cy, priors_w, priors_h], dim=2)
+    g_cxcy = matched[:, :, :2] - priors[:, :, :2]
+    g_cxcy /= variances[0] * priors[:, :, 2:]
+    return g_cxcy.reshape(g_cxcy.size(0), -1)
+
+
+def seed_match(threshold, truths, priors, variances, labels, landms, loc_t, conf_t, landm_t, idx):
+    overlaps = seed_jaccard(truths, seed_point_form(priors))
+    best_prior_overlap, best_prior_idx = overlaps.max(1, keepdim=True)
+    valid_gt_idx = best_prior_overlap[:, 0] >= 0.2
+    best_prior_idx_filter = best_prior_idx[valid_gt_idx, :]
+    if best_prior_idx_filter.shape[0] <= 0:
+        loc_t[idx] = 0
+        conf_t[idx] = 0
+        return
+    best_truth_overlap, best_truth_idx = overlaps.max(0, keepdim=True)
+    best_truth_idx.squeeze_(0)
+    best_truth_overlap.squeeze_(0)
+    best_prior_idx.squeeze_(1)
+    best_prior_idx_filter.squeeze_(1)
+    best_prior_overlap.squeeze_(1)
+    best_truth_overlap.index_fill_(0, best_prior_idx_filter, 2)
+    for j in range(best_prior_idx.size(0)):
+        best_truth_idx[best_prior_idx[j]] = j
+    matches = truths[best_truth_idx]
+    conf = labels[best_truth_idx]
+    conf[best_truth_overlap < threshold] = 0
+    loc = seed_encode(matches, priors, variances)
+    matches_landm = landms[best_truth_idx]
+    landm = seed_encode_landm(matches_landm, priors, variances)
+    loc_t[idx] = loc
+    conf_t[idx] = conf
+    landm_t[idx] = landm
+
+
+def seed_batch(truths, labels, landms, num_truths, priors, threshold=0.35):
+    """The seed's per-image loop over a padded batch (landm_t zero where it leaves it unset)."""
+    B, P = truths.shape[0], priors.shape[0]
+    loc_t = torch.zeros(B, P, 4, dtype=truths.dtype)
+    conf_t = torch.zeros(B, P, dtype=torch.long)
+    landm_t = torch.zeros(B, P, 10, dtype=truths.dtype)
+    for b in range(B):
+        n = int(num_truths[b])
+        seed_match(
+            threshold, truths[b, :n], priors, VARIANCES, labels[b, :n].to(truths.dtype), landms[b, :n],
+            loc_t, conf_t, landm_t, b,
+        )
+    return loc_t, conf_t, landm_t
