@@ -79,3 +79,21 @@ def make_boxes(kind, n, seed=0, dtype=torch.float32, device="cpu"):
 @pytest.fixture
 def boxes_factory():
     return make_boxes
+
+
+def _synchronized(fn, device):
+    """fn, followed by a CUDA synchronisation when device is "cuda" (for timing)."""
+    if device != "cuda":
+        return fn
+
+    def run():
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run
+
+
+@pytest.fixture
+def synchronized():
+    return _synchronized

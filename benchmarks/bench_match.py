@@ -25,21 +25,10 @@ def training_batch(batch, faces, seed=0):
     return truths, labels, landms, torch.full((batch,), faces)
 
 
-def synchronized(fn, device):
-    if device != "cuda":
-        return fn
-
-    def run():
-        result = fn()
-        torch.cuda.synchronize()
-        return result
-
-    return run
-
 
 @pytest.mark.parametrize("impl", ["kernel", "batched_reference", "seed_loop"])
 @pytest.mark.parametrize("faces", [30, 200])
-def bench_match(benchmark, device, faces, impl):
+def bench_match(benchmark, synchronized, device, faces, impl):
     priors = prior_boxes((640, 640), device=device)
     truths, labels, landms, num_truths = (t.to(device) for t in training_batch(32, faces))
     benchmark.group = f"match {device} B=32 G={faces} 640x640 ({len(priors)} priors)"
@@ -68,7 +57,7 @@ def detection_outputs(image_size, device, seed=0):
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
 @pytest.mark.parametrize("image_size", [(640, 640), (1080, 1920), (1600, 2150)])
-def bench_decode_detections(benchmark, device, image_size, impl):
+def bench_decode_detections(benchmark, synchronized, device, image_size, impl):
     loc, conf, landm, priors = detection_outputs(image_size, device)
     benchmark.group = f"decode_detections {device} {image_size[1]}x{image_size[0]} ({len(priors)} priors)"
     decode = ops.decode_detections if impl == "kernel" else reference.decode_detections

@@ -52,22 +52,11 @@ def run_nms(impl, boxes, scores, threshold):
     return lambda: numpy_greedy_nms(boxes_np, scores_np, threshold)
 
 
-def synchronized(fn, device):
-    if device != "cuda":
-        return fn
-
-    def run():
-        result = fn()
-        torch.cuda.synchronize()
-        return result
-
-    return run
-
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("n", [1000, 5000, 20000])
 @pytest.mark.parametrize("kind", ["sparse", "crowd"])
-def bench_nms(benchmark, boxes_factory, device, kind, n, impl):
+def bench_nms(benchmark, boxes_factory, synchronized, device, kind, n, impl):
     boxes, scores = boxes_factory(kind, n, seed=0, device=device)
     benchmark.group = f"nms {device} {kind} N={n}"
     benchmark.extra_info["threads"] = torch.get_num_threads()
@@ -77,7 +66,7 @@ def bench_nms(benchmark, boxes_factory, device, kind, n, impl):
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference", "torchvision"])
-def bench_batched_nms(benchmark, boxes_factory, device, impl):
+def bench_batched_nms(benchmark, boxes_factory, synchronized, device, impl):
     boxes, scores = boxes_factory("crowd", 20000, seed=0, device=device)
     idxs = torch.randint(0, 20, (20000,), generator=torch.Generator().manual_seed(0)).to(device)
     benchmark.group = f"batched_nms {device} crowd N=20000, 20 classes"

@@ -179,3 +179,17 @@ def test_cuda_equals_cpu(dtype):
     torch.testing.assert_close(gpu[0].cpu()[..., :2], cpu[0][..., :2], rtol=0, atol=0)
     torch.testing.assert_close(gpu[0].cpu()[..., 2:], cpu[0][..., 2:], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gpu[2].cpu(), cpu[2], rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_cuda_mismatched_devices_and_bad_values():
+    priors = prior_boxes((128, 128), device="cuda")
+    truths, labels, landms, num_truths = (t.cuda() for t in random_batch(2, 3, seed=10, garbage=False))
+    with pytest.raises(RuntimeError, match="priors must be on the device of truths"):
+        ops.match(truths, labels, landms, num_truths, priors.cpu())
+    with pytest.raises(RuntimeError, match=r"num_truths\[0\] = 4 is out of range"):
+        ops.match(truths, labels, landms, torch.tensor([4, 1], device="cuda"), priors)
+    # Without the check, an out-of-range count is clamped on the device: no crash.
+    ops.match(truths, labels, landms, torch.tensor([4, -1], device="cuda"), priors, check=False)
+    torch.cuda.synchronize()
