@@ -56,13 +56,16 @@ PriorRuns<T> make_runs(const T* priors, const T* corners, int64_t P) {
 template <typename T>
 struct PriorTable {
   std::vector<T> corners, areas, centre_x, landm_origin, landm_scale;
+  std::vector<T> x1, y1, x2, y2;  // the corners again, as columns (for vectorised IoU)
   PriorRuns<T> runs;
 
   PriorTable(const T* priors, int64_t P, T v0)
-      : corners(4 * P), areas(P), centre_x(P), landm_origin(10 * P), landm_scale(10 * P) {
+      : corners(4 * P), areas(P), centre_x(P), landm_origin(10 * P), landm_scale(10 * P),
+        x1(P), y1(P), x2(P), y2(P) {
     for (int64_t p = 0; p < P; ++p) {
       const T* c = corners.data() + 4 * p;
       prior_corners(priors + 4 * p, corners.data() + 4 * p);
+      x1[p] = c[0], y1[p] = c[1], x2[p] = c[2], y2[p] = c[3];
       areas[p] = plain_area(c[0], c[1], c[2], c[3]);
       centre_x[p] = priors[4 * p];
       landmark_frame(priors + 4 * p, v0, landm_origin.data() + 10 * p, landm_scale.data() + 10 * p);
@@ -78,7 +81,24 @@ struct Scratch {
   std::vector<T> overlap_of_prior;      // its overlap, 2 where forced
   std::vector<int64_t> prior_of_truth;  // best prior per truth
   std::vector<T> ratio;                 // (x2 - x1) / w, (y2 - y1) / h per prior
+  std::vector<T> iou;                   // one truth against one window of priors
 };
+
+// IoU of truth t (area `area`) with priors [first, last), branch-free so that it
+// vectorises. A prior that misses the truth gets IoU 0 exactly, as box_iou gives it.
+template <typename T>
+void window_iou(const T* t, T area, const PriorTable<T>& table, int64_t first, int64_t last,
+                T* __restrict out) {
+  const T *__restrict x1 = table.x1.data(), *__restrict y1 = table.y1.data();
+  const T *__restrict x2 = table.x2.data(), *__restrict y2 = table.y2.data();
+  const T* __restrict areas = table.areas.data();
+  for (int64_t p = first; p < last; ++p) {
+    const T w = max_of(min_of(t[2], x2[p]) - max_of(t[0], x1[p]), T(0));
+    const T h = max_of(min_of(t[3], y2[p]) - max_of(t[1], y1[p]), T(0));
+    const T inter = w * h;
+    out[p - first] = inter / (area + areas[p] - inter);
+  }
+}
 
 // Each prior's best truth and each truth's best prior (first maximum both ways, as
 // torch.max), then the seed's forcing. Returns whether some truth reaches 0.2.
@@ -99,17 +119,16 @@ bool match_image(const T* truths, int64_t n, const PriorTable<T>& table, int64_t
     for (int64_t r = 0; r < num_runs; ++r) {
       if (min_of(t[3], runs.y2[r]) - max_of(t[1], runs.y1[r]) <= T(0)) continue;
       int64_t first = runs.begin[r], last = runs.begin[r + 1];
-      if (runs.sorted_by_cx[r]) {  // a generous window: the tests below decide exactly
+      if (runs.sorted_by_cx[r]) {  // a generous window: the IoU decides exactly
         const T margin = runs.half_width[r] * T(1.001) + (std::abs(t[0]) + std::abs(t[2])) * T(1e-6);
         const T* cx = table.centre_x.data();
         first = std::lower_bound(cx + first, cx + last, t[0] - margin) - cx;
         last = std::lower_bound(cx + first, cx + last, t[2] + margin) - cx;
       }
+      s.iou.resize(std::max<size_t>(s.iou.size(), last - first));
+      window_iou(t, area, table, first, last, s.iou.data());
       for (int64_t p = first; p < last; ++p) {
-        const T* c = table.corners.data() + 4 * p;
-        if (min_of(t[2], c[2]) - max_of(t[0], c[0]) <= T(0)) continue;  // IoU 0
-        if (min_of(t[3], c[3]) - max_of(t[1], c[1]) <= T(0)) continue;
-        const T iou = box_iou(t[0], t[1], t[2], t[3], area, c[0], c[1], c[2], c[3], table.areas[p]);
+        const T iou = s.iou[p - first];
         if (iou > best) {
           best = iou;
           best_prior = p;
