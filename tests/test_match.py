@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
@@ -193,3 +195,26 @@ def test_cuda_mismatched_devices_and_bad_values():
     # Without the check, an out-of-range count is clamped on the device: no crash.
     ops.match(truths, labels, landms, torch.tensor([4, -1], device="cuda"), priors, check=False)
     torch.cuda.synchronize()
+
+
+pixel = st.integers(min_value=-4, max_value=68)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    boxes=st.lists(st.tuples(pixel, pixel, st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, -1])), max_size=12),
+    threshold=st.sampled_from([0.0, 0.2, 0.35, 0.5, 0.9]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_pixel_grid_truths_property(boxes, threshold, dtype):
+    """Truths on the pixel grid of a 64x64 image with coarse priors: exact IoU ties between
+    priors and between truths, shared best priors, duplicates, truths outside the image."""
+    priors = prior_boxes((64, 64), ((8, 16), (32,)), (8, 16), dtype=dtype)
+    G = max(len(boxes), 1)
+    truths = torch.zeros(1, G, 4, dtype=dtype)
+    labels = torch.ones(1, G, dtype=torch.long)
+    for g, (x, y, w, h, label) in enumerate(boxes):
+        truths[0, g] = torch.tensor([x, y, x + w, y + h], dtype=dtype) / 64
+        labels[0, g] = label
+    landms = truths.repeat(1, 1, 3)[..., :10] * 0.9
+    assert_all_equal((truths, labels, landms, torch.tensor([len(boxes)])), priors, threshold)
