@@ -4,6 +4,8 @@ Short and obviously right rather than fast; the tests compare the kernels with t
 They run on any device and need no compiled code.
 """
 
+import math
+
 import torch
 
 
@@ -158,3 +160,67 @@ def decode_detections(loc, conf, landm, priors, variances=(0.1, 0.2), score_thre
     scores = conf[..., 1]
     image, prior = torch.nonzero(scores > score_threshold, as_tuple=True)
     return boxes[image, prior], scores[image, prior], landmarks[image, prior], image, prior
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _bilinear_gather(input, y, x, groups):
+    """Samples input [N, C, H, W] at (y, x) [N, groups, *S] with bilinear weights and zeros
+    outside the image; channels are split into ``groups`` consecutive blocks, block g
+    sampled at (y[:, g], x[:, g]). Returns [N, C, *S]."""
+    N, C, H, W = input.shape
+    spatial = y.shape[2:]
+    points = math.prod(spatial)
+    values = input.reshape(N, groups, C // groups, H * W)
+    y0, x0 = torch.floor(y), torch.floor(x)
+    ly, lx = y - y0, x - x0
+    out = 0
+    for dy, wy in ((0, 1 - ly), (1, ly)):
+        for dx, wx in ((0, 1 - lx), (1, lx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy <= H - 1) & (xx >= 0) & (xx <= W - 1)
+            index = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).long().reshape(N, groups, 1, points)
+            sampled = torch.gather(values, 3, index.expand(N, groups, C // groups, points))
+            weight = (wy * wx * inside).reshape(N, groups, 1, points)
+            out = out + sampled * weight
+    return out.reshape(N, C, *spatial)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Modulated deformable convolution (DCNv2; DCNv1 when mask is None), as
+    torchvision.ops.deform_conv2d: same signature, offset layout and border rule.
+
+    Args:
+        input: [N, C, H, W]. weight: [O, C / groups, kh, kw] (groups = C / weight.shape[1]).
+        offset: [N, 2 * offset_groups * kh * kw, Ho, Wo]; for each offset group and kernel
+            point (row-major), (dy, dx).
+        mask: [N, offset_groups * kh * kw, Ho, Wo] or None. bias: [O] or None.
+
+    Kernel point (a, b) of output (i, j) samples input at y = i * stride - padding +
+    a * dilation + dy (x likewise) by bilinear interpolation, with zeros outside the
+    image, and is multiplied by its mask value. Differentiable by autograd.
+    """
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    N, C, H, W = input.shape
+    O, channels_per_group, kh, kw = weight.shape
+    groups, K = C // channels_per_group, kh * kw
+    offset_groups = offset.shape[1] // (2 * K)
+    Ho, Wo = offset.shape[2:]
+    device, dtype = input.device, input.dtype
+    ky = (torch.arange(kh, device=device, dtype=dtype) * dh).repeat_interleave(kw)  # [K]
+    kx = (torch.arange(kw, device=device, dtype=dtype) * dw).repeat(kh)
+    oy = torch.arange(Ho, device=device, dtype=dtype) * sh - ph
+    ox = torch.arange(Wo, device=device, dtype=dtype) * sw - pw
+    shifts = offset.reshape(N, offset_groups, K, 2, Ho, Wo)
+    y = oy[:, None] + ky[:, None, None] + shifts[:, :, :, 0]  # [N, og, K, Ho, Wo]
+    x = ox[None, :] + kx[:, None, None] + shifts[:, :, :, 1]
+    columns = _bilinear_gather(input, y, x, offset_groups)  # [N, C, K, Ho, Wo]
+    if mask is not None:
+        modulation = mask.reshape(N, offset_groups, 1, K, Ho, Wo)
+        columns = (columns.reshape(N, offset_groups, C // offset_groups, K, Ho, Wo) * modulation)
+    columns = columns.reshape(N, groups, channels_per_group * K, Ho * Wo)
+    out = torch.einsum("gok,ngkl->ngol", weight.reshape(groups, O // groups, channels_per_group * K), columns)
+    out = out.reshape(N, O, Ho, Wo)
+    return out if bias is None else out + bias[:, None, None]
