@@ -14,6 +14,14 @@ TORCH_LIBRARY(retinaface_ext, m) {
       "decode_detections(Tensor loc, Tensor conf, Tensor landm, Tensor priors, float[] variances, "
       "float score_threshold) -> (Tensor boxes, Tensor scores, Tensor landmarks, "
       "Tensor image_index, Tensor prior_index)");
+  m.def(
+      "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
+      "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w) -> Tensor");
+  m.def(
+      "deform_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor offset, "
+      "Tensor? mask, Tensor? bias, int stride_h, int stride_w, int pad_h, int pad_w, "
+      "int dilation_h, int dilation_w) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_offset, Tensor grad_mask, Tensor grad_bias)");
 }
 
 // _C is imported as a Python module only so that loading it runs the registrations above.

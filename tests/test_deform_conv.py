@@ -1,6 +1,5 @@
-"""Deformable convolution (DCNv2). So far the pure-PyTorch reference, which the kernels
-of issue 4 will be compared with: it must equal torchvision's deform_conv2d, forward and
-every gradient, and reduce to conv2d with zero offsets and a mask of ones."""
+"""Deformable convolution (DCNv2): kernel = reference = torchvision, forward and every
+gradient; zero offsets and a mask of ones are conv2d; gradcheck and opcheck."""
 
 import itertools
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retinaface_ext import ops
 from retinaface_ext.ops import reference
 
 
@@ -47,16 +47,56 @@ CONFIGS = list(
 )
 
 
+def assert_same(fn_a, fn_b, args, options):
+    a, grads_a = outputs_and_gradients(fn_a, args, options)
+    b, grads_b = outputs_and_gradients(fn_b, args, options)
+    torch.testing.assert_close(a, b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=lambda m: f"grad {name}: {m}")
+
+
 @pytest.mark.parametrize("stride, padding, dilation, kernel, groups, offset_groups", CONFIGS)
-def test_reference_equals_torchvision(stride, padding, dilation, kernel, groups, offset_groups):
+def test_kernel_equals_reference_equals_torchvision(device, stride, padding, dilation, kernel, groups, offset_groups):
     torchvision = pytest.importorskip("torchvision")
     for mask, bias, batch in ((True, True, 3), (False, False, 1), (True, False, 2)):
         args, options = make_case(batch, 8, 9, 11, 4, kernel, stride, padding, dilation, groups, offset_groups, mask, bias)
-        ours, our_grads = outputs_and_gradients(reference.deform_conv2d, args, options)
-        theirs, their_grads = outputs_and_gradients(torchvision.ops.deform_conv2d, args, options)
-        torch.testing.assert_close(ours, theirs)
-        for name in our_grads:
-            torch.testing.assert_close(our_grads[name], their_grads[name], msg=lambda m: f"grad {name}: {m}")
+        assert_same(reference.deform_conv2d, torchvision.ops.deform_conv2d, args, options)
+        on_device = {k: (v.to(device) if v is not None else None) for k, v in args.items()}
+        assert_same(ops.deform_conv2d, reference.deform_conv2d, on_device, options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_float32_and_float64(device, dtype):
+    args, options = make_case(2, 16, 20, 18, 8, (3, 3), 1, 1, 1, 1, 1, True, True, dtype=dtype)
+    args = {k: (v.to(device) if v is not None else None) for k, v in args.items()}
+    assert_same(ops.deform_conv2d, reference.deform_conv2d, args, options)
+
+
+def test_gradcheck_away_from_integer_sample_positions():
+    args, options = make_case(2, 4, 6, 5, 4, (3, 3), 1, 1, 1, 2, 2, True, True)
+    # Keep every sampling point off integer coordinates, where bilinear sampling has kinks.
+    args["offset"] = torch.floor(args["offset"]) + 0.25 + 0.5 * torch.rand(args["offset"].shape, dtype=torch.float64)
+    inputs = tuple(v.requires_grad_() for v in (args["input"], args["offset"], args["weight"], args["mask"], args["bias"]))
+
+    def fn(input, offset, weight, mask, bias):
+        return ops.deform_conv2d(input, offset, weight, bias, mask=mask, **options)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_opcheck(device):
+    args, options = make_case(2, 4, 7, 6, 4, (3, 3), 1, 1, 1, 2, 2, True, True)
+    a = {k: v.to(device) for k, v in args.items()}
+    torch.library.opcheck(
+        torch.ops.retinaface_ext.deform_conv2d.default,
+        (a["input"].requires_grad_(), a["weight"].requires_grad_(), a["offset"].requires_grad_(),
+         a["mask"].requires_grad_(), a["bias"].requires_grad_(), 1, 1, 1, 1, 1, 1),
+    )
+    grad_out = torch.randn(2, 4, 7, 6, dtype=torch.float64, device=device)
+    torch.library.opcheck(
+        torch.ops.retinaface_ext.deform_conv2d_backward.default,
+        (grad_out, a["input"].detach(), a["weight"].detach(), a["offset"].detach(), None, None, 1, 1, 1, 1, 1, 1),
+    )
 
 
 @pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (2, 0, 1, 2), (1, 2, 2, 4)])
@@ -66,6 +106,7 @@ def test_zero_offsets_and_unit_mask_are_conv2d(stride, padding, dilation, groups
     args["mask"] = torch.ones_like(args["mask"])
     expected = F.conv2d(args["input"], args["weight"], args["bias"], stride, padding, dilation, groups)
     torch.testing.assert_close(reference.deform_conv2d(**args, **options), expected)
+    torch.testing.assert_close(ops.deform_conv2d(**args, **options), expected)
 
 
 def test_non_contiguous_inputs_and_empty_batch():
@@ -75,5 +116,28 @@ def test_non_contiguous_inputs_and_empty_batch():
                for k, v in args.items()}
     assert not strided["input"].is_contiguous()
     torch.testing.assert_close(reference.deform_conv2d(**strided, **options), expected)
+    torch.testing.assert_close(ops.deform_conv2d(**strided, **options), expected)
     empty = {k: (v[:0] if k in ("input", "offset", "mask") else v) for k, v in args.items()}
     assert reference.deform_conv2d(**empty, **options).shape == (0, 6, 7, 7)
+    assert ops.deform_conv2d(**empty, **options).shape == (0, 6, 7, 7)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.update(input=a["input"][0]), r"input must have shape \[N, C, H, W\]"),
+        (lambda a: a.update(weight=a["weight"][:, :3]), r"input channels \(4\) must be a multiple of weight.shape\[1\] \(3\)"),
+        (lambda a: a.update(offset=a["offset"][:, :5]), r"offset must have shape \[N, 2 \* offset_groups \* kh \* kw, Ho, Wo\]"),
+        (lambda a: a.update(offset=a["offset"][..., :3]), "offset must have shape"),
+        (lambda a: a.update(mask=a["mask"][:, :4]), r"mask must have shape \[N, offset_groups \* kh \* kw, Ho, Wo\] = \[2, 18"),
+        (lambda a: a.update(bias=a["bias"][:2]), r"bias must have shape \[6\]"),
+        (lambda a: a.update(weight=a["weight"].float()), "weight must have the dtype of input"),
+        (lambda a: a.update(stride=0), "stride and dilation must be positive"),
+    ],
+)
+def test_bad_input_names_the_argument(change, message):
+    args, options = make_case(2, 4, 7, 7, 6, (3, 3), 1, 1, 1, 1, 2, True, True)
+    args.update(options)
+    change(args)
+    with pytest.raises(RuntimeError, match=message):
+        ops.deform_conv2d(**args)

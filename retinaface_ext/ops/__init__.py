@@ -5,6 +5,7 @@ Each op has a pure-PyTorch twin of the same signature in ``retinaface_ext.ops.re
 
 from . import reference
 from .box_coder import decode, decode_detections, decode_landm, encode, encode_landm
+from .deform_conv import deform_conv2d
 from .match import box_iou, match
 from .nms import batched_nms, nms
 
@@ -18,5 +19,6 @@ __all__ = [
     "encode_landm",
     "decode_landm",
     "decode_detections",
+    "deform_conv2d",
     "reference",
 ]

@@ -1,0 +1,74 @@
+#pragma once
+// Deformable convolution: the per-point bilinear sampling shared by the CPU and CUDA
+// kernels, and the argument checks. Border rule (torchvision's): a sample is bilinear
+// over its four neighbours, a neighbour outside the image counts as 0, so a point with
+// y <= -1, y >= H, x <= -1 or x >= W samples 0 and gets no gradient. The backward
+// differentiates exactly this function (one-sided at integer coordinates).
+#include <ATen/core/Tensor.h>
+
+#include <cmath>
+
+#include "common/host_device.h"
+
+namespace rfe {
+
+// The four neighbours of (y, x) with their bilinear weights; weight 0 where outside.
+template <typename T>
+struct Bilinear {
+  bool inside[4];
+  int64_t index[4];  // into an H * W plane, where inside
+  T weight[4];
+  // d weight / dy and d weight / dx for the coordinate gradients
+  T dweight_dy[4];
+  T dweight_dx[4];
+};
+
+template <typename T>
+RFE_HOST_DEVICE inline Bilinear<T> bilinear(T y, T x, int64_t H, int64_t W) {
+  Bilinear<T> b;
+  for (int k = 0; k < 4; ++k) {
+    b.inside[k] = false;
+    b.index[k] = 0;
+    b.weight[k] = b.dweight_dy[k] = b.dweight_dx[k] = T(0);
+  }
+  if (!(y > T(-1) && y < T(H) && x > T(-1) && x < T(W))) return b;
+  const T fy = floor(y), fx = floor(x);
+  const int64_t y0 = static_cast<int64_t>(fy), x0 = static_cast<int64_t>(fx);
+  const T ly = y - fy, lx = x - fx, hy = T(1) - ly, hx = T(1) - lx;
+  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1}, xs[4] = {x0, x0 + 1, x0, x0 + 1};
+  const T wy[4] = {hy, hy, ly, ly}, wx[4] = {hx, lx, hx, lx};
+  const T dwy[4] = {T(-1), T(-1), T(1), T(1)}, dwx[4] = {T(-1), T(1), T(-1), T(1)};
+  for (int k = 0; k < 4; ++k) {
+    if (ys[k] < 0 || ys[k] >= H || xs[k] < 0 || xs[k] >= W) continue;
+    b.inside[k] = true;
+    b.index[k] = ys[k] * W + xs[k];
+    b.weight[k] = wy[k] * wx[k];
+    b.dweight_dy[k] = dwy[k] * wx[k];
+    b.dweight_dx[k] = wy[k] * dwx[k];
+  }
+  return b;
+}
+
+template <typename T>
+RFE_HOST_DEVICE inline T sample(const Bilinear<T>& b, const T* plane) {
+  T v = T(0);
+  for (int k = 0; k < 4; ++k)
+    if (b.inside[k]) v += b.weight[k] * plane[b.index[k]];
+  return v;
+}
+
+// Shapes of one deformable convolution call, checked against each other.
+struct DeformShape {
+  int64_t N, C, H, W, O, kh, kw, Ho, Wo, groups, offset_groups;
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t K() const { return kh * kw; }
+  int64_t L() const { return Ho * Wo; }
+};
+
+DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight,
+                                   const at::Tensor& offset, const at::Tensor& mask,
+                                   const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
+                                   int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                                   int64_t dilation_w);
+
+}  // namespace rfe

@@ -1,0 +1,179 @@
+// Deformable convolution on the CPU: im2col with bilinear sampling into a bounded column
+// buffer (the batch in chunks), then one batched GEMM per chunk over the weight groups.
+// The backward: GEMM to column gradients, then col2im and the offset/mask gradients in
+// one pass parallel over (image, offset group), which owns its slice of every gradient:
+// no atomics, no races.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "deform_conv/deform_conv.h"
+
+namespace rfe {
+namespace {
+
+constexpr int64_t kColumnBudget = int64_t(1) << 24;  // elements per column buffer (64 MB of float)
+
+int64_t chunk_size(const DeformShape& s) {
+  const int64_t per_image = std::max<int64_t>(1, s.C * s.K() * s.L());
+  return std::max<int64_t>(1, std::min<int64_t>(s.N, kColumnBudget / per_image));
+}
+
+// The sampling point of kernel point k for output position l of image n, offset group g.
+template <typename T>
+struct SamplePoints {
+  const DeformShape& s;
+  const T* offset;  // [N, og * K * 2, Ho, Wo]
+  const T* mask;    // [N, og * K, Ho, Wo] or null
+
+  Bilinear<T> at(int64_t n, int64_t g, int64_t k, int64_t l, T* modulation) const {
+    const int64_t K = s.K(), L = s.L(), i = l / s.Wo, j = l % s.Wo;
+    const T* off = offset + ((n * s.offset_groups + g) * K + k) * 2 * L;
+    const T y = T(i * s.sh - s.ph + (k / s.kw) * s.dh) + off[l];
+    const T x = T(j * s.sw - s.pw + (k % s.kw) * s.dw) + off[L + l];
+    *modulation = mask ? mask[((n * s.offset_groups + g) * K + k) * L + l] : T(1);
+    return bilinear(y, x, s.H, s.W);
+  }
+};
+
+// columns[(c * K + k), n * L + l] for the nb images from n0: the modulated samples.
+template <typename T>
+void im2col(const T* input, const SamplePoints<T>& points, const DeformShape& s, int64_t n0,
+            int64_t nb, T* columns) {
+  const int64_t K = s.K(), L = s.L(), og = s.offset_groups, per_group = s.C / og;
+  at::parallel_for(0, nb * og * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (og * K), g = (item / K) % og, k = item % K;
+      for (int64_t l = 0; l < L; ++l) {
+        T modulation;
+        const Bilinear<T> b = points.at(n0 + n, g, k, l, &modulation);
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+          const T* plane = input + ((n0 + n) * s.C + c) * s.H * s.W;
+          columns[(c * K + k) * (nb * L) + n * L + l] = sample(b, plane) * modulation;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor grouped(const at::Tensor& weight, const DeformShape& s) {
+  return weight.reshape({s.groups, s.O / s.groups, -1});  // [groups, O / groups, C / groups * K]
+}
+
+at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
+                             const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_,
+                             int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                             int64_t dilation_h, int64_t dilation_w) {
+  const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
+  const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
+  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w,
+                                               pad_h, pad_w, dilation_h, dilation_w);
+  TORCH_CHECK(input_.scalar_type() == at::kFloat || input_.scalar_type() == at::kDouble,
+              "deform_conv2d: input on the CPU must be float32 or float64, got ", input_.scalar_type());
+  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous();
+  const at::Tensor weight = grouped(weight_.contiguous(), s);
+  at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
+  const int64_t chunk = chunk_size(s);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
+    using T = scalar_t;
+    const SamplePoints<T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
+    at::Tensor columns = at::empty({s.C * s.K(), chunk * s.L()}, input.options());
+    for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
+      const int64_t nb = std::min(chunk, s.N - n0);
+      at::Tensor cols = columns.narrow(1, 0, nb * s.L());
+      if (nb < chunk) cols = cols.contiguous();
+      im2col(input.data_ptr<T>(), points, s, n0, nb, cols.data_ptr<T>());
+      const at::Tensor result = at::bmm(weight, cols.view({s.groups, -1, nb * s.L()}));  // [g, O/g, nb*L]
+      out.narrow(0, n0, nb).view({nb, s.O, s.L()}).copy_(result.view({s.O, nb, s.L()}).permute({1, 0, 2}));
+    }
+  });
+  if (bias.defined()) out.add_(bias.view({1, s.O, 1, 1}));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& weight_,
+    const at::Tensor& offset_, const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_,
+    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+    int64_t dilation_w) {
+  const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
+  const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
+  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w,
+                                               pad_h, pad_w, dilation_h, dilation_w);
+  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({s.N, s.O, s.Ho, s.Wo}),
+              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo,
+              "], got ", grad_out_.sizes());
+  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), grad_out = grad_out_.contiguous();
+  const at::Tensor weight = grouped(weight_.contiguous(), s);
+  at::Tensor grad_input = at::zeros_like(input);
+  at::Tensor grad_offset = at::empty_like(offset);
+  at::Tensor grad_mask = mask.defined() ? at::empty_like(mask) : at::empty({0}, input.options());
+  at::Tensor grad_weight = at::zeros_like(weight);
+  at::Tensor grad_bias = bias.defined() ? grad_out.sum({0, 2, 3}) : at::empty({0}, input.options());
+  const int64_t chunk = chunk_size(s), K = s.K(), L = s.L(), og = s.offset_groups;
+  const int64_t per_group = s.C / og;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+    using T = scalar_t;
+    const SamplePoints<T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
+    at::Tensor columns = at::empty({s.C * K, chunk * L}, input.options());
+    for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
+      const int64_t nb = std::min(chunk, s.N - n0);
+      // [groups, O / groups, nb * L]
+      const at::Tensor go = grad_out.narrow(0, n0, nb).view({nb, s.groups, s.O / s.groups, L})
+                                .permute({1, 2, 0, 3}).reshape({s.groups, s.O / s.groups, nb * L});
+      const at::Tensor grad_columns = at::bmm(weight.transpose(1, 2), go).view({s.C * K, nb * L});
+      const T* gc = grad_columns.data_ptr<T>();
+      const T* in = input.data_ptr<T>();
+      T* gi = grad_input.data_ptr<T>();
+      T* goff = grad_offset.data_ptr<T>();
+      T* gm = mask.defined() ? grad_mask.data_ptr<T>() : nullptr;
+      at::parallel_for(0, nb * og, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / og, g = item % og, image = n0 + n;
+          for (int64_t k = 0; k < K; ++k) {
+            for (int64_t l = 0; l < L; ++l) {
+              T modulation;
+              const Bilinear<T> b = points.at(image, g, k, l, &modulation);
+              T d_y = 0, d_x = 0, d_mask = 0;
+              for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+                const T grad = gc[(c * K + k) * (nb * L) + n * L + l];
+                const T* plane = in + (image * s.C + c) * s.H * s.W;
+                T* grad_plane = gi + (image * s.C + c) * s.H * s.W;
+                T dy = 0, dx = 0;
+                for (int q = 0; q < 4; ++q) {
+                  if (!b.inside[q]) continue;
+                  grad_plane[b.index[q]] += b.weight[q] * grad * modulation;
+                  dy += b.dweight_dy[q] * plane[b.index[q]];
+                  dx += b.dweight_dx[q] * plane[b.index[q]];
+                }
+                d_y += grad * modulation * dy;
+                d_x += grad * modulation * dx;
+                d_mask += grad * sample(b, plane);
+              }
+              const int64_t channel = (image * og + g) * K + k;
+              goff[channel * 2 * L + l] = d_y;
+              goff[(channel * 2 + 1) * L + l] = d_x;
+              if (gm) gm[channel * L + l] = d_mask;
+            }
+          }
+        }
+      });
+      at::Tensor cols = columns.narrow(1, 0, nb * L);
+      if (nb < chunk) cols = cols.contiguous();
+      im2col(in, points, s, n0, nb, cols.data_ptr<T>());
+      grad_weight.add_(at::bmm(go, cols.view({s.groups, -1, nb * L}).transpose(1, 2)));
+    }
+  });
+  return {grad_input, grad_weight.view_as(weight_), grad_offset, grad_mask, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(retinaface_ext, CPU, m) {
+  m.impl("deform_conv2d", &deform_conv2d_cpu);
+  m.impl("deform_conv2d_backward", &deform_conv2d_backward_cpu);
+}
+
+}  // namespace rfe
