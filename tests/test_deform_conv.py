@@ -141,3 +141,37 @@ def test_bad_input_names_the_argument(change, message):
     change(args)
     with pytest.raises(RuntimeError, match=message):
         ops.deform_conv2d(**args)
+
+
+@pytest.mark.parametrize("modulated", [True, False])
+def test_module_at_initialisation(modulated):
+    from retinaface_ext.nn import DeformConv2d
+
+    torch.manual_seed(0)
+    module = DeformConv2d(8, 6, kernel_size=3, padding=1, groups=2, offset_groups=2, modulated=modulated)
+    x = torch.randn(2, 8, 9, 7)
+    plain = F.conv2d(x, module.weight, None, 1, 1, 1, 2)
+    expected = (0.5 * plain if modulated else plain) + module.bias[:, None, None]
+    torch.testing.assert_close(module(x), expected)
+    module(x).square().sum().backward()  # the offset convolution learns
+    assert module.conv_offset.weight.grad.abs().sum() > 0
+    assert "modulated=" in repr(module)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_precision_accumulates_in_float32(dtype):
+    args, options = make_case(2, 16, 20, 18, 8, (3, 3), 1, 1, 1, 1, 2, True, True, dtype=torch.float32)
+    reduced = {k: v.cuda().to(dtype).requires_grad_() for k, v in args.items()}
+    exact = {k: v.detach().float().requires_grad_() for k, v in reduced.items()}
+    out = ops.deform_conv2d(**reduced, **options)
+    expected = reference.deform_conv2d(**exact, **options)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+    out.float().sum().backward()
+    expected.sum().backward()
+    for name in reduced:
+        scale = exact[name].grad.abs().max().item()
+        torch.testing.assert_close(reduced[name].grad.float(), exact[name].grad, rtol=5e-2, atol=5e-2 * scale,
+                                   msg=lambda m: f"grad {name}: {m}")

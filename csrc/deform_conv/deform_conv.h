@@ -61,8 +61,26 @@ RFE_HOST_DEVICE inline T sample(const Bilinear<T>& b, const T* plane) {
 struct DeformShape {
   int64_t N, C, H, W, O, kh, kw, Ho, Wo, groups, offset_groups;
   int64_t sh, sw, ph, pw, dh, dw;
-  int64_t K() const { return kh * kw; }
-  int64_t L() const { return Ho * Wo; }
+  RFE_HOST_DEVICE int64_t K() const { return kh * kw; }
+  RFE_HOST_DEVICE int64_t L() const { return Ho * Wo; }
+};
+
+// The sampling point of kernel point k for output position l of image n, offset group g,
+// computed in acc_t from offsets and mask stored as scalar_t.
+template <typename scalar_t, typename acc_t>
+struct SamplePoints {
+  DeformShape s;
+  const scalar_t* offset;  // [N, og * K * 2, Ho, Wo]
+  const scalar_t* mask;    // [N, og * K, Ho, Wo] or null
+
+  RFE_HOST_DEVICE Bilinear<acc_t> at(int64_t n, int64_t g, int64_t k, int64_t l, acc_t* modulation) const {
+    const int64_t K = s.K(), L = s.L(), i = l / s.Wo, j = l % s.Wo;
+    const scalar_t* off = offset + ((n * s.offset_groups + g) * K + k) * 2 * L;
+    const acc_t y = acc_t(i * s.sh - s.ph + (k / s.kw) * s.dh) + static_cast<acc_t>(off[l]);
+    const acc_t x = acc_t(j * s.sw - s.pw + (k % s.kw) * s.dw) + static_cast<acc_t>(off[L + l]);
+    *modulation = mask ? static_cast<acc_t>(mask[((n * s.offset_groups + g) * K + k) * L + l]) : acc_t(1);
+    return bilinear(y, x, s.H, s.W);
+  }
 };
 
 DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight,

@@ -21,26 +21,9 @@ int64_t chunk_size(const DeformShape& s) {
   return std::max<int64_t>(1, std::min<int64_t>(s.N, kColumnBudget / per_image));
 }
 
-// The sampling point of kernel point k for output position l of image n, offset group g.
-template <typename T>
-struct SamplePoints {
-  const DeformShape& s;
-  const T* offset;  // [N, og * K * 2, Ho, Wo]
-  const T* mask;    // [N, og * K, Ho, Wo] or null
-
-  Bilinear<T> at(int64_t n, int64_t g, int64_t k, int64_t l, T* modulation) const {
-    const int64_t K = s.K(), L = s.L(), i = l / s.Wo, j = l % s.Wo;
-    const T* off = offset + ((n * s.offset_groups + g) * K + k) * 2 * L;
-    const T y = T(i * s.sh - s.ph + (k / s.kw) * s.dh) + off[l];
-    const T x = T(j * s.sw - s.pw + (k % s.kw) * s.dw) + off[L + l];
-    *modulation = mask ? mask[((n * s.offset_groups + g) * K + k) * L + l] : T(1);
-    return bilinear(y, x, s.H, s.W);
-  }
-};
-
 // columns[(c * K + k), n * L + l] for the nb images from n0: the modulated samples.
 template <typename T>
-void im2col(const T* input, const SamplePoints<T>& points, const DeformShape& s, int64_t n0,
+void im2col(const T* input, const SamplePoints<T, T>& points, const DeformShape& s, int64_t n0,
             int64_t nb, T* columns) {
   const int64_t K = s.K(), L = s.L(), og = s.offset_groups, per_group = s.C / og;
   at::parallel_for(0, nb * og * K, 1, [&](int64_t begin, int64_t end) {
@@ -78,7 +61,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
   const int64_t chunk = chunk_size(s);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
     using T = scalar_t;
-    const SamplePoints<T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
+    const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
     at::Tensor columns = at::empty({s.C * s.K(), chunk * s.L()}, input.options());
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
@@ -116,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const int64_t per_group = s.C / og;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
     using T = scalar_t;
-    const SamplePoints<T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
+    const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
     at::Tensor columns = at::empty({s.C * K, chunk * L}, input.options());
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
