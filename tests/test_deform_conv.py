@@ -58,7 +58,7 @@ def assert_same(fn_a, fn_b, args, options):
 @pytest.mark.parametrize("stride, padding, dilation, kernel, groups, offset_groups", CONFIGS)
 def test_kernel_equals_reference_equals_torchvision(device, stride, padding, dilation, kernel, groups, offset_groups):
     torchvision = pytest.importorskip("torchvision")
-    for mask, bias, batch in ((True, True, 3), (False, False, 1), (True, False, 2)):
+    for mask, bias, batch in ((True, True, 3), (False, False, 1), (True, False, 2), (False, True, 1)):
         args, options = make_case(batch, 8, 9, 11, 4, kernel, stride, padding, dilation, groups, offset_groups, mask, bias)
         assert_same(reference.deform_conv2d, torchvision.ops.deform_conv2d, args, options)
         on_device = {k: (v.to(device) if v is not None else None) for k, v in args.items()}

@@ -49,6 +49,22 @@ RFE_HOST_DEVICE inline Bilinear<T> bilinear(T y, T x, int64_t H, int64_t W) {
   return b;
 }
 
+// The forward's lean version of bilinear(): the four neighbours' indices and weights
+// (times `scale`), index 0 and weight 0 for a neighbour outside the image.
+template <typename T, typename Index>
+RFE_HOST_DEVICE inline void bilinear_weights(T y, T x, int64_t H, int64_t W, T scale, Index* index, T* weight) {
+  for (int k = 0; k < 4; ++k) index[k] = 0, weight[k] = T(0);
+  if (!(y > T(-1) && y < T(H) && x > T(-1) && x < T(W))) return;
+  const T fy = floor(y), fx = floor(x);
+  const int64_t y0 = static_cast<int64_t>(fy), x0 = static_cast<int64_t>(fx);
+  const T ly = y - fy, lx = x - fx, hy = T(1) - ly, hx = T(1) - lx;
+  const bool top = y0 >= 0, bottom = y0 + 1 < H, left = x0 >= 0, right = x0 + 1 < W;
+  if (top && left) index[0] = y0 * W + x0, weight[0] = hy * hx * scale;
+  if (top && right) index[1] = y0 * W + x0 + 1, weight[1] = hy * lx * scale;
+  if (bottom && left) index[2] = (y0 + 1) * W + x0, weight[2] = ly * hx * scale;
+  if (bottom && right) index[3] = (y0 + 1) * W + x0 + 1, weight[3] = ly * lx * scale;
+}
+
 template <typename T>
 RFE_HOST_DEVICE inline T sample(const Bilinear<T>& b, const T* plane) {
   T v = T(0);
@@ -80,6 +96,17 @@ struct SamplePoints {
     const acc_t x = acc_t(j * s.sw - s.pw + (k % s.kw) * s.dw) + static_cast<acc_t>(off[L + l]);
     *modulation = mask ? static_cast<acc_t>(mask[((n * s.offset_groups + g) * K + k) * L + l]) : acc_t(1);
     return bilinear(y, x, s.H, s.W);
+  }
+
+  // The forward's sampling: neighbour indices and weights times the mask.
+  template <typename Index>
+  RFE_HOST_DEVICE void weights(int64_t n, int64_t g, int64_t k, int64_t l, Index* index, acc_t* weight) const {
+    const int64_t K = s.K(), L = s.L(), i = l / s.Wo, j = l % s.Wo;
+    const scalar_t* off = offset + ((n * s.offset_groups + g) * K + k) * 2 * L;
+    const acc_t y = acc_t(i * s.sh - s.ph + (k / s.kw) * s.dh) + static_cast<acc_t>(off[l]);
+    const acc_t x = acc_t(j * s.sw - s.pw + (k % s.kw) * s.dw) + static_cast<acc_t>(off[L + l]);
+    const acc_t modulation = mask ? static_cast<acc_t>(mask[((n * s.offset_groups + g) * K + k) * L + l]) : acc_t(1);
+    bilinear_weights(y, x, s.H, s.W, modulation, index, weight);
   }
 };
 

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "deform_conv/deform_conv.h"
 
@@ -21,20 +22,33 @@ int64_t chunk_size(const DeformShape& s) {
   return std::max<int64_t>(1, std::min<int64_t>(s.N, kColumnBudget / per_image));
 }
 
+constexpr int64_t kPositionBlock = 1024;  // output positions per im2col work item
+
 // columns[(c * K + k), n * L + l] for the nb images from n0: the modulated samples.
+// Work items are (image, offset group, kernel point, block of positions): the four
+// neighbours and their weights (times the mask; 0 for a neighbour outside) are computed
+// once per position, then every channel of the group is sampled branch-free.
 template <typename T>
 void im2col(const T* input, const SamplePoints<T, T>& points, const DeformShape& s, int64_t n0,
             int64_t nb, T* columns) {
   const int64_t K = s.K(), L = s.L(), og = s.offset_groups, per_group = s.C / og;
-  at::parallel_for(0, nb * og * K, 1, [&](int64_t begin, int64_t end) {
+  const int64_t blocks = (L + kPositionBlock - 1) / kPositionBlock;
+  at::parallel_for(0, nb * og * K * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> index(4 * kPositionBlock);
+    std::vector<T> weight(4 * kPositionBlock);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / (og * K), g = (item / K) % og, k = item % K;
-      for (int64_t l = 0; l < L; ++l) {
-        T modulation;
-        const Bilinear<T> b = points.at(n0 + n, g, k, l, &modulation);
-        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-          const T* plane = input + ((n0 + n) * s.C + c) * s.H * s.W;
-          columns[(c * K + k) * (nb * L) + n * L + l] = sample(b, plane) * modulation;
+      const int64_t block = item % blocks, k = (item / blocks) % K, g = (item / (blocks * K)) % og,
+                    n = item / (blocks * K * og);
+      const int64_t l0 = block * kPositionBlock, l1 = std::min(L, l0 + kPositionBlock);
+      for (int64_t l = l0; l < l1; ++l)
+        points.weights(n0 + n, g, k, l, index.data() + 4 * (l - l0), weight.data() + 4 * (l - l0));
+      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+        const T* plane = input + ((n0 + n) * s.C + c) * s.H * s.W;
+        T* out = columns + (c * K + k) * (nb * L) + n * L;
+        for (int64_t l = l0; l < l1; ++l) {
+          const int64_t* i = index.data() + 4 * (l - l0);
+          const T* w = weight.data() + 4 * (l - l0);
+          out[l] = w[0] * plane[i[0]] + w[1] * plane[i[1]] + w[2] * plane[i[2]] + w[3] * plane[i[3]];
         }
       }
     }
