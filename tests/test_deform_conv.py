@@ -50,9 +50,11 @@ CONFIGS = list(
 def assert_same(fn_a, fn_b, args, options):
     a, grads_a = outputs_and_gradients(fn_a, args, options)
     b, grads_b = outputs_and_gradients(fn_b, args, options)
-    torch.testing.assert_close(a, b)
+    # float32 sums of hundreds of terms in another order: a few 1e-5 relative apart
+    tolerance = dict(rtol=1e-4, atol=1e-4) if a.dtype == torch.float32 else {}
+    torch.testing.assert_close(a, b, **tolerance)
     for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(grads_a[name], grads_b[name], **tolerance, msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("stride, padding, dilation, kernel, groups, offset_groups", CONFIGS)

@@ -24,7 +24,7 @@ int64_t chunk_size(const DeformShape& s) {
 
 constexpr int64_t kPositionBlock = 1024;  // output positions per im2col work item
 
-// columns[(c * K + k), n * L + l] for the nb images from n0: the modulated samples.
+// columns[n, c * K + k, l] for the nb images from n0: the modulated samples.
 // Work items are (image, offset group, kernel point, block of positions): the four
 // neighbours and their weights (times the mask; 0 for a neighbour outside) are computed
 // once per position, then every channel of the group is sampled branch-free.
@@ -44,7 +44,7 @@ void im2col(const T* input, const SamplePoints<T, T>& points, const DeformShape&
         points.weights(n0 + n, g, k, l, index.data() + 4 * (l - l0), weight.data() + 4 * (l - l0));
       for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
         const T* plane = input + ((n0 + n) * s.C + c) * s.H * s.W;
-        T* out = columns + (c * K + k) * (nb * L) + n * L;
+        T* out = columns + ((n * s.C + c) * K + k) * L;
         for (int64_t l = l0; l < l1; ++l) {
           const int64_t* i = index.data() + 4 * (l - l0);
           const T* w = weight.data() + 4 * (l - l0);
@@ -76,14 +76,14 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
     using T = scalar_t;
     const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
-    at::Tensor columns = at::empty({s.C * s.K(), chunk * s.L()}, input.options());
+    at::Tensor columns = at::empty({chunk, s.C * s.K(), s.L()}, input.options());
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
-      at::Tensor cols = columns.narrow(1, 0, nb * s.L());
-      if (nb < chunk) cols = cols.contiguous();
+      at::Tensor cols = columns.narrow(0, 0, nb);
       im2col(input.data_ptr<T>(), points, s, n0, nb, cols.data_ptr<T>());
-      const at::Tensor result = at::bmm(weight, cols.view({s.groups, -1, nb * s.L()}));  // [g, O/g, nb*L]
-      out.narrow(0, n0, nb).view({nb, s.O, s.L()}).copy_(result.view({s.O, nb, s.L()}).permute({1, 0, 2}));
+      // [groups, O/g, CgK] x [nb, groups, CgK, L] -> [nb, groups, O/g, L], straight into out
+      at::Tensor result = out.narrow(0, n0, nb).view({nb, s.groups, s.O / s.groups, s.L()});
+      at::matmul_out(result, weight, cols.view({nb, s.groups, -1, s.L()}));
     }
   });
   if (bias.defined()) out.add_(bias.view({1, s.O, 1, 1}));
@@ -114,13 +114,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
     using T = scalar_t;
     const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
-    at::Tensor columns = at::empty({s.C * K, chunk * L}, input.options());
+    at::Tensor columns = at::empty({chunk, s.C * K, L}, input.options());
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
-      // [groups, O / groups, nb * L]
-      const at::Tensor go = grad_out.narrow(0, n0, nb).view({nb, s.groups, s.O / s.groups, L})
-                                .permute({1, 2, 0, 3}).reshape({s.groups, s.O / s.groups, nb * L});
-      const at::Tensor grad_columns = at::bmm(weight.transpose(1, 2), go).view({s.C * K, nb * L});
+      const at::Tensor go = grad_out.narrow(0, n0, nb).view({nb, s.groups, s.O / s.groups, L});
+      // [groups, CgK, O/g] x [nb, groups, O/g, L] -> [nb, groups, CgK, L] = [nb, C * K, L]
+      const at::Tensor grad_columns = at::matmul(weight.transpose(1, 2), go).contiguous();
       const T* gc = grad_columns.data_ptr<T>();
       const T* in = input.data_ptr<T>();
       T* gi = grad_input.data_ptr<T>();
@@ -135,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
               const Bilinear<T> b = points.at(image, g, k, l, &modulation);
               T d_y = 0, d_x = 0, d_mask = 0;
               for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-                const T grad = gc[(c * K + k) * (nb * L) + n * L + l];
+                const T grad = gc[((n * s.C + c) * K + k) * L + l];
                 const T* plane = in + (image * s.C + c) * s.H * s.W;
                 T* grad_plane = gi + (image * s.C + c) * s.H * s.W;
                 T dy = 0, dx = 0;
@@ -157,10 +156,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
           }
         }
       });
-      at::Tensor cols = columns.narrow(1, 0, nb * L);
-      if (nb < chunk) cols = cols.contiguous();
+      at::Tensor cols = columns.narrow(0, 0, nb);
       im2col(in, points, s, n0, nb, cols.data_ptr<T>());
-      grad_weight.add_(at::bmm(go, cols.view({s.groups, -1, nb * L}).transpose(1, 2)));
+      // sum over images of [O/g, L] x [L, CgK]
+      grad_weight.add_(at::matmul(go, cols.view({nb, s.groups, -1, L}).transpose(2, 3)).sum(0));
     }
   });
   return {grad_input, grad_weight.view_as(weight_), grad_offset, grad_mask, grad_bias};
