@@ -98,10 +98,12 @@ struct SamplePoints {
     return bilinear(y, x, s.H, s.W);
   }
 
-  // The forward's sampling: neighbour indices and weights times the mask.
+  // The forward's sampling at output position l = (i, j): neighbour indices and weights
+  // times the mask (i and j are passed in: the callers walk them without divisions).
   template <typename Index>
-  RFE_HOST_DEVICE void weights(int64_t n, int64_t g, int64_t k, int64_t l, Index* index, acc_t* weight) const {
-    const int64_t K = s.K(), L = s.L(), i = l / s.Wo, j = l % s.Wo;
+  RFE_HOST_DEVICE void weights(int64_t n, int64_t g, int64_t k, int64_t i, int64_t j, Index* index,
+                               acc_t* weight) const {
+    const int64_t K = s.K(), L = s.L(), l = i * s.Wo + j;
     const scalar_t* off = offset + ((n * s.offset_groups + g) * K + k) * 2 * L;
     const acc_t y = acc_t(i * s.sh - s.ph + (k / s.kw) * s.dh) + static_cast<acc_t>(off[l]);
     const acc_t x = acc_t(j * s.sw - s.pw + (k % s.kw) * s.dw) + static_cast<acc_t>(off[L + l]);

@@ -40,8 +40,10 @@ void im2col(const T* input, const SamplePoints<T, T>& points, const DeformShape&
       const int64_t block = item % blocks, k = (item / blocks) % K, g = (item / (blocks * K)) % og,
                     n = item / (blocks * K * og);
       const int64_t l0 = block * kPositionBlock, l1 = std::min(L, l0 + kPositionBlock);
-      for (int64_t l = l0; l < l1; ++l)
-        points.weights(n0 + n, g, k, l, index.data() + 4 * (l - l0), weight.data() + 4 * (l - l0));
+      for (int64_t l = l0, i = l0 / s.Wo, j = l0 % s.Wo; l < l1; ++l) {
+        points.weights(n0 + n, g, k, i, j, index.data() + 4 * (l - l0), weight.data() + 4 * (l - l0));
+        if (++j == s.Wo) j = 0, ++i;
+      }
       for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
         const T* plane = input + ((n0 + n) * s.C + c) * s.H * s.W;
         T* out = columns + ((n * s.C + c) * K + k) * L;
