@@ -177,3 +177,13 @@ def test_cuda_half_precision_accumulates_in_float32(dtype):
         scale = exact[name].grad.abs().max().item()
         torch.testing.assert_close(reduced[name].grad.float(), exact[name].grad, rtol=5e-2, atol=5e-2 * scale,
                                    msg=lambda m: f"grad {name}: {m}")
+
+
+def test_non_finite_or_huge_offsets_sample_zero_and_do_not_crash():
+    args, options = make_case(1, 4, 6, 6, 4, (3, 3), 1, 1, 1, 1, 1, False, True)
+    args["offset"][:, :, 0, 0] = float("nan")
+    args["offset"][:, :, 1, 1] = float("inf")
+    args["offset"][:, :, 2, 2] = 1e30
+    out = ops.deform_conv2d(**args, **options)
+    for i in range(3):  # every kernel point samples 0 there: only the bias is left
+        torch.testing.assert_close(out[0, :, i, i], args["bias"])

@@ -97,7 +97,7 @@ SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
 
 template <typename scalar_t>
 at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
-                      const at::Tensor& idxs_in, double iou_threshold, const char* op_name) {
+                      const at::Tensor& idxs_in, double iou_threshold) {
   const int64_t n = boxes_in.size(0);
   const at::Tensor boxes = boxes_in.contiguous();
   const at::Tensor idxs = idxs_in.defined() ? idxs_in.contiguous() : idxs_in;
@@ -147,7 +147,7 @@ at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores, const
   check_finite(boxes, op_name, "boxes");
   check_finite(scores, op_name, "scores");
   return AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
-    return nms_kernel<scalar_t>(boxes, scores, idxs, iou_threshold, op_name);
+    return nms_kernel<scalar_t>(boxes, scores, idxs, iou_threshold);
   });
 }
 
