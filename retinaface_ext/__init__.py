@@ -2,7 +2,13 @@
 
 from . import nn, ops
 from ._extension import compiled_backends, is_available as kernels_available
+from .detect import Detections, Detector
+from .draw import draw_detections
+from .models import RetinaFace
 
 __version__ = "0.1.0"
 
-__all__ = ["nn", "ops", "compiled_backends", "kernels_available", "__version__"]
+__all__ = [
+    "Detector", "Detections", "RetinaFace", "draw_detections", "nn", "ops", "compiled_backends",
+    "kernels_available", "__version__",
+]

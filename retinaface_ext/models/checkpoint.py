@@ -1,0 +1,80 @@
+"""Reading Pytorch_Retinaface checkpoints and loading them strictly, with errors that say
+what does not fit."""
+
+import os
+from typing import Dict, Tuple, Union
+
+import torch
+from torch import nn
+
+_WRAPPER_KEYS = ("state_dict", "model", "net")
+
+
+def read_state_dict(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torch.Tensor]:
+    """The tensors of a checkpoint (a path or a dict), on the CPU, without the ``module.``
+    prefix of DataParallel. Files are read with ``weights_only=True``."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        path = os.fspath(checkpoint)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle, zip and weights-only errors alike
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"a checkpoint must be a state dict, got {type(checkpoint).__name__}")
+    for key in _WRAPPER_KEYS:
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            checkpoint = checkpoint[key]
+            break
+    state_dict = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
+        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+    return state_dict
+
+
+def describe(state_dict: Dict[str, torch.Tensor], source="checkpoint") -> Tuple[str, bool]:
+    """(backbone, dcn) of the RetinaFace a state dict belongs to."""
+    if any(key.startswith("body.stage1.") for key in state_dict):
+        backbone = "mobilenet0.25"
+    elif any(key.startswith("body.layer1.") for key in state_dict):
+        backbone = "resnet50"
+    else:
+        name = source if isinstance(source, (str, os.PathLike)) else "checkpoint"
+        raise ValueError(f"{name}: not a RetinaFace checkpoint (no body.stage1.* (MobileNet-0.25) "
+                         f"or body.layer1.* (ResNet-50) keys)")
+    dcn = any(".conv_offset." in key for key in state_dict)
+    return backbone, dcn
+
+
+def load_state_dict_strict(model: nn.Module, checkpoint) -> None:
+    """Load ``checkpoint`` into ``model`` with ``strict=True``; on mismatch raise ValueError
+    naming the missing, unexpected and mis-shaped keys (and the backbone it was made for)."""
+    name = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    state_dict = read_state_dict(checkpoint)
+    expected = model.state_dict()
+    # Checkpoints older than BatchNorm's num_batches_tracked load fine without it.
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [f"{k} (checkpoint {list(state_dict[k].shape)}, model {list(v.shape)})"
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mis_shaped:
+        problems = []
+        try:
+            found_backbone, found_dcn = describe(state_dict, name)
+            wanted = getattr(getattr(model, "config", None), "backbone", None)
+            if wanted and (found_backbone, found_dcn) != (wanted, getattr(model, "dcn", False)):
+                problems.append(f"it holds a {found_backbone}{' DCN' if found_dcn else ''} RetinaFace, "
+                                f"the model is {wanted}{' DCN' if getattr(model, 'dcn', False) else ''}")
+        except ValueError as error:
+            problems.append(str(error))
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                            ("shape mismatches", mis_shaped)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
+                problems.append(f"{len(keys)} {label}: {shown}")
+        raise ValueError(f"{name} does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
