@@ -5,7 +5,6 @@ style resizing); differently sized images share one padded forward; decoding, th
 filter and NMS run on our kernels, on the device of the network.
 """
 
-import copy
 import math
 import os
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import models, ops
+from . import ops
 from .images import MAX_PIXELS, ImageLike, resize_factor, to_bgr_tensor
-from .models import PaddingMask, RetinaFace, config_for
+from .models import InferenceRetinaFace, PaddingMask, RetinaFace, config_for
 from .priors import prior_boxes
 
 MEAN_BGR = (104.0, 117.0, 123.0)
@@ -59,7 +58,8 @@ class Detector:
     Args:
         weights_or_model: a Pytorch_Retinaface checkpoint (path or state dict; the
             backbone is read from its keys) or a :class:`~retinaface_ext.models.RetinaFace`
-            (copied, so the original stays trainable).
+            (copied, so the original stays trainable). The network runs as an
+            :class:`~retinaface_ext.models.InferenceRetinaFace`.
         backbone: insist on ``"mobilenet0.25"`` or ``"resnet50"`` (a checkpoint of the
             other kind is an error).
         device: where to run; default the model's device for a model, else CUDA when
@@ -85,7 +85,7 @@ class Detector:
             if not isinstance(weights_or_model, RetinaFace):
                 raise TypeError(f"weights_or_model: expected a RetinaFace or a checkpoint, "
                                 f"got {type(weights_or_model).__name__}")
-            model = copy.deepcopy(weights_or_model)
+            model = weights_or_model
             if device is None:
                 device = next(model.parameters()).device
         else:
@@ -98,11 +98,7 @@ class Detector:
         if not 0.0 <= nms_threshold <= 1.0:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = model.eval().to(self.device)
-        if fold_batchnorm:
-            model = models.fold_batchnorm(model)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = InferenceRetinaFace(model, fold_batchnorm, channels_last).to(self.device)
         self.model, self.config = model, model.config
         self.confidence_threshold, self.nms_threshold = float(confidence_threshold), float(nms_threshold)
         self.top_k, self.keep_top_k, self.batch_size = int(top_k), int(keep_top_k), int(batch_size)

@@ -216,3 +216,26 @@ def test_a_plain_checkpoint_does_not_silently_load_into_a_dcn_model():
     plain = RetinaFace("mobilenet0.25").state_dict()
     with pytest.raises(ValueError, match=r"missing keys: .*conv_offset"):
         RetinaFace("mobilenet0.25", dcn=True).load_checkpoint(plain)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet0.25", "resnet50"])
+@pytest.mark.parametrize("fold", [True, False])
+def test_inference_model_computes_what_the_model_computes(backbone, fold):
+    from retinaface_ext.models import InferenceRetinaFace
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(RetinaFace(backbone)).eval()
+    for head in list(model.ClassHead) + list(model.BboxHead) + list(model.LandmarkHead):
+        torch.nn.init.normal_(head.conv1x1.bias)
+    fast = InferenceRetinaFace(model, fold_batchnorm=fold)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # source untouched
+    sizes, canvas = [(80, 64), (50, 90)], (80, 90)
+    x = torch.randn(2, 3, *canvas) * 50
+    with torch.inference_mode():
+        for a, b in zip(model(x), fast(x)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        mask = PaddingMask(sizes, canvas)
+        for a, b in zip(model(x, mask), fast(x, mask)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.train()
