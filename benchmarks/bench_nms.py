@@ -11,27 +11,12 @@ import torch
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
+from seed_reference import py_cpu_nms
 
 try:
     import torchvision
 except ImportError:  # optional peer
     torchvision = None
-
-
-def numpy_greedy_nms(boxes, scores, threshold):
-    """Greedy NMS in numpy, the way Pytorch_Retinaface's py_cpu_nms works ("+1" areas)."""
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size > 0:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter) <= threshold]
-    return keep
 
 
 IMPLEMENTATIONS = ["kernel", "reference", "torchvision", "numpy_py_cpu_nms"]
@@ -48,8 +33,8 @@ def run_nms(impl, boxes, scores, threshold):
         return lambda: torchvision.ops.nms(boxes, scores, threshold)
     if boxes.is_cuda:
         pytest.skip("numpy runs on the CPU only")
-    boxes_np, scores_np = boxes.numpy(), scores.numpy()
-    return lambda: numpy_greedy_nms(boxes_np, scores_np, threshold)
+    dets = np.hstack([boxes.numpy(), scores.numpy()[:, None]])
+    return lambda: py_cpu_nms(dets, threshold)
 
 
 

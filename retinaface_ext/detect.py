@@ -133,10 +133,20 @@ class Detector:
         if size[0] * size[1] > MAX_PIXELS:
             raise ValueError(f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
                              f"({MAX_PIXELS}); pass max_size to shrink large images")
-        tensor = tensor.float() - self._mean
+        tensor = self._subtract_mean(tensor)
         if factor != 1.0:
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
         return tensor, factor
+
+    def _subtract_mean(self, image: torch.Tensor) -> torch.Tensor:
+        """Float32 ``image - mean`` in one pass. For an HWC array seen as ``[3, H, W]`` the
+        mean is laid along whole rows, so that the loop runs over rows, not triples."""
+        _, height, width = image.shape
+        if image.stride() == (1, 3 * width, 3):
+            rows = image.permute(1, 2, 0).reshape(height, 3 * width)
+            centred = torch.sub(rows, self._mean.reshape(1, 3).repeat(1, width), alpha=1)
+            return centred.to(torch.float32).view(height, width, 3).permute(2, 0, 1)
+        return torch.sub(image, self._mean).to(torch.float32)
 
     def _detect_prepared(self, prepared) -> List[Detections]:
         sizes = [tuple(tensor.shape[-2:]) for tensor, _ in prepared]

@@ -7,6 +7,7 @@ Kept deliberately close to the original, loops and all; not part of the package.
 from itertools import product
 from math import ceil
 
+import numpy as np
 import torch
 
 VARIANCES = [0.1, 0.2]
@@ -113,3 +114,76 @@ def seed_batch(truths, labels, landms, num_truths, priors, threshold=0.35):
             loc_t, conf_t, landm_t, b,
         )
     return loc_t, conf_t, landm_t
+
+
+def seed_decode(loc, priors, variances):
+    """Pytorch_Retinaface's box_utils.decode."""
+    boxes = torch.cat((
+        priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:],
+        priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1])), 1)
+    boxes[:, :2] -= boxes[:, 2:] / 2
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+
+
+def seed_decode_landm(pre, priors, variances):
+    """Pytorch_Retinaface's box_utils.decode_landm."""
+    return torch.cat((priors[:, :2] + pre[:, :2] * variances[0] * priors[:, 2:],
+                      priors[:, :2] + pre[:, 2:4] * variances[0] * priors[:, 2:],
+                      priors[:, :2] + pre[:, 4:6] * variances[0] * priors[:, 2:],
+                      priors[:, :2] + pre[:, 6:8] * variances[0] * priors[:, 2:],
+                      priors[:, :2] + pre[:, 8:10] * variances[0] * priors[:, 2:]), dim=1)
+
+
+def py_cpu_nms(dets, thresh):
+    """Pytorch_Retinaface's py_cpu_nms: greedy NMS in numpy with "+1" box areas.
+    dets: [N, 5] x1, y1, x2, y2, score."""
+    x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        w = np.maximum(0.0, xx2 - xx1 + 1)
+        h = np.maximum(0.0, yy2 - yy1 + 1)
+        inter = w * h
+        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[np.where(ovr <= thresh)[0] + 1]
+    return keep
+
+
+def pytorch_retinaface_detect(net, img_raw, confidence_threshold=0.02, top_k=5000, nms_threshold=0.4,
+                              keep_top_k=750, resize=1):
+    """Pytorch_Retinaface's detect.py for one image, from the decoded BGR array to the
+    ``[K, 15]`` rows (box, score, landmarks). ``net`` returns (loc, logits, landmarks)."""
+    img = np.float32(img_raw)
+    im_height, im_width, _ = img.shape
+    scale = torch.Tensor([img.shape[1], img.shape[0], img.shape[1], img.shape[0]])
+    img -= (104, 117, 123)
+    img = img.transpose(2, 0, 1)
+    img = torch.from_numpy(img).unsqueeze(0)
+    with torch.no_grad():
+        loc, conf, landms = net(img)
+        conf = torch.nn.functional.softmax(conf, dim=-1)
+    prior_data = prior_box_oracle((im_height, im_width))
+    boxes = seed_decode(loc.data.squeeze(0), prior_data, VARIANCES)
+    boxes = boxes * scale / resize
+    boxes = boxes.cpu().numpy()
+    scores = conf.squeeze(0).data.cpu().numpy()[:, 1]
+    landms = seed_decode_landm(landms.data.squeeze(0), prior_data, VARIANCES)
+    scale1 = torch.Tensor([img.shape[3], img.shape[2]] * 5)
+    landms = (landms * scale1 / resize).cpu().numpy()
+    inds = np.where(scores > confidence_threshold)[0]
+    boxes, landms, scores = boxes[inds], landms[inds], scores[inds]
+    order = scores.argsort()[::-1][:top_k]
+    boxes, landms, scores = boxes[order], landms[order], scores[order]
+    dets = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
+    keep = py_cpu_nms(dets, nms_threshold)
+    dets, landms = dets[keep, :], landms[keep]
+    dets, landms = dets[:keep_top_k, :], landms[:keep_top_k, :]
+    return np.concatenate((dets, landms), axis=1)

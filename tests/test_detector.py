@@ -212,3 +212,14 @@ def test_cuda_detector_equals_cpu(crowd):
 def test_public_api():
     for name in ("Detector", "Detections", "RetinaFace", "draw_detections"):
         assert hasattr(retinaface_ext, name)
+
+
+def test_the_pipeline_transcription_reproduces_the_expected_file(crowd):
+    """The oracle of the benchmarks (Pytorch_Retinaface's detect.py, transcribed) gives
+    the shared expected output with our network: the network and the oracle are right."""
+    from seed_reference import pytorch_retinaface_detect
+
+    rows = pytorch_retinaface_detect(RetinaFace.from_checkpoint(WEIGHTS).eval(), crowd)
+    expected = np.array(json.loads(EXPECTED.read_text())["detections"], dtype=np.float64)
+    assert rows.shape == expected.shape
+    np.testing.assert_allclose(rows, expected, atol=2e-3)

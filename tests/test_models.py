@@ -239,3 +239,21 @@ def test_inference_model_computes_what_the_model_computes(backbone, fold):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
+
+
+def test_fused_convolution_activation_equals_the_two_steps():
+    from retinaface_ext.models import InferenceRetinaFace
+    from retinaface_ext.models.inference import ConvActivation
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(RetinaFace("mobilenet0.25")).eval()
+    fast = InferenceRetinaFace(model)
+    fused = [m for m in fast.modules() if isinstance(m, ConvActivation)]
+    assert len(fused) == 38  # every folded conv + activation of the backbone, FPN and SSH
+    x = torch.randn(1, 3, 64, 80) * 50
+    with torch.inference_mode():
+        together = fast(x)
+        for module in fused:
+            module.fused = False
+        for a, b in zip(together, fast(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

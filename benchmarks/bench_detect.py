@@ -1,0 +1,117 @@
+"""End-to-end detection speed on the shared WIDER FACE crowd photo with the published
+MobileNet-0.25 checkpoint: our Detector against Pytorch_Retinaface's detect.py pipeline
+(transcribed in tests/seed_reference.py), against a path built from
+``retinaface_ext.ops.reference`` (unfused decode, reference NMS, no folding), and,
+where installed, against onnxruntime running the same folded network. The forward pass
+and the post-processing of the Detector are also timed alone.
+
+    pytest --benchmark benchmarks/bench_detect.py
+
+Read ratios inside one table. glibc's page faults on fresh activations cost about a
+quarter of a forward pass here; run with MALLOC_MMAP_THRESHOLD_=1073741824
+MALLOC_TRIM_THRESHOLD_=1073741824 (what ``retinaface_ext.runtime.reuse_freed_memory``
+sets) to see the numbers without them.
+"""
+
+import io
+import pathlib
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from retinaface_ext import Detector, RetinaFace
+from retinaface_ext.models import InferenceRetinaFace
+from retinaface_ext.ops import reference
+from retinaface_ext.priors import prior_boxes
+from seed_reference import pytorch_retinaface_detect
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
+CROWD = SHARED / "images" / "widerface_crowd.jpg"
+pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
+
+SIZES = {"1024x624": None, "640x480": (640, 480)}
+IMPLEMENTATIONS = ["detect", "forward", "postprocess", "eager_forward", "pytorch_retinaface",
+                   "reference_path", "onnxruntime_forward"]
+
+
+@pytest.fixture(scope="module")
+def eager_model():
+    return RetinaFace.from_checkpoint(WEIGHTS).eval()
+
+
+def crowd_image(size):
+    image = cv2.imread(str(CROWD))
+    return image if SIZES[size] is None else cv2.resize(image, SIZES[size], interpolation=cv2.INTER_LINEAR)
+
+
+def reference_path(model, image, device, threshold=0.02, top_k=5000, nms_threshold=0.4, keep_top_k=750):
+    """Detection from retinaface_ext.ops.reference: decode every prior, filter, sort, NMS."""
+    with torch.inference_mode():
+        x = torch.from_numpy(image).to(device).permute(2, 0, 1).float()
+        x = (x - torch.tensor([104.0, 117.0, 123.0], device=device)[:, None, None])[None]
+        loc, logits, landmarks = model(x)
+        height, width = image.shape[:2]
+        priors = prior_boxes((height, width), device=device)
+        boxes = reference.decode(loc[0], priors) * torch.tensor([width, height] * 2, device=device)
+        points = reference.decode_landm(landmarks[0], priors) * torch.tensor([width, height] * 5, device=device)
+        scores = torch.softmax(logits[0], dim=-1)[:, 1]
+        passed = scores > threshold
+        boxes, points, scores = boxes[passed], points[passed], scores[passed]
+        order = torch.argsort(scores, descending=True)[:top_k]
+        keep = reference.nms(boxes[order], scores[order], nms_threshold)[:keep_top_k]
+        return boxes[order][keep], scores[order][keep], points[order][keep]
+
+
+def onnx_session(model, example):
+    ort = pytest.importorskip("onnxruntime")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["images"])
+        except Exception as error:  # the exporter's dependencies are optional
+            pytest.skip(f"ONNX export unavailable: {type(error).__name__}: {error}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("size", list(SIZES))
+def bench_detect(benchmark, synchronized, device, eager_model, size, impl):
+    image = crowd_image(size)
+    benchmark.group = f"detect {device} mobilenet0.25 {size}"
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+    detector = Detector(eager_model, device=device)
+    prepared = detector._prepare(image, "image")[0][None].contiguous(memory_format=torch.channels_last)
+    if impl == "detect":
+        fn = lambda: detector.detect(image)  # noqa: E731
+    elif impl == "forward":
+        fn = lambda: detector.model(prepared)  # noqa: E731
+    elif impl == "postprocess":
+        with torch.inference_mode():
+            outputs = detector.model(prepared)
+        fn = lambda: detector.postprocess(*outputs, tuple(image.shape[:2]))  # noqa: E731
+    elif impl == "eager_forward":
+        model, plain = eager_model.to(device), prepared.contiguous()
+        fn = lambda: model(plain)  # noqa: E731
+    elif impl == "reference_path":
+        model = eager_model.to(device)
+        fn = lambda: reference_path(model, image, device)  # noqa: E731
+    elif device != "cpu":
+        pytest.skip(f"{impl} runs on the CPU only")
+    elif impl == "pytorch_retinaface":
+        fn = lambda: pytorch_retinaface_detect(eager_model, image)  # noqa: E731
+    else:
+        plain = prepared.contiguous()
+        session = onnx_session(InferenceRetinaFace(eager_model, channels_last=False), plain)
+        feed = {"images": plain.numpy()}
+        fn = lambda: session.run(None, feed)  # noqa: E731
+    with torch.inference_mode():
+        result = benchmark(synchronized(fn, device))
+    assert result is not None
