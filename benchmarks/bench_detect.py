@@ -109,7 +109,7 @@ def bench_detect(benchmark, synchronized, device, eager_model, size, impl):
         fn = lambda: pytorch_retinaface_detect(eager_model, image)  # noqa: E731
     else:
         plain = prepared.contiguous()
-        session = onnx_session(InferenceRetinaFace(eager_model, channels_last=False), plain)
+        session = onnx_session(InferenceRetinaFace(eager_model, channels_last=False, fuse_activations=False), plain)
         feed = {"images": plain.numpy()}
         fn = lambda: session.run(None, feed)  # noqa: E731
     with torch.inference_mode():

@@ -79,15 +79,18 @@ class InferenceRetinaFace(nn.Module):
     as one oneDNN call on the CPU (:class:`ConvActivation`), and channels-last memory.
 
     The source model is copied and left as it was. Same ``forward`` as RetinaFace; the
-    three outputs are views into one tensor. For inference only: not trainable.
+    three outputs are views into one tensor. For inference only: not trainable. ONNX
+    does not know oneDNN's fused op: export with ``fuse_activations=False``.
     """
 
-    def __init__(self, model: RetinaFace, fold_batchnorm: bool = True, channels_last: bool = True):
+    def __init__(self, model: RetinaFace, fold_batchnorm: bool = True, channels_last: bool = True,
+                 fuse_activations: bool = True):
         super().__init__()
         model = copy.deepcopy(model).eval().requires_grad_(False)
         if fold_batchnorm:
             layers.fold_batchnorm(model)
-            fuse_conv_activations(model)
+            if fuse_activations:
+                fuse_conv_activations(model)
         self.config, self.dcn = model.config, model.dcn
         self.body, self.fpn = model.body, model.fpn
         self.ssh = nn.ModuleList([model.ssh1, model.ssh2, model.ssh3])
