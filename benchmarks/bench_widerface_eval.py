@@ -62,7 +62,7 @@ def bench_full_val_set(benchmark, ground_truth, predictions, prediction_dir, sou
     else:
         fn = lambda: widerface.evaluate(prediction_dir, GT_DIR)  # noqa: E731
     result = benchmark(fn)
-    assert 0 < result.ap["hard"] < result.ap["easy"] <= 1
+    assert all(0 < ap <= 1 for ap in result.ap.values())
 
 
 @pytest.mark.parametrize("impl", ["ours", "port"])

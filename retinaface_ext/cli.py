@@ -132,7 +132,8 @@ def _add_detector_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retinaface", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="retinaface", description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE val.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
