@@ -1,4 +1,4 @@
-"""The ``retinaface`` command: detect faces, predict and evaluate WIDER FACE val.
+"""The ``retinaface`` command: detect faces, predict and evaluate WIDER FACE val, time.
 
 User errors (wrong paths, unreadable images, a checkpoint of the other backbone) print one
 line and exit with status 2; ``--debug`` shows the traceback instead.
@@ -120,6 +120,49 @@ def command_eval(args) -> int:
     return 0
 
 
+def _timed(fn, runs, device):
+    import torch
+
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+
+def command_bench(args) -> int:
+    import torch
+
+    from .images import read_image
+
+    if args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}")
+    image = read_image(args.image)
+    detector = _detector(args, target_size=args.target_size, max_size=args.max_size)
+    prepared = detector._prepare(image, "image")[0][None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        outputs = detector.model(prepared)
+        size = tuple(prepared.shape[-2:])
+        stages = {
+            "detect (all)": lambda: detector.detect(image),
+            "forward": lambda: detector.model(prepared),
+            "postprocess": lambda: detector.postprocess(*outputs, size),
+        }
+        for fn in stages.values():
+            for _ in range(3):
+                fn()
+        print(f"{args.image}: {image.shape[1]}x{image.shape[0]}, network input {size[1]}x{size[0]}, "
+              f"{detector.config.backbone} on {detector.device} ({torch.get_num_threads()} threads), {args.runs} runs")
+        for name, fn in stages.items():
+            median, best = _timed(fn, args.runs, detector.device)
+            print(f"  {name:13s} median {median:8.2f} ms   min {best:8.2f} ms")
+    return 0
+
+
 def _add_detector_options(parser):
     parser.add_argument("--weights", required=True, help="Pytorch_Retinaface checkpoint (.pth)")
     parser.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default=None,
@@ -171,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iou", type=float, default=0.5, help="IoU for a match (0.5)")
     evaluate.add_argument("--plot", help="write the PR curves to this PNG")
     evaluate.set_defaults(run=command_eval)
+
+    bench = commands.add_parser("bench", help="time detection on one image",
+                                description="Time the whole detect call, the forward pass and the "
+                                            "post-processing (decode, filter, NMS) on one image.")
+    bench.add_argument("image")
+    _add_detector_options(bench)
+    bench.add_argument("--runs", type=int, default=20, help="timed runs after 3 warm-up runs (20)")
+    bench.add_argument("--target-size", type=int, default=None, help="resize the short side to this")
+    bench.add_argument("--max-size", type=int, default=None, help="cap the long side at this")
+    bench.set_defaults(run=command_bench)
     return parser
 
 

@@ -144,7 +144,7 @@ class Detector:
         _, height, width = image.shape
         if image.stride() == (1, 3 * width, 3):
             rows = image.permute(1, 2, 0).reshape(height, 3 * width)
-            centred = torch.sub(rows, self._mean.reshape(1, 3).repeat(1, width), alpha=1)
+            centred = torch.sub(rows, self._mean.reshape(1, 3).repeat(1, width))
             return centred.to(torch.float32).view(height, width, 3).permute(2, 0, 1)
         return torch.sub(image, self._mean).to(torch.float32)
 
@@ -194,6 +194,7 @@ class Detector:
             indices = indices[: self.keep_top_k]
             results.append(Detections(boxes[indices], scores[indices], points[indices].reshape(-1, 5, 2)))
         return results
+
 
 def inside_priors(config, sizes, canvas, device=None) -> torch.Tensor:
     """``[B, P]`` float: 1 where a prior of the canvas lies on the grid of image b (of

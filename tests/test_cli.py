@@ -145,7 +145,15 @@ def test_unreadable_image_and_empty_folder(tmp_path, capsys):
         cli.main(["--debug", "eval", "--pred", str(tmp_path / "x"), "--gt", str(tmp_path)])
 
 
-@pytest.mark.parametrize("command", [[], ["detect"], ["widerface-predict"], ["eval"]])
+def test_bench_reports_each_stage(capsys):
+    code, out, err = run(capsys, "bench", CROWD, "--weights", WEIGHTS, "--runs", "2")
+    assert code == 0, err
+    assert "1024x624" in out
+    for stage in ("detect (all)", "forward", "postprocess"):
+        assert stage in out and "median" in out
+
+
+@pytest.mark.parametrize("command", [[], ["detect"], ["widerface-predict"], ["eval"], ["bench"]])
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(command + ["--help"])
