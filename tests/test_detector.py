@@ -223,3 +223,14 @@ def test_the_pipeline_transcription_reproduces_the_expected_file(crowd):
     expected = np.array(json.loads(EXPECTED.read_text())["detections"], dtype=np.float64)
     assert rows.shape == expected.shape
     np.testing.assert_allclose(rows, expected, atol=2e-3)
+
+
+def test_a_deformable_model_detects_and_folds(crowd):
+    torch.manual_seed(0)
+    model = RetinaFace("mobilenet0.25", dcn=True).eval()
+    small = crowd[:160, :240].copy()
+    folded = Detector(model, device="cpu", confidence_threshold=0.3).detect([small, small[:100]])
+    plain = Detector(model, device="cpu", confidence_threshold=0.3, fold_batchnorm=False).detect([small, small[:100]])
+    assert len(folded[0]) > 0
+    for a, b in zip(folded, plain):
+        assert_same_detections(a, b, atol=1e-4)
