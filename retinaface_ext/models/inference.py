@@ -1,5 +1,5 @@
-"""RetinaFace rearranged for inference: BatchNorm folded, the three heads of each level in
-one convolution, channels-last memory."""
+"""RetinaFace rearranged for inference: BatchNorm folded, convolution and activation in one
+oneDNN call, the three heads of each level in one convolution, channels-last memory."""
 
 import copy
 
