@@ -64,8 +64,11 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None) -> torch.T
         tensor = tensor[:3]
     elif channels != 3:
         raise ValueError(f"{name}: expected 1, 3 or 4 channels, got {channels} (shape {list(tensor.shape)})")
-    if tensor.dtype == torch.float64 or tensor.dtype == torch.float16 or tensor.dtype == torch.bfloat16:
-        tensor = tensor.float()
+    if tensor.is_floating_point():
+        if tensor.dtype != torch.float32:
+            tensor = tensor.float()
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name}: the image holds NaN or infinite values")
     return tensor.to(device, non_blocking=True)
 
 

@@ -149,6 +149,10 @@ def test_bad_inputs_are_named(detector, tmp_path):
         detector.detect(np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(TypeError, match="expected a path, a numpy array or a tensor"):
         detector.detect(42)
+    with pytest.raises(ValueError, match=r"images\[0\]: the image holds NaN"):
+        detector.detect([np.full((8, 8, 3), np.nan, np.float32)])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        detector.detect(torch.full((3, 8, 8), float("inf")))
     huge = torch.zeros(3, 1, 1, dtype=torch.uint8).expand(3, 10_000, 9_000)
     with pytest.raises(ValueError, match="pass max_size"):
         detector.detect(huge)
