@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "deform_conv/deform_conv.h"
+
 TORCH_LIBRARY(retinaface_ext, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
@@ -22,6 +24,9 @@ TORCH_LIBRARY(retinaface_ext, m) {
       "Tensor? mask, Tensor? bias, int stride_h, int stride_w, int pad_h, int pad_w, "
       "int dilation_h, int dilation_w) -> (Tensor grad_input, Tensor grad_weight, "
       "Tensor grad_offset, Tensor grad_mask, Tensor grad_bias)");
+  // Elements of deform_conv2d's column buffer (0: the backend's default); returns the
+  // previous setting. A process-wide knob, for tests of the multi-chunk path.
+  m.def("set_deform_conv_column_budget(int elements) -> int", &rfe::set_column_budget);
 }
 
 // _C is imported as a Python module only so that loading it runs the registrations above.

@@ -67,7 +67,7 @@ def require(tensor=None):
     or a RuntimeError when ``tensor`` is on CUDA and _C was compiled without CUDA."""
     if _load_error is not None:
         raise _load_error
-    if tensor is not None and tensor.is_cuda and "cuda" not in _build_info.BACKENDS:
+    if tensor is not None and getattr(tensor, "is_cuda", False) and "cuda" not in _build_info.BACKENDS:
         raise RuntimeError(
             "retinaface_ext was built without CUDA kernels (torch was not a CUDA build or nvcc "
             f"was missing at build time); rebuild with CUDA: {REBUILD_COMMAND}"

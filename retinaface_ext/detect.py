@@ -1,55 +1,90 @@
 """The Detector: images in, faces with five landmarks out.
 
 Pre-processing is Pytorch_Retinaface's (BGR minus (104, 117, 123), optional WIDER FACE
-style resizing); differently sized images share one padded forward; decoding, the score
+style resizing); images of similar sizes share one padded forward; decoding, the score
 filter and NMS run on our kernels, on the device of the network.
 """
 
-import math
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ops
-from .images import MAX_PIXELS, ImageLike, resize_factor, to_bgr_tensor
+from . import _extension, ops
+from .detections import LANDMARK_NAMES, Detections, Face  # noqa: F401 (re-exported)
+from .images import (MAX_DECODED_PIXELS, MAX_PIXELS, ImageLike, check_size, image_file_size, read_image,
+                     resize_factor, resized_shape, to_bgr_tensor)
 from .models import InferenceRetinaFace, PaddingMask, RetinaFace, config_for
-from .priors import prior_boxes
+from .models.checkpoint import check_finite
+from .priors import cached_prior_boxes, feature_map_size
 
 MEAN_BGR = (104.0, 117.0, 123.0)
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+#: Images share a padded forward pass only while the pass costs at most this many times
+#: their own pixels; the rest run in other passes (groups of similar sizes).
+MAX_PADDING_FACTOR = 2.0
 
 
-@dataclass
-class Detections:
-    """The faces found in one image, in decreasing score order, in the image's pixels.
+class Prepared(NamedTuple):
+    tensor: torch.Tensor  # [3, h, w] network input (mean subtracted, resized)
+    factor: float  # resize factor
+    image_size: Tuple[int, int]  # (height, width) of the original image
 
-    ``boxes [K, 4]`` x1, y1, x2, y2; ``scores [K]``; ``landmarks [K, 5, 2]`` (x, y) of the
-    left eye, right eye, nose, left and right mouth corners (as seen in the image).
-    """
 
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    landmarks: torch.Tensor
+def resolve_device(device) -> torch.device:
+    """``device`` as a torch.device that can run here, or a ValueError saying why not."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch is not a CUDA build" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {str(device)!r}: CUDA is not available here ({why})")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA devices are visible")
+        if _extension.is_available() and "cuda" not in _extension.compiled_backends():
+            raise ValueError(f"device {str(device)!r}: retinaface_ext was built without CUDA kernels")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolved
 
-    def __len__(self) -> int:
-        return self.scores.shape[0]
 
-    def to(self, device) -> "Detections":
-        return Detections(self.boxes.to(device), self.scores.to(device), self.landmarks.to(device))
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
-    def above(self, threshold: float) -> "Detections":
-        """Only the detections with score >= ``threshold``."""
-        keep = self.scores >= threshold
-        return Detections(self.boxes[keep], self.scores[keep], self.landmarks[keep])
 
-    def to_list(self) -> List[dict]:
-        """JSON-ready: one dict per face with ``box``, ``score`` and ``landmarks``."""
-        boxes, scores, landmarks = (t.detach().cpu().tolist() for t in (self.boxes, self.scores, self.landmarks))
-        return [{"box": box, "score": score, "landmarks": dict(zip(LANDMARK_NAMES, points))}
-                for box, score, points in zip(boxes, scores, landmarks)]
+def _fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(value) <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def padding_groups(sizes: Sequence[Tuple[int, int]], max_images: int,
+                   max_padding: float = MAX_PADDING_FACTOR) -> List[List[int]]:
+    """Indices of ``sizes`` (h, w) in groups that share a padded canvas: at most
+    ``max_images`` per group, and a group's canvas pixels times its images at most
+    ``max_padding`` times their own pixels. First fit, largest images first."""
+    groups: List[List[int]] = []
+    canvases: List[Tuple[int, int, int]] = []  # height, width and the images' own pixels, per group
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1]):
+        h, w = sizes[i]
+        for g, (gh, gw, pixels) in enumerate(canvases):
+            height, width = max(gh, h), max(gw, w)
+            if len(groups[g]) < max_images and height * width * (len(groups[g]) + 1) <= max_padding * (pixels + h * w):
+                groups[g].append(i)
+                canvases[g] = (height, width, pixels + h * w)
+                break
+        else:
+            groups.append([i])
+            canvases.append((h, w, h * w))
+    return groups
 
 
 class Detector:
@@ -64,79 +99,100 @@ class Detector:
             other kind is an error).
         device: where to run; default the model's device for a model, else CUDA when
             available.
-        confidence_threshold: candidates need a face score above this (0.02).
-        nms_threshold: IoU above which NMS drops the lower-scored box (0.4).
+        confidence_threshold: candidates need a face score above this (0.02; in [0, 1]).
+        nms_threshold: IoU above which NMS drops the lower-scored box (0.4; in [0, 1]).
         top_k: candidates per image kept for NMS, best first (5000).
         keep_top_k: detections per image kept after NMS (750).
         target_size, max_size: resize each image so its short side is ``target_size``
             unless its long side would exceed ``max_size`` (WIDER FACE testing: 1600,
-            2150). None keeps the original size (the default).
+            2150); either alone works too. None keeps the original size (the default).
         fold_batchnorm: fold BatchNorm into the convolutions (same results, faster).
         channels_last: run the network in channels-last memory format (faster on CPU).
-        batch_size: images per forward pass in :meth:`detect`.
+        batch_size: images per forward pass in :meth:`detect`; images share a pass only
+            when the padding costs at most ``MAX_PADDING_FACTOR`` times their pixels.
+        clip_boxes: clip the boxes to the image (default False, as Pytorch_Retinaface).
     """
 
     def __init__(self, weights_or_model: Union[str, os.PathLike, dict, RetinaFace],
                  backbone: Optional[str] = None, device=None, confidence_threshold: float = 0.02,
                  nms_threshold: float = 0.4, top_k: int = 5000, keep_top_k: int = 750,
-                 target_size: Optional[int] = None, max_size: Optional[int] = None,
-                 fold_batchnorm: bool = True, channels_last: bool = True, batch_size: int = 8):
+                 target_size: Optional[float] = None, max_size: Optional[float] = None,
+                 fold_batchnorm: bool = True, channels_last: bool = True, batch_size: int = 8,
+                 clip_boxes: bool = False):
+        self.top_k, self.keep_top_k = _count(top_k, "top_k"), _count(keep_top_k, "keep_top_k")
+        self.batch_size = _count(batch_size, "batch_size")
+        self.confidence_threshold = _fraction(confidence_threshold, "confidence_threshold")
+        self.nms_threshold = _fraction(nms_threshold, "nms_threshold")
+        self.target_size, self.max_size = check_size(target_size, "target_size"), check_size(max_size, "max_size")
         if isinstance(weights_or_model, torch.nn.Module):
             if not isinstance(weights_or_model, RetinaFace):
                 raise TypeError(f"weights_or_model: expected a RetinaFace or a checkpoint, "
                                 f"got {type(weights_or_model).__name__}")
             model = weights_or_model
+            check_finite(model.state_dict(), "weights_or_model")
             if device is None:
                 device = next(model.parameters()).device
         else:
             model = RetinaFace.from_checkpoint(weights_or_model, backbone=backbone)
         if backbone is not None and model.config.backbone != config_for(backbone).backbone:
             raise ValueError(f"backbone={backbone!r} but the model is {model.config.backbone}")
-        for name, value in (("top_k", top_k), ("keep_top_k", keep_top_k), ("batch_size", batch_size)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not 0.0 <= nms_threshold <= 1.0:
-            raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         model = InferenceRetinaFace(model, fold_batchnorm, channels_last).to(self.device)
         self.model, self.config = model, model.config
-        self.confidence_threshold, self.nms_threshold = float(confidence_threshold), float(nms_threshold)
-        self.top_k, self.keep_top_k, self.batch_size = int(top_k), int(keep_top_k), int(batch_size)
-        self.target_size, self.max_size = target_size, max_size
-        self.channels_last = channels_last
+        self.channels_last, self.clip_boxes = channels_last, bool(clip_boxes)
         self._mean = torch.tensor(MEAN_BGR, device=self.device).reshape(3, 1, 1)
 
-    def __call__(self, images):
-        return self.detect(images)
+    def __call__(self, images, color: str = "bgr"):
+        return self.detect(images, color)
 
     @torch.inference_mode()
-    def detect(self, images: Union[ImageLike, Sequence[ImageLike]]) -> Union[Detections, List[Detections]]:
+    def detect(self, images: Union[ImageLike, Sequence[ImageLike]],
+               color: str = "bgr") -> Union[Detections, List[Detections]]:
         """Detect faces in one image (returns :class:`Detections`) or in a list of images
-        (returns a list). Images are paths, OpenCV BGR arrays ``[H, W, 3]`` or BGR tensors
-        ``[3, H, W]`` (values 0..255); a ``[B, 3, H, W]`` tensor is a list of B images."""
+        (returns a list).
+
+        Images are paths, numpy arrays ``[H, W, C]``, tensors ``[C, H, W]`` (values
+        0..255) or PIL images; a ``[B, 3, H, W]`` tensor is a list of B images. Arrays
+        and tensors are BGR, as OpenCV reads them; pass ``color="rgb"`` for RGB ones (from
+        PIL, ``torchvision.io.decode_image``, matplotlib). PIL images are always RGB.
+        """
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
         batch = [images] if single else list(images)
         results = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
-            prepared = [self._prepare(image, f"images[{start + i}]" if not single else "image")
-                        for i, image in enumerate(chunk)]
-            results.extend(self._detect_prepared(prepared))
+            names = ["image"] if single else [f"images[{start + i}]" for i in range(len(chunk))]
+            prepared = [self._prepare(image, name, color) for image, name in zip(chunk, names)]
+            results.extend(self._detect_prepared(prepared, names))
         return results[0] if single else results
 
-    def _prepare(self, image, name) -> Tuple[torch.Tensor, float]:
-        """The network input of one image (``[3, h, w]`` float, mean subtracted) and its scale."""
-        tensor = to_bgr_tensor(image, name, self.device)
-        height, width = tensor.shape[-2:]
+    def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> np.ndarray:
+        """An image file as OpenCV reads it (BGR), refused from its header, before
+        decoding, when this detector would refuse its size."""
+        size = image_file_size(path)
+        if size is not None:
+            self._check_input_size(*size, name or os.fspath(path))
+        return read_image(path, MAX_DECODED_PIXELS)
+
+    def _check_input_size(self, height: int, width: int, name: str) -> Tuple[float, Tuple[int, int]]:
         factor = resize_factor(height, width, self.target_size, self.max_size)
-        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        size = resized_shape(height, width, factor)
         if size[0] * size[1] > MAX_PIXELS:
             raise ValueError(f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
                              f"({MAX_PIXELS}); pass max_size to shrink large images")
+        return factor, size
+
+    def _prepare(self, image, name: str, color: str = "bgr") -> Prepared:
+        """The network input of one image (``[3, h, w]`` float, mean subtracted) and its scale."""
+        if isinstance(image, (str, os.PathLike)):
+            image = self.read_image(image, f"{name} ({os.fspath(image)})")
+        tensor = to_bgr_tensor(image, name, self.device, color)
+        height, width = tensor.shape[-2:]
+        factor, size = self._check_input_size(height, width, name)
         tensor = self._subtract_mean(tensor)
         if factor != 1.0:
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
-        return tensor, factor
+        return Prepared(tensor, factor, (int(height), int(width)))
 
     def _subtract_mean(self, image: torch.Tensor) -> torch.Tensor:
         """Float32 ``image - mean`` in one pass. For an HWC array seen as ``[3, H, W]`` the
@@ -148,27 +204,45 @@ class Detector:
             return centred.to(torch.float32).view(height, width, 3).permute(2, 0, 1)
         return torch.sub(image, self._mean).to(torch.float32)
 
-    def _detect_prepared(self, prepared) -> List[Detections]:
-        sizes = [tuple(tensor.shape[-2:]) for tensor, _ in prepared]
+    def _detect_prepared(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Detections]:
+        results: List[Optional[Detections]] = [None] * len(prepared)
+        sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
+        for group in padding_groups(sizes, self.batch_size):
+            for i, detections in zip(group, self._forward_group([prepared[i] for i in group], [names[i] for i in group])):
+                results[i] = detections
+        return results
+
+    def _forward_group(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Detections]:
+        sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
         canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if len(prepared) == 1:
-            inputs = prepared[0][0][None].contiguous(memory_format=memory_format)
+            inputs = prepared[0].tensor[None].contiguous(memory_format=memory_format)
         else:
             inputs = torch.zeros(len(prepared), 3, *canvas, device=self.device).contiguous(memory_format=memory_format)
-            for slot, (tensor, _) in zip(inputs, prepared):
-                slot[:, : tensor.shape[1], : tensor.shape[2]] = tensor
+            for slot, p in zip(inputs, prepared):
+                slot[:, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
         padding_mask = None if all(size == canvas for size in sizes) else PaddingMask(sizes, canvas)
-        loc, logits, landmarks = self.model(inputs, padding_mask)
-        factors = [factor for _, factor in prepared]
-        return self.postprocess(loc, logits, landmarks, canvas, sizes, factors)
+        outputs = self.model(inputs, padding_mask)
+        finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in outputs]).all(0)
+        if not bool(finite.all()):
+            b = int(torch.nonzero(~finite)[0])
+            low, high = (float(v) for v in torch.aminmax(prepared[b].tensor + self._mean))
+            raise ValueError(f"{names[b]}: the network's output is not finite (NaN or inf) for this image; "
+                             f"its values span [{low:.4g}, {high:.4g}], images are expected in 0..255")
+        return self.postprocess(*outputs, canvas, sizes, [p.factor for p in prepared], names,
+                                [p.image_size for p in prepared])
 
-    def postprocess(self, loc, logits, landmarks, canvas, sizes=None, factors=None) -> List[Detections]:
+    def postprocess(self, loc, logits, landmarks, canvas, sizes=None, factors=None, names=None,
+                    image_sizes=None) -> List[Detections]:
         """Detections per image from the network outputs of a batch whose images were
-        ``sizes`` (default: all the canvas) inside ``canvas`` (H, W), resized by ``factors``."""
+        ``sizes`` (default: all the canvas) inside ``canvas`` (H, W), resized by ``factors``
+        from ``image_sizes``; ``names`` name them in errors."""
         batch = loc.shape[0]
         sizes = sizes or [tuple(canvas)] * batch
-        priors = prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device, dtype=loc.dtype)
+        names = names or [f"images[{b}]" for b in range(batch)]
+        priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
+                                    dtype=loc.dtype)
         # The face probability of the two-class softmax, sigmoid(face - background) being
         # the same function; softmax over a dimension of 2 costs 25x more on the CPU.
         face = torch.sigmoid(logits[..., 1] - logits[..., 0])
@@ -177,6 +251,11 @@ class Detector:
         conf = torch.stack([1 - face, face], dim=-1)
         boxes, scores, points, image_index, _ = ops.decode_detections(
             loc, conf, landmarks, priors, self.config.variances, self.confidence_threshold)
+        finite = torch.isfinite(boxes).all(1) & torch.isfinite(points).all(1)
+        if not bool(finite.all()):
+            b = int(image_index[~finite][0])
+            raise ValueError(f"{names[b]}: decoded boxes are not finite (the network's box offsets overflow); "
+                             f"is the image in 0..255 BGR?")
         height, width = canvas
         boxes = boxes * torch.tensor([width, height] * 2, device=boxes.device, dtype=boxes.dtype)
         points = points * torch.tensor([width, height] * 5, device=boxes.device, dtype=boxes.dtype)
@@ -189,10 +268,13 @@ class Detector:
         keep = ops.batched_nms(boxes, scores, image_index, self.nms_threshold)
         keep = keep[torch.argsort(image_index[keep], stable=True)]  # by image, each by score
         counts = torch.bincount(image_index[keep], minlength=batch).tolist()
+        image_sizes = image_sizes or [tuple(size) for size in sizes]
         results = []
-        for indices in torch.split(keep, counts):
+        for indices, image_size in zip(torch.split(keep, counts), image_sizes):
             indices = indices[: self.keep_top_k]
-            results.append(Detections(boxes[indices], scores[indices], points[indices].reshape(-1, 5, 2)))
+            detections = Detections(boxes[indices], scores[indices], points[indices].reshape(-1, 5, 2),
+                                    tuple(image_size))
+            results.append(detections.clipped() if self.clip_boxes else detections)
         return results
 
 
@@ -204,9 +286,10 @@ def inside_priors(config, sizes, canvas, device=None) -> torch.Tensor:
     for height, width in sizes:
         levels = []
         for step, min_sizes in zip(config.steps, config.min_sizes):
-            rows, cols = math.ceil(canvas[0] / step), math.ceil(canvas[1] / step)
+            rows, cols = feature_map_size(*canvas, step)
             inside = torch.zeros(rows, cols, len(min_sizes), device=device)
-            inside[: math.ceil(height / step), : math.ceil(width / step)] = 1
+            image_rows, image_cols = feature_map_size(height, width, step)
+            inside[:image_rows, :image_cols] = 1
             levels.append(inside.flatten())
         masks.append(torch.cat(levels))
     return torch.stack(masks)

@@ -1,41 +1,83 @@
-"""Turning what users pass as images (paths, OpenCV arrays, tensors) into BGR tensors, with
-errors that say which image is wrong and why."""
+"""Turning what users pass as images (paths, OpenCV arrays, tensors, PIL images) into BGR
+tensors, with errors that say which image is wrong and why."""
 
 import os
-from typing import Union
+import warnings
+from typing import Optional, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
 
-ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
 
 #: Images larger than this (after resizing) are refused: pass ``max_size`` to shrink them.
 MAX_PIXELS = 64 * 1024 * 1024
+#: Image files declaring more pixels than this (400 MB as BGR) are not decoded at all,
+#: whatever the resizing: their size is read from the file's header first.
+MAX_DECODED_PIXELS = 128 * 1024 * 1024
+
+COLOR_ORDERS = ("bgr", "rgb")
 
 
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+def image_file_size(path: Union[str, os.PathLike]) -> Optional[Tuple[int, int]]:
+    """(height, width) of an image file from its header, without decoding the pixels;
+    None when the format is not one Pillow knows (OpenCV may still decode it). A file
+    beyond Pillow's decompression-bomb limit (above ours) raises ValueError."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{os.fspath(path)}: too many pixels to decode ({error})") from None
+    except Exception:  # unknown to Pillow, or broken: OpenCV decides
+        return None
+    return height, width
+
+
+def read_image(path: Union[str, os.PathLike], max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
     """An image file as OpenCV reads it: ``[H, W, 3]`` uint8 BGR (grayscale and alpha
-    images are converted). Raises FileNotFoundError or ValueError naming the file."""
+    images are converted). Raises FileNotFoundError or ValueError naming the file; a file
+    whose header declares more than ``max_pixels`` pixels is refused before decoding."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
+    size = image_file_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ValueError(f"{path}: the file declares {size[0]}x{size[1]} pixels, more than "
+                         f"{max_pixels} (not decoded)")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"cannot decode image file: {path}")
     return image
 
 
-def to_bgr_tensor(image: ImageLike, name: str = "image", device=None) -> torch.Tensor:
+def _is_pil_image(image) -> bool:
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "convert") and hasattr(image, "mode")
+
+
+def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str = "bgr") -> torch.Tensor:
     """``[3, H, W]`` BGR values 0..255 on ``device`` (float32, or uint8 when the input is).
 
-    Accepts a path; a numpy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` (OpenCV's BGR)
-    or ``[H, W, 4]`` (BGRA, alpha dropped); a tensor ``[H, W]`` or ``[C, H, W]`` with C
-    in 1, 3, 4, BGR. Gray images are repeated into three channels. Arrays from numpy
-    stay in their HWC memory, which is channels-last for the network.
+    Accepts a path; a numpy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]``
+    (alpha dropped); a tensor ``[H, W]`` or ``[C, H, W]`` with C in 1, 3, 4; a PIL image.
+    Arrays and tensors hold BGR (OpenCV's order) unless ``color="rgb"`` (what PIL,
+    torchvision's ``decode_image`` and most other libraries give); PIL images are always
+    RGB. Gray images are repeated into three channels. Arrays from numpy stay in their HWC
+    memory, which is channels-last for the network.
     """
+    if color not in COLOR_ORDERS:
+        raise ValueError(f"color must be one of {COLOR_ORDERS}, got {color!r}")
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
+        color = "bgr"
+    elif _is_pil_image(image):
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image, color = np.asarray(image), "rgb"
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
             raise ValueError(f"{name}: numpy images must be uint8 or floating point (0..255), "
@@ -53,7 +95,8 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None) -> torch.T
         if tensor.dim() != 3:
             raise ValueError(f"{name}: expected a [C, H, W] tensor, got shape {list(image.shape)}")
     else:
-        raise TypeError(f"{name}: expected a path, a numpy array or a tensor, got {type(image).__name__}")
+        raise TypeError(f"{name}: expected a path, a numpy array, a tensor or a PIL image, "
+                        f"got {type(image).__name__}")
 
     channels, height, width = tensor.shape
     if height == 0 or width == 0:
@@ -64,6 +107,8 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None) -> torch.T
         tensor = tensor[:3]
     elif channels != 3:
         raise ValueError(f"{name}: expected 1, 3 or 4 channels, got {channels} (shape {list(tensor.shape)})")
+    if color == "rgb" and channels != 1:
+        tensor = tensor.flip(0)
     if tensor.is_floating_point():
         if tensor.dtype != torch.float32:
             tensor = tensor.float()
@@ -72,11 +117,28 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None) -> torch.T
     return tensor.to(device, non_blocking=True)
 
 
+def check_size(value, name: str) -> Optional[float]:
+    """``target_size`` and ``max_size``: None or a positive finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a positive number or None, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+    return value
+
+
 def resize_factor(height: int, width: int, target_size=None, max_size=None) -> float:
     """The WIDER FACE test protocol's scale: the short side to ``target_size``, unless the
     long side would then exceed ``max_size`` (rounded), in which case the long side to
     ``max_size``. Either may be None: no target keeps the scale at 1 unless too large."""
+    target_size, max_size = check_size(target_size, "target_size"), check_size(max_size, "max_size")
     factor = 1.0 if target_size is None else float(target_size) / min(height, width)
     if max_size is not None and round(factor * max(height, width)) > max_size:
         factor = float(max_size) / max(height, width)
     return factor
+
+
+def resized_shape(height: int, width: int, factor: float) -> Tuple[int, int]:
+    """The network input size of an ``height x width`` image scaled by ``factor``."""
+    return max(1, round(height * factor)), max(1, round(width * factor))

@@ -1,11 +1,13 @@
 """Modules built on the kernels."""
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .ops.deform_conv import _pair, deform_conv2d
+from .ops._common import check_pair
+from .ops.deform_conv import deform_conv2d
 
 
 class DeformConv2d(nn.Module):
@@ -28,8 +30,10 @@ class DeformConv2d(nn.Module):
         if in_channels % offset_groups:
             raise ValueError(f"DeformConv2d: in_channels ({in_channels}) must be a multiple of "
                              f"offset_groups ({offset_groups})")
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size = check_pair("DeformConv2d", "kernel_size", kernel_size)
+        self.stride = check_pair("DeformConv2d", "stride", stride)
+        self.padding = check_pair("DeformConv2d", "padding", padding)
+        self.dilation = check_pair("DeformConv2d", "dilation", dilation)
         self.groups, self.offset_groups, self.modulated = groups, offset_groups, modulated
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -49,7 +53,8 @@ class DeformConv2d(nn.Module):
     def forward(self, x):
         predicted = self.conv_offset(x)
         points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        offset, mask = predicted[:, : 2 * points], None
+        offset = predicted[:, : 2 * points]
+        mask: Optional[torch.Tensor] = None
         if self.modulated:
             mask = torch.sigmoid(predicted[:, 2 * points :])
         return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)

@@ -25,8 +25,23 @@ def prior_boxes(
     size; cx = (j + 0.5) * step / W, cy = (i + 0.5) * step / H, w = size / W,
     h = size / H (computed in float64, then rounded once to ``dtype``).
 
-    The result is cached per arguments and shared: treat it as read-only.
+    Returns a new tensor on every call (computed once per arguments and cached; the
+    cached tensor itself is never handed out, so editing the result in place or using
+    it in autograd is safe, inside ``torch.inference_mode`` or not).
     """
+    return cached_prior_boxes(image_size, min_sizes, steps, clip, device, dtype).clone()
+
+
+def cached_prior_boxes(
+    image_size: Tuple[int, int],
+    min_sizes: Sequence[Sequence[int]] = DEFAULT_MIN_SIZES,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    clip: bool = False,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """:func:`prior_boxes` without the copy, for callers that only read it (the
+    Detector): the shared cached tensor."""
     height, width = (int(v) for v in image_size)
     if height <= 0 or width <= 0:
         raise ValueError(f"prior_boxes: image_size must be positive (H, W), got {tuple(image_size)}")
@@ -39,11 +54,26 @@ def prior_boxes(
                         torch.device(device if device is not None else "cpu"), dtype)
 
 
+def feature_map_size(height: int, width: int, stride: int) -> Tuple[int, int]:
+    """Rows and columns that an ``height x width`` image covers at ``stride``:
+    ``ceil(height / stride) x ceil(width / stride)``, because every stride-2 layer of
+    RetinaFace maps ``n`` rows to ``ceil(n / 2)``. The one home of that rule: the priors,
+    the padding mask and the Detector's per-image prior selection all use it."""
+    return math.ceil(height / stride), math.ceil(width / stride)
+
+
 @functools.lru_cache(maxsize=32)
 def _prior_boxes(height, width, min_sizes, steps, clip, device, dtype):
+    # Made outside inference mode even when called inside it: the cache must hold a
+    # normal tensor that later autograd code can use.
+    with torch.inference_mode(False):
+        return _make_prior_boxes(height, width, min_sizes, steps, clip, device, dtype)
+
+
+def _make_prior_boxes(height, width, min_sizes, steps, clip, device, dtype):
     levels = []
     for sizes, step in zip(min_sizes, steps):
-        rows, cols = math.ceil(height / step), math.ceil(width / step)
+        rows, cols = feature_map_size(height, width, step)
         cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * step / height
         cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * step / width
         sw = torch.tensor([s / width for s in sizes], dtype=torch.float64)

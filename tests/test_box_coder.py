@@ -91,3 +91,34 @@ def test_bad_input_names_the_argument(change, message):
     change(args)
     with pytest.raises(RuntimeError, match=message):
         ops.decode_detections(**args)
+
+
+def test_decode_detections_gradients_equal_the_reference(device):
+    """Gradients reach loc, conf, landm and priors exactly as through the reference."""
+    priors = prior_boxes((48, 64), dtype=torch.float64)
+    loc, conf, landm = (t.double() for t in network_like_outputs(2, priors, seed=5, face_fraction=0.3))
+    leaves = [t.to(device).requires_grad_() for t in (loc, conf, landm, priors)]
+    boxes, scores, points, image, prior = ops.decode_detections(*leaves, score_threshold=0.3)
+    assert len(scores) > 5
+    weights = [torch.randn(t.shape, dtype=torch.float64, device=device) for t in (boxes, scores, points)]
+    loss = sum((w * t).sum() for w, t in zip(weights, (boxes, scores, points)))
+    ours = torch.autograd.grad(loss, leaves)
+    twins = [t.detach().clone().requires_grad_() for t in leaves]
+    r_boxes, r_scores, r_points, _, _ = reference.decode_detections(*twins, score_threshold=0.3)
+    r_loss = sum((w * t).sum() for w, t in zip(weights, (r_boxes, r_scores, r_points)))
+    for mine, expected in zip(ours, torch.autograd.grad(r_loss, twins)):
+        torch.testing.assert_close(mine, expected)
+    only_boxes = ops.decode_detections(*leaves, score_threshold=0.3)[0].sum()
+    (grad_loc,) = torch.autograd.grad(only_boxes, leaves[0])
+    assert grad_loc.abs().sum() > 0
+
+
+def test_decode_detections_gradcheck():
+    priors = prior_boxes((16, 24), dtype=torch.float64)
+    loc, conf, landm = (t.double() for t in network_like_outputs(1, priors, seed=6, face_fraction=0.5))
+
+    def fn(loc, landm, priors):
+        boxes, scores, points, _, _ = ops.decode_detections(loc, conf, landm, priors, score_threshold=0.3)
+        return boxes, points
+
+    assert torch.autograd.gradcheck(fn, (loc.requires_grad_(), landm.requires_grad_(), priors.requires_grad_()))

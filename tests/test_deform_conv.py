@@ -2,6 +2,9 @@
 gradient; zero offsets and a mask of ones are conv2d; gradcheck and opcheck."""
 
 import itertools
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch.nn.functional as F
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
+from retinaface_ext.ops.deform_conv import set_column_budget
 
 
 def make_case(N, C, H, W, O, kernel, stride, padding, dilation, groups, offset_groups, mask, bias, seed=0,
@@ -128,7 +132,7 @@ def test_non_contiguous_inputs_and_empty_batch():
     "change, message",
     [
         (lambda a: a.update(input=a["input"][0]), r"input must have shape \[N, C, H, W\]"),
-        (lambda a: a.update(weight=a["weight"][:, :3]), r"input channels \(4\) must be a multiple of weight.shape\[1\] \(3\)"),
+        (lambda a: a.update(weight=a["weight"][:, :3]), r"input channels \(4\) must be a positive multiple of weight.shape\[1\] \(3\)"),
         (lambda a: a.update(offset=a["offset"][:, :5]), r"offset must have shape \[N, 2 \* offset_groups \* kh \* kw, Ho, Wo\]"),
         (lambda a: a.update(offset=a["offset"][..., :3]), "offset must have shape"),
         (lambda a: a.update(mask=a["mask"][:, :4]), r"mask must have shape \[N, offset_groups \* kh \* kw, Ho, Wo\] = \[2, 18"),
@@ -179,11 +183,148 @@ def test_cuda_half_precision_accumulates_in_float32(dtype):
                                    msg=lambda m: f"grad {name}: {m}")
 
 
-def test_non_finite_or_huge_offsets_sample_zero_and_do_not_crash():
+def test_huge_offsets_sample_zero():
     args, options = make_case(1, 4, 6, 6, 4, (3, 3), 1, 1, 1, 1, 1, False, True)
-    args["offset"][:, :, 0, 0] = float("nan")
-    args["offset"][:, :, 1, 1] = float("inf")
     args["offset"][:, :, 2, 2] = 1e30
+    args["offset"][:, :, 3, 3] = -1e30
     out = ops.deform_conv2d(**args, **options)
-    for i in range(3):  # every kernel point samples 0 there: only the bias is left
+    for i in (2, 3):  # every kernel point samples 0 there: only the bias is left
         torch.testing.assert_close(out[0, :, i, i], args["bias"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_offsets_propagate_like_the_reference(device, value):
+    """A diverging offset must show in the output and the gradients, never read as 0."""
+    args, options = make_case(1, 4, 6, 6, 4, (3, 3), 1, 1, 1, 1, 1, True, True)
+    args["offset"][0, 4, 1, 2] = value  # kernel point 2, dy, at output (1, 2)
+    on_device = {k: v.to(device) for k, v in args.items()}
+    out, grads = outputs_and_gradients(ops.deform_conv2d, on_device, options)
+    assert torch.isnan(out[0, :, 1, 2]).all()
+    assert torch.isfinite(out[0, :, 0, 0]).all() and int(torch.isnan(out).sum()) == out.shape[1]
+    assert torch.isnan(grads["offset"][0, 4:6, 1, 2]).all() and torch.isnan(grads["mask"][0, 2, 1, 2])
+    assert torch.isfinite(grads["offset"][0, :4]).all() and torch.isfinite(grads["input"]).all()
+    torch.testing.assert_close(out.cpu(), reference.deform_conv2d(**args, **options), equal_nan=True)
+    torchvision = pytest.importorskip("torchvision")
+    _, torchvision_grads = outputs_and_gradients(torchvision.ops.deform_conv2d, args, options)
+    assert torch.isnan(torchvision_grads["offset"][0, 4:6, 1, 2]).any()  # torchvision has NaN there too
+    if value != value:  # NaN: torchvision's forward propagates it too (an infinite offset samples 0 there)
+        torch.testing.assert_close(out.cpu(), torchvision.ops.deform_conv2d(**args, **options), equal_nan=True)
+
+
+def test_a_nan_mask_propagates_even_outside_the_image():
+    torchvision = pytest.importorskip("torchvision")
+    args, options = make_case(1, 4, 6, 6, 4, (3, 3), 1, 1, 1, 1, 1, True, True)
+    args["offset"][0, 0, 0, 0] = -5.0  # kernel point 0 of output (0, 0) samples far outside
+    args["mask"][0, 0, 0, 0] = float("nan")
+    out = ops.deform_conv2d(**args, **options)
+    assert torch.isnan(out[0, :, 0, 0]).all() and int(torch.isnan(out).sum()) == out.shape[1]
+    torch.testing.assert_close(out, torchvision.ops.deform_conv2d(**args, **options), equal_nan=True)
+    torch.testing.assert_close(out, reference.deform_conv2d(**args, **options), equal_nan=True)
+
+
+def test_border_gradient_at_zero_offsets_equals_torchvision(device):
+    """Zero offsets with padding 1 (a DeformConv2d at initialisation) put the border taps
+    exactly at -1, where the gradient is one-sided from above, as torchvision's."""
+    torchvision = pytest.importorskip("torchvision")
+    args, options = make_case(2, 4, 7, 6, 5, (3, 3), 1, 1, 1, 1, 1, True, True)
+    args["offset"] = torch.zeros_like(args["offset"])
+    args["mask"] = torch.full_like(args["mask"], 0.5)
+    expected, expected_grads = outputs_and_gradients(torchvision.ops.deform_conv2d, args, options)
+    out, grads = outputs_and_gradients(ops.deform_conv2d, {k: v.to(device) for k, v in args.items()}, options)
+    torch.testing.assert_close(out.cpu(), expected)
+    for name in expected_grads:
+        torch.testing.assert_close(grads[name].cpu(), expected_grads[name], msg=lambda m: f"grad {name}: {m}")
+    assert bool((expected_grads["offset"][:, 0, 0, 1:-1] != 0).all())  # the taps at y = -1 do get gradient
+    _, reference_grads = outputs_and_gradients(reference.deform_conv2d, args, options)
+    torch.testing.assert_close(reference_grads["offset"], expected_grads["offset"])
+
+
+def test_module_offset_gradient_at_initialisation_equals_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    from retinaface_ext.nn import DeformConv2d
+
+    torch.manual_seed(0)
+    module = DeformConv2d(8, 6, kernel_size=3, padding=1).double()
+    x = torch.randn(2, 8, 9, 7, dtype=torch.float64)
+    module(x).square().sum().backward()
+    ours = module.conv_offset.weight.grad.clone()
+    module.zero_grad()
+    predicted = module.conv_offset(x)
+    out = torchvision.ops.deform_conv2d(x, predicted[:, :18], module.weight, module.bias, padding=1,
+                                        mask=torch.sigmoid(predicted[:, 18:]))
+    out.square().sum().backward()
+    torch.testing.assert_close(ours, module.conv_offset.weight.grad)
+
+
+def test_double_backward_is_refused():
+    args, options = make_case(1, 4, 6, 6, 4, (3, 3), 1, 1, 1, 1, 1, True, True)
+    leaves = {k: v.requires_grad_() for k, v in args.items()}
+    out = ops.deform_conv2d(**leaves, **options)
+    (grad_offset,) = torch.autograd.grad(out.square().sum(), leaves["offset"], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* not supported"):
+        grad_offset.sum().backward()
+
+
+CRASH_CASES = {
+    "zero channels": "torch.randn(1, 0, 5, 5), torch.zeros(1, 18, 5, 5), torch.randn(2, 1, 3, 3)",
+    "zero kernel height": "torch.randn(1, 2, 5, 5), torch.zeros(1, 0, 5, 5), torch.randn(2, 2, 0, 3)",
+    "zero kernel width": "torch.randn(1, 2, 5, 5), torch.zeros(1, 0, 5, 5), torch.randn(2, 2, 3, 0)",
+    "empty image": "torch.randn(1, 2, 0, 5), torch.zeros(1, 18, 0, 5), torch.randn(2, 2, 3, 3)",
+}
+
+
+@pytest.mark.parametrize("how", ["forward", "backward op", "torch.compile"])
+@pytest.mark.parametrize("case", CRASH_CASES)
+def test_degenerate_shapes_raise_instead_of_crashing(case, how):
+    """Each in its own process: these used to kill the interpreter (SIGFPE)."""
+    call = {
+        "forward": "ops.deform_conv2d(input, offset, weight, padding=1)",
+        "backward op": "torch.ops.retinaface_ext.deform_conv2d_backward(torch.zeros(1, 2, 5, 5), input, weight, "
+                       "offset, None, None, 1, 1, 1, 1, 1, 1)",
+        "torch.compile": "torch.compile(ops.deform_conv2d, backend='eager')(input, offset, weight, padding=1)",
+    }[how]
+    script = textwrap.dedent(f"""
+        import torch
+        from retinaface_ext import ops
+        input, offset, weight = {CRASH_CASES[case]}
+        try:
+            {call}
+        except Exception as error:
+            print("raised:", error)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"crashed with {result.returncode}: {result.stderr[-2000:]}"
+    assert "raised:" in result.stdout and "deform_conv2d" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_empty_batch_and_zero_output_channels():
+    args, options = make_case(2, 4, 7, 7, 6, (3, 3), 1, 1, 1, 1, 2, True, True)
+    args["weight"], args["bias"] = args["weight"][:0], args["bias"][:0]
+    assert ops.deform_conv2d(**args, **options).shape == (2, 0, 7, 7)
+
+
+@pytest.mark.parametrize("value", [1.7, "2", (1, 2, 3), (1.0, 1), True])
+def test_stride_padding_dilation_must_be_ints(value):
+    args, options = make_case(1, 4, 7, 7, 6, (3, 3), 1, 1, 1, 1, 1, True, True)
+    with pytest.raises(TypeError, match=r"deform_conv2d: stride must be an int or a pair of ints"):
+        ops.deform_conv2d(**args, **{**options, "stride": value})
+    with pytest.raises(TypeError, match="deform_conv2d: input must be a torch.Tensor, got list"):
+        ops.deform_conv2d(**{**args, "input": [[1.0]]}, **options)
+
+
+def test_multi_chunk_path_equals_one_chunk(device):
+    """The column budget bounds memory by running the batch in chunks; a tiny budget makes
+    every image its own chunk, which must change nothing."""
+    args, options = make_case(3, 4, 7, 6, 4, (3, 3), 1, 1, 1, 2, 2, True, True)
+    args = {k: v.to(device) for k, v in args.items()}
+    whole, whole_grads = outputs_and_gradients(ops.deform_conv2d, args, options)
+    previous = set_column_budget(1)
+    try:
+        chunked, chunked_grads = outputs_and_gradients(ops.deform_conv2d, args, options)
+    finally:
+        set_column_budget(previous)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    for name in whole_grads:
+        torch.testing.assert_close(chunked_grads[name], whole_grads[name], rtol=1e-12, atol=1e-12)
+    expected, _ = outputs_and_gradients(reference.deform_conv2d, args, options)
+    torch.testing.assert_close(chunked, expected)

@@ -147,7 +147,7 @@ def test_bad_inputs_are_named(detector, tmp_path):
         detector.detect(np.zeros((8, 8, 3), np.int32))
     with pytest.raises(ValueError, match=r"expected an \[H, W, C\] array"):
         detector.detect(np.zeros((2, 8, 8, 3), np.uint8))
-    with pytest.raises(TypeError, match="expected a path, a numpy array or a tensor"):
+    with pytest.raises(TypeError, match="expected a path, a numpy array, a tensor or a PIL image"):
         detector.detect(42)
     with pytest.raises(ValueError, match=r"images\[0\]: the image holds NaN"):
         detector.detect([np.full((8, 8, 3), np.nan, np.float32)])
@@ -161,7 +161,7 @@ def test_bad_inputs_are_named(detector, tmp_path):
 def test_constructor_errors(tmp_path):
     with pytest.raises(ValueError, match="resnet50"):
         Detector(WEIGHTS, backbone="resnet50")
-    with pytest.raises(ValueError, match="top_k must be at least 1"):
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
         Detector(WEIGHTS, top_k=0)
     with pytest.raises(ValueError, match="nms_threshold"):
         Detector(WEIGHTS, nms_threshold=1.5)

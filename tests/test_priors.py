@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from retinaface_ext.priors import prior_boxes
+from retinaface_ext.priors import cached_prior_boxes, prior_boxes
 from seed_reference import prior_box_oracle
 
 
@@ -26,7 +26,9 @@ def test_custom_levels_and_cache():
     torch.testing.assert_close(
         prior_boxes((50, 70), sizes, steps), prior_box_oracle((50, 70), sizes, steps), rtol=0, atol=0
     )
-    assert prior_boxes((640, 480)) is prior_boxes((640, 480))  # cached
+    assert cached_prior_boxes((640, 480)) is cached_prior_boxes((640, 480))
+    assert prior_boxes((640, 480)) is not prior_boxes((640, 480))  # a copy of the cache, each call
+    torch.testing.assert_close(prior_boxes((640, 480)), cached_prior_boxes((640, 480)), rtol=0, atol=0)
     assert prior_boxes((640, 480), dtype=torch.float64).dtype == torch.float64
 
 
@@ -40,3 +42,21 @@ def test_custom_levels_and_cache():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         prior_boxes(**kwargs)
+
+
+def test_the_cache_survives_inference_mode_and_in_place_edits():
+    """The Detector fills the cache inside torch.inference_mode; what callers get must
+    still work in autograd, and editing it must not change later results."""
+    size = (72, 88)
+    expected = prior_box_oracle(size, ((16, 32), (64, 128), (256, 512)), (8, 16, 32))
+    with torch.inference_mode():
+        cached_prior_boxes(size)  # first made here
+        prior_boxes(size).add_(1)
+    assert not cached_prior_boxes(size).is_inference()
+    priors = prior_boxes(size)
+    weight = torch.ones(4, requires_grad=True)
+    (priors * weight).sum().backward()  # "Inference tensors cannot be saved for backward" before
+    assert weight.grad is not None
+    priors.mul_(0)
+    torch.testing.assert_close(prior_boxes(size), expected.float(), rtol=0, atol=0)
+    torch.testing.assert_close(cached_prior_boxes(size), expected.float(), rtol=0, atol=0)

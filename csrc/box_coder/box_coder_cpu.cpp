@@ -11,6 +11,9 @@
 namespace rfe {
 namespace {
 
+// Candidates per parallel work item.
+constexpr int64_t kCandidatesPerTask = 2048;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_detections_cpu(
     const at::Tensor& loc_in, const at::Tensor& conf, const at::Tensor& landm_in,
     const at::Tensor& priors_in, at::ArrayRef<double> variances, double score_threshold) {
@@ -31,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_de
     const T *pl = loc.data_ptr<T>(), *pm = landm.data_ptr<T>(), *pp = priors.data_ptr<T>();
     T *ob = boxes.data_ptr<T>(), *om = landmarks.data_ptr<T>();
     auto exp_fn = [](T x) { return std::exp(x); };
-    at::parallel_for(0, K, 2048, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, K, kCandidatesPerTask, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const int64_t i = image[k] * P + prior[k];
         decode_box(pl + 4 * i, pp + 4 * prior[k], v0, v1, exp_fn, ob + 4 * k);

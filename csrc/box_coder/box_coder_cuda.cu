@@ -10,6 +10,8 @@
 namespace rfe {
 namespace {
 
+constexpr int kThreads = 256;
+
 template <typename scalar_t>
 __global__ void decode_detections_kernel(int64_t K, int64_t P, const int64_t* __restrict__ image,
                                          const int64_t* __restrict__ prior,
@@ -44,9 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_de
   if (K > 0) {
     const at::Tensor loc = loc_in.contiguous(), landm = landm_in.contiguous(),
                      priors = priors_in.contiguous();
-    const int threads = 256;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, loc.scalar_type(), "decode_detections_cuda", [&] {
-      decode_detections_kernel<scalar_t><<<(K + threads - 1) / threads, threads, 0,
+      decode_detections_kernel<scalar_t><<<(K + kThreads - 1) / kThreads, kThreads, 0,
                                            at::cuda::getCurrentCUDAStream()>>>(
           K, P, c.image_index.data_ptr<int64_t>(), c.prior_index.data_ptr<int64_t>(),
           loc.data_ptr<scalar_t>(), landm.data_ptr<scalar_t>(), priors.data_ptr<scalar_t>(),

@@ -7,6 +7,9 @@
 namespace rfe {
 namespace {
 
+// IoU pairs per parallel work item.
+constexpr int64_t kPairsPerTask = 4096;
+
 at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   const auto [a, b] = box_iou_batched_views(boxes1, boxes2);
   TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
@@ -17,7 +20,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
     const scalar_t* pa = a.data_ptr<scalar_t>();
     const scalar_t* pb = b.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(M, 1)), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * N, std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(M, 1)), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const scalar_t* x = pa + 4 * row;
         const scalar_t* ys = pb + (row / std::max<int64_t>(N, 1)) * M * 4;

@@ -9,6 +9,10 @@
 namespace rfe {
 namespace {
 
+constexpr int kThreads = 256;
+// Grid size cap of the grid-stride loop.
+constexpr int64_t kMaxBlocks = 65535LL * 8;
+
 template <typename scalar_t>
 __global__ void box_iou_kernel(int64_t B, int64_t N, int64_t M, const scalar_t* __restrict__ a,
                                const scalar_t* __restrict__ b, scalar_t* __restrict__ out) {
@@ -33,10 +37,9 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   at::Tensor out = at::empty({B, N, M}, a.options());
   const int64_t total = B * N * M;
   if (total > 0) {
-    const int threads = 256;
-    const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535LL * 8);
+    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "box_iou_cuda", [&] {
-      box_iou_kernel<scalar_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      box_iou_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           B, N, M, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

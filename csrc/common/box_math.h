@@ -60,11 +60,17 @@ RFE_HOST_DEVICE inline void landmark_frame(const T* prior, T v0, T* origin, T* s
   }
 }
 
+// One landmark coordinate in its prior's frame.
+template <typename T>
+RFE_HOST_DEVICE inline T encode_coordinate(T value, T origin, T scale) {
+  return (value - origin) / scale;
+}
+
 template <typename T>
 RFE_HOST_DEVICE inline void encode_landmarks(const T* points, const T* prior, T v0, T* out) {
   T origin[10], scale[10];
   landmark_frame(prior, v0, origin, scale);
-  for (int k = 0; k < 10; ++k) out[k] = (points[k] - origin[k]) / scale[k];
+  for (int k = 0; k < 10; ++k) out[k] = encode_coordinate(points[k], origin[k], scale[k]);
 }
 
 // decode: centre = c + l * v0 * s, size = s * exp(l * v1); then x1 = cx - w / 2, x2 = x1 + w.

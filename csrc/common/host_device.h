@@ -8,6 +8,8 @@
 #define RFE_HOST_DEVICE
 #endif
 
+#include <cmath>
+
 namespace rfe {
 
 // Products that must round on their own (never fused into a following add), so that
@@ -26,6 +28,15 @@ RFE_HOST_DEVICE inline double mul_rn(double a, double b) {
   return __dmul_rn(a, b);
 #else
   return a * b;
+#endif
+}
+
+template <typename T>
+RFE_HOST_DEVICE inline bool is_finite(T v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
 #endif
 }
 

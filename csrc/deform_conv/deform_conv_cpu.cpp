@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "deform_conv/deform_conv.h"
@@ -15,18 +16,15 @@
 namespace rfe {
 namespace {
 
-constexpr int64_t kColumnBudget = int64_t(1) << 24;  // elements per column buffer (64 MB of float)
-
-int64_t chunk_size(const DeformShape& s) {
-  const int64_t per_image = std::max<int64_t>(1, s.C * s.K() * s.L());
-  return std::max<int64_t>(1, std::min<int64_t>(s.N, kColumnBudget / per_image));
-}
+// Elements per column buffer by default (64 MB of float32): a whole training batch of
+// the SSH's convolutions fits, and memory stays bounded for large inputs.
+constexpr int64_t kColumnBudget = int64_t(1) << 24;
 
 constexpr int64_t kPositionBlock = 1024;  // output positions per im2col work item
 
 // columns[n, c * K + k, l] for the nb images from n0: the modulated samples.
 // Work items are (image, offset group, kernel point, block of positions): the four
-// neighbours and their weights (times the mask; 0 for a neighbour outside) are computed
+// neighbours and their weights (times the mask; see bilinear_weights) are computed
 // once per position, then every channel of the group is sampled branch-free.
 template <typename T>
 void im2col(const T* input, const SamplePoints<T, T>& points, const DeformShape& s, int64_t n0,
@@ -58,7 +56,7 @@ void im2col(const T* input, const SamplePoints<T, T>& points, const DeformShape&
 }
 
 at::Tensor grouped(const at::Tensor& weight, const DeformShape& s) {
-  return weight.reshape({s.groups, s.O / s.groups, -1});  // [groups, O / groups, C / groups * K]
+  return weight.reshape({s.groups, s.O / s.groups, s.C / s.groups * s.K()});
 }
 
 at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
@@ -74,7 +72,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous();
   const at::Tensor weight = grouped(weight_.contiguous(), s);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
-  const int64_t chunk = chunk_size(s);
+  const int64_t chunk = images_per_chunk(s, kColumnBudget);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
     using T = scalar_t;
     const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
@@ -111,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   at::Tensor grad_mask = mask.defined() ? at::empty_like(mask) : at::empty({0}, input.options());
   at::Tensor grad_weight = at::zeros_like(weight);
   at::Tensor grad_bias = bias.defined() ? grad_out.sum({0, 2, 3}) : at::empty({0}, input.options());
-  const int64_t chunk = chunk_size(s), K = s.K(), L = s.L(), og = s.offset_groups;
+  const int64_t chunk = images_per_chunk(s, kColumnBudget), K = s.K(), L = s.L(), og = s.offset_groups;
   const int64_t per_group = s.C / og;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
     using T = scalar_t;
@@ -133,24 +131,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
           for (int64_t k = 0; k < K; ++k) {
             for (int64_t l = 0; l < L; ++l) {
               T modulation;
-              const Bilinear<T> b = points.at(image, g, k, l, &modulation);
+              const Bilinear<T> b = points.at(image, g, k, l / s.Wo, l % s.Wo, &modulation);
+              const int64_t channel = (image * og + g) * K + k;
+              if (!b.finite) {  // a NaN or infinite offset: NaN gradients, no input gradient
+                const T nan = std::numeric_limits<T>::quiet_NaN();
+                goff[channel * 2 * L + l] = goff[(channel * 2 + 1) * L + l] = nan;
+                if (gm) gm[channel * L + l] = nan;
+                continue;
+              }
               T d_y = 0, d_x = 0, d_mask = 0;
               for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
                 const T grad = gc[((n * s.C + c) * K + k) * L + l];
                 const T* plane = in + (image * s.C + c) * s.H * s.W;
                 T* grad_plane = gi + (image * s.C + c) * s.H * s.W;
-                T dy = 0, dx = 0;
-                for (int q = 0; q < 4; ++q) {
-                  if (!b.inside[q]) continue;
-                  grad_plane[b.index[q]] += b.weight[q] * grad * modulation;
-                  dy += b.dweight_dy[q] * plane[b.index[q]];
-                  dx += b.dweight_dx[q] * plane[b.index[q]];
-                }
+                for (int q = 0; q < 4; ++q)
+                  if (b.inside[q]) grad_plane[b.index[q]] += b.weight[q] * grad * modulation;
+                T value, dy, dx;
+                sample_and_slopes(b, plane, &value, &dy, &dx);
                 d_y += grad * modulation * dy;
                 d_x += grad * modulation * dx;
-                d_mask += grad * sample(b, plane);
+                d_mask += grad * value;
               }
-              const int64_t channel = (image * og + g) * K + k;
               goff[channel * 2 * L + l] = d_y;
               goff[(channel * 2 + 1) * L + l] = d_x;
               if (gm) gm[channel * L + l] = d_mask;

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "common/accumulate.h"
 #include "deform_conv/deform_conv.h"
@@ -17,18 +18,17 @@ namespace rfe {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kColumnBudget = int64_t(1) << 26;  // elements per column buffer
-
-int64_t chunk_size(const DeformShape& s) {
-  const int64_t per_image = std::max<int64_t>(1, s.C * s.K() * s.L());
-  return std::max<int64_t>(1, std::min<int64_t>(s.N, kColumnBudget / per_image));
-}
+// Elements per column buffer by default (256 MB of float32).
+constexpr int64_t kColumnBudget = int64_t(1) << 26;
+// Grid size cap of the grid-stride loops.
+constexpr int64_t kMaxBlocks = int64_t(1) << 30;
 
 int64_t blocks_for(int64_t work) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(1) << 30));
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
-// One thread per (image, offset group, kernel point, output position), looping channels.
+// One thread per (image, offset group, kernel point, output position), looping channels;
+// the sampling is the CPU's (bilinear_weights), computed in acc_t.
 template <typename scalar_t>
 __global__ void im2col_kernel(const scalar_t* __restrict__ input, SamplePoints<scalar_t, acc_type<scalar_t>> points,
                               int64_t n0, int64_t nb, scalar_t* __restrict__ columns) {
@@ -38,14 +38,14 @@ __global__ void im2col_kernel(const scalar_t* __restrict__ input, SamplePoints<s
   const int64_t total = nb * og * K * L;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t l = t % L, k = (t / L) % K, g = (t / (L * K)) % og, n = t / (L * K * og);
-    acc_t modulation;
-    const Bilinear<acc_t> b = points.at(n0 + n, g, k, l, &modulation);
+    int64_t index[4];
+    acc_t weight[4];
+    points.weights(n0 + n, g, k, l / s.Wo, l % s.Wo, index, weight);
     for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
       const scalar_t* plane = input + ((n0 + n) * s.C + c) * s.H * s.W;
       acc_t v = acc_t(0);
-      for (int q = 0; q < 4; ++q)
-        if (b.inside[q]) v += b.weight[q] * static_cast<acc_t>(plane[b.index[q]]);
-      columns[(c * K + k) * (nb * L) + n * L + l] = static_cast<scalar_t>(v * modulation);
+      for (int q = 0; q < 4; ++q) v += weight[q] * static_cast<acc_t>(plane[index[q]]);
+      columns[(c * K + k) * (nb * L) + n * L + l] = static_cast<scalar_t>(v);
     }
   }
 }
@@ -61,27 +61,28 @@ __global__ void col2im_coord_kernel(const scalar_t* __restrict__ grad_columns, c
   const int64_t total = nb * og * K * L;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t l = t % L, k = (t / L) % K, g = (t / (L * K)) % og, n = t / (L * K * og), image = n0 + n;
+    const int64_t channel = (image * og + g) * K + k;
     acc_t modulation;
-    const Bilinear<acc_t> b = points.at(image, g, k, l, &modulation);
+    const Bilinear<acc_t> b = points.at(image, g, k, l / s.Wo, l % s.Wo, &modulation);
+    if (!b.finite) {  // a NaN or infinite offset: NaN gradients, no input gradient
+      const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+      grad_offset[channel * 2 * L + l] = grad_offset[(channel * 2 + 1) * L + l] = nan;
+      if (grad_mask) grad_mask[channel * L + l] = nan;
+      continue;
+    }
     acc_t d_y = 0, d_x = 0, d_mask = 0;
     for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
       const acc_t grad = static_cast<acc_t>(grad_columns[(c * K + k) * (nb * L) + n * L + l]);
       const scalar_t* plane = input + (image * s.C + c) * s.H * s.W;
       acc_t* grad_plane = grad_input + (image * s.C + c) * s.H * s.W;
-      acc_t dy = 0, dx = 0, v = 0;
-      for (int q = 0; q < 4; ++q) {
-        if (!b.inside[q]) continue;
-        const acc_t value = static_cast<acc_t>(plane[b.index[q]]);
-        gpuAtomicAdd(grad_plane + b.index[q], b.weight[q] * grad * modulation);
-        dy += b.dweight_dy[q] * value;
-        dx += b.dweight_dx[q] * value;
-        v += b.weight[q] * value;
-      }
+      for (int q = 0; q < 4; ++q)
+        if (b.inside[q]) gpuAtomicAdd(grad_plane + b.index[q], b.weight[q] * grad * modulation);
+      acc_t value, dy, dx;
+      sample_and_slopes(b, plane, &value, &dy, &dx);
       d_y += grad * modulation * dy;
       d_x += grad * modulation * dx;
-      d_mask += grad * v;
+      d_mask += grad * value;
     }
-    const int64_t channel = (image * og + g) * K + k;
     grad_offset[channel * 2 * L + l] = static_cast<scalar_t>(d_y);
     grad_offset[(channel * 2 + 1) * L + l] = static_cast<scalar_t>(d_x);
     if (grad_mask) grad_mask[channel * L + l] = static_cast<scalar_t>(d_mask);
@@ -89,7 +90,7 @@ __global__ void col2im_coord_kernel(const scalar_t* __restrict__ grad_columns, c
 }
 
 at::Tensor grouped(const at::Tensor& weight, const DeformShape& s) {
-  return weight.reshape({s.groups, s.O / s.groups, -1});
+  return weight.reshape({s.groups, s.O / s.groups, s.C / s.groups * s.K()});
 }
 
 template <typename scalar_t>
@@ -114,7 +115,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& weight
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous();
   const at::Tensor weight = grouped(weight_.contiguous(), s);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
-  const int64_t chunk = chunk_size(s);
+  const int64_t chunk = images_per_chunk(s, kColumnBudget);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
     const SamplePoints<scalar_t, acc_type<scalar_t>> points{
         s, offset.data_ptr<scalar_t>(), mask.defined() ? mask.data_ptr<scalar_t>() : nullptr};
@@ -150,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   at::Tensor grad_mask = mask.defined() ? at::empty_like(mask) : at::empty({0}, input.options());
   at::Tensor grad_weight = at::zeros(weight.sizes(), weight.options().dtype(grad_input.scalar_type()));
   at::Tensor grad_bias = bias.defined() ? grad_out.sum({0, 2, 3}) : at::empty({0}, input.options());
-  const int64_t chunk = chunk_size(s), K = s.K(), L = s.L();
+  const int64_t chunk = images_per_chunk(s, kColumnBudget), K = s.K(), L = s.L();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     const SamplePoints<scalar_t, acc_t> points{s, offset.data_ptr<scalar_t>(),

@@ -51,6 +51,12 @@ PriorRuns<T> make_runs(const T* priors, const T* corners, int64_t P) {
   return runs;
 }
 
+// The x-window of a run is only a prefilter (the IoU decides), so it errs on the wide
+// side of rounding: half widths are stretched by this factor, and the edges moved out by
+// this fraction of the truth's coordinates.
+constexpr double kWindowWidthSlack = 1.001;
+constexpr double kWindowRelativeSlack = 1e-6;
+
 // What every image shares: the priors in point form, their areas and rows, and the
 // frames that encoding divides by (encoding is (value - origin) / scale).
 template <typename T>
@@ -92,12 +98,8 @@ void window_iou(const T* t, T area, const PriorTable<T>& table, int64_t first, i
   const T *__restrict x1 = table.x1.data(), *__restrict y1 = table.y1.data();
   const T *__restrict x2 = table.x2.data(), *__restrict y2 = table.y2.data();
   const T* __restrict areas = table.areas.data();
-  for (int64_t p = first; p < last; ++p) {
-    const T w = max_of(min_of(t[2], x2[p]) - max_of(t[0], x1[p]), T(0));
-    const T h = max_of(min_of(t[3], y2[p]) - max_of(t[1], y1[p]), T(0));
-    const T inter = w * h;
-    out[p - first] = inter / (area + areas[p] - inter);
-  }
+  for (int64_t p = first; p < last; ++p)
+    out[p - first] = box_iou(t[0], t[1], t[2], t[3], area, x1[p], y1[p], x2[p], y2[p], areas[p]);
 }
 
 // Each prior's best truth and each truth's best prior (first maximum both ways, as
@@ -120,7 +122,8 @@ bool match_image(const T* truths, int64_t n, const PriorTable<T>& table, int64_t
       if (min_of(t[3], runs.y2[r]) - max_of(t[1], runs.y1[r]) <= T(0)) continue;
       int64_t first = runs.begin[r], last = runs.begin[r + 1];
       if (runs.sorted_by_cx[r]) {  // a generous window: the IoU decides exactly
-        const T margin = runs.half_width[r] * T(1.001) + (std::abs(t[0]) + std::abs(t[2])) * T(1e-6);
+        const T margin = runs.half_width[r] * T(kWindowWidthSlack) +
+                         (std::abs(t[0]) + std::abs(t[2])) * T(kWindowRelativeSlack);
         const T* cx = table.centre_x.data();
         first = std::lower_bound(cx + first, cx + last, t[0] - margin) - cx;
         last = std::lower_bound(cx + first, cx + last, t[2] + margin) - cx;
@@ -158,7 +161,7 @@ bool match_image(const T* truths, int64_t n, const PriorTable<T>& table, int64_t
 template <typename T>
 void encode_in_place(T* __restrict x, const T* __restrict origin, const T* __restrict scale,
                      int64_t n) {
-  for (int64_t k = 0; k < n; ++k) x[k] = (x[k] - origin[k]) / scale[k];
+  for (int64_t k = 0; k < n; ++k) x[k] = encode_coordinate(x[k], origin[k], scale[k]);
 }
 
 template <typename T>

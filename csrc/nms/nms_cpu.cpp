@@ -1,8 +1,13 @@
-// NMS on the CPU: a greedy pass in score order in which each kept box only looks at
-// the boxes whose x-interval can overlap its own. Boxes are laid out sorted by
-// (class, x1); a box of width at most max_w that overlaps [x1, x2) has its x1 in
-// (x1 - max_w, x2), a window found by binary search. On sparse boxes the window is a
-// small fraction of N, where torchvision's loop compares every later box.
+// NMS on the CPU: a greedy pass in score order in which each kept box compares itself
+// with the fewer of two candidate sets:
+// - the x-window: boxes are also laid out sorted by (class, x1); a box of width at most
+//   max_w that overlaps [x1, x2) has its x1 in (x1 - max_w, x2), found by binary
+//   search. On sparse boxes it is a small fraction of N;
+// - the tail: the boxes after it in score order, the set torchvision's loop compares.
+//   Where boxes pile up in x (a column of boxes, one very wide box) the window is most
+//   of N and the tail is the smaller.
+// Either scan is branch-free so that it vectorises; each writes its own "removed" flags
+// (by sweep position or by rank) and a box is removed when either says so.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -21,6 +26,13 @@ void check_finite(const at::Tensor& t, const char* op_name, const char* arg) {
               " contains NaN or inf; NMS needs finite values");
 }
 
+// Parallel scans only pay off over this many boxes.
+constexpr int64_t kScanGrain = 16384;
+// Relative and absolute slack of the x-window's lower edge: the window is only a
+// prefilter (the IoU decides), so it errs on the wide side of rounding.
+constexpr double kWindowRelativeSlack = 1e-6;
+constexpr double kWindowAbsoluteSlack = 1e-30;
+
 // Boxes in sweep order, structure of arrays so that the window scan vectorises.
 template <typename scalar_t>
 struct SweepBoxes {
@@ -30,6 +42,13 @@ struct SweepBoxes {
   std::vector<int64_t> run_begin;   // per sweep position: the range of its class
   std::vector<int64_t> run_end;
   std::vector<double> run_max_width;  // per sweep position: widest box of its class
+};
+
+// Boxes in score order (rank r is the r-th highest score), for the tail scan.
+template <typename scalar_t>
+struct RankedBoxes {
+  std::vector<scalar_t> x1, y1, x2, y2, area;
+  std::vector<int64_t> cls;
 };
 
 // Marks removed every box q in [begin, end) ranked after `rank` whose IoU with box p
@@ -48,6 +67,43 @@ void suppress_window(const SweepBoxes<scalar_t>& s, int64_t p, int32_t rank, sca
     const scalar_t iou = box_iou(x1, y1, x2, y2, area, qx1[q], qy1[q], qx2[q], qy2[q], qarea[q]);
     removed[q] |= static_cast<uint8_t>((qrank[q] > rank) & (iou > threshold));
   }
+}
+
+// Marks removed every box ranked in [begin, end) of p's class whose IoU with box p
+// (the rank-order twin of suppress_window) exceeds the threshold.
+template <typename scalar_t>
+void suppress_tail(const RankedBoxes<scalar_t>& s, int64_t p, scalar_t threshold, int64_t begin, int64_t end,
+                   uint8_t* __restrict removed) {
+  const scalar_t x1 = s.x1[p], y1 = s.y1[p], x2 = s.x2[p], y2 = s.y2[p], area = s.area[p];
+  const int64_t cls = s.cls[p];
+  const scalar_t* __restrict qx1 = s.x1.data();
+  const scalar_t* __restrict qy1 = s.y1.data();
+  const scalar_t* __restrict qx2 = s.x2.data();
+  const scalar_t* __restrict qy2 = s.y2.data();
+  const scalar_t* __restrict qarea = s.area.data();
+  const int64_t* __restrict qcls = s.cls.data();
+  for (int64_t q = begin; q < end; ++q) {
+    const scalar_t iou = box_iou(x1, y1, x2, y2, area, qx1[q], qy1[q], qx2[q], qy2[q], qarea[q]);
+    removed[q] |= static_cast<uint8_t>((qcls[q] == cls) & (iou > threshold));
+  }
+}
+
+template <typename scalar_t>
+RankedBoxes<scalar_t> make_ranked(const SweepBoxes<scalar_t>& sweep, const int64_t* classes,
+                                  const int64_t* order, int64_t n) {
+  RankedBoxes<scalar_t> s;
+  for (auto* v : {&s.x1, &s.y1, &s.x2, &s.y2, &s.area}) v->resize(n);
+  s.cls.resize(n);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t p = sweep.position[order[r]];
+    s.x1[r] = sweep.x1[p];
+    s.y1[r] = sweep.y1[p];
+    s.x2[r] = sweep.x2[p];
+    s.y2[r] = sweep.y2[p];
+    s.area[r] = sweep.area[p];
+    s.cls[r] = classes ? classes[order[r]] : 0;
+  }
+  return s;
 }
 
 template <typename scalar_t>
@@ -106,21 +162,23 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
   const SweepBoxes<scalar_t> s =
       make_sweep(boxes.data_ptr<scalar_t>(), idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
                  order.data_ptr<int64_t>(), n);
+  const RankedBoxes<scalar_t> ranked = make_ranked(s, idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
+                                                   order.data_ptr<int64_t>(), n);
   const scalar_t threshold = threshold_as<scalar_t>(iou_threshold);
   const int64_t* order_ptr = order.data_ptr<int64_t>();
 
-  std::vector<uint8_t> removed(n, 0);
+  std::vector<uint8_t> removed_by_position(n, 0), removed_by_rank(n, 0);
   std::vector<int64_t> keep;
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = order_ptr[r];
     const int64_t p = s.position[i];
-    if (removed[p]) continue;
+    if (removed_by_position[p] | removed_by_rank[r]) continue;
     keep.push_back(i);
 
     const scalar_t x1 = s.x1[p], x2 = s.x2[p];
-    // A generous margin: the window is only a prefilter, the IoU test decides.
     const double width = s.run_max_width[p];
-    const double reach = double(x1) - width - 1e-6 * (std::abs(double(x1)) + width) - 1e-30;
+    const double reach = double(x1) - width - kWindowRelativeSlack * (std::abs(double(x1)) + width) -
+                         kWindowAbsoluteSlack;
     const scalar_t* run_x1 = s.x1.data();
     const int64_t lo = std::lower_bound(run_x1 + s.run_begin[p], run_x1 + s.run_end[p], reach,
                                         [](scalar_t v, double t) { return double(v) < t; }) -
@@ -128,10 +186,17 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
     // Boxes with x1 >= x2 of this one cannot overlap it (exactly, in floating point too).
     const int64_t hi = std::lower_bound(run_x1 + lo, run_x1 + s.run_end[p], x2) - run_x1;
 
-    uint8_t* removed_ptr = removed.data();
-    at::parallel_for(lo, hi, 16384, [&](int64_t begin, int64_t end) {
-      suppress_window(s, p, static_cast<int32_t>(r), threshold, begin, end, removed_ptr);
-    });
+    if (hi - lo <= n - r - 1) {
+      uint8_t* removed = removed_by_position.data();
+      at::parallel_for(lo, hi, kScanGrain, [&](int64_t begin, int64_t end) {
+        suppress_window(s, p, static_cast<int32_t>(r), threshold, begin, end, removed);
+      });
+    } else {
+      uint8_t* removed = removed_by_rank.data();
+      at::parallel_for(r + 1, n, kScanGrain, [&](int64_t begin, int64_t end) {
+        suppress_tail(ranked, r, threshold, begin, end, removed);
+      });
+    }
   }
   return at::from_blob(keep.data(), {static_cast<int64_t>(keep.size())}, at::kLong).clone();
 }

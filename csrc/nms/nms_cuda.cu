@@ -17,11 +17,6 @@ constexpr int kBoxesPerBlock = 64;
 constexpr int kGatherThreads = 256;
 constexpr int64_t kBadBoxes = 1, kBadScores = 2;
 
-template <typename acc_t>
-__device__ inline bool is_finite(acc_t v) {
-  return isfinite(v);
-}
-
 // status[0]: number kept; status[1]: kBadBoxes | kBadScores flags.
 template <typename scalar_t, typename acc_t>
 __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, const scalar_t* __restrict__ boxes,

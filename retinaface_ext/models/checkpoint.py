@@ -36,6 +36,17 @@ def read_state_dict(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torc
     return state_dict
 
 
+def check_finite(state_dict: Dict[str, torch.Tensor], source="checkpoint") -> None:
+    """Raise ValueError naming the tensors that hold NaN or inf: such weights make whole
+    levels of detections vanish or the outputs non-finite, far from the cause."""
+    bad = [key for key, value in state_dict.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
+        shown = ", ".join(bad[:8]) + (f", ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
+        raise ValueError(f"{name}: {len(bad)} tensors hold NaN or inf: {shown}")
+
+
 def describe(state_dict: Dict[str, torch.Tensor], source="checkpoint") -> Tuple[str, bool]:
     """(backbone, dcn) of the RetinaFace a state dict belongs to."""
     if any(key.startswith("body.stage1.") for key in state_dict):
@@ -77,4 +88,5 @@ def load_state_dict_strict(model: nn.Module, checkpoint) -> None:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
                 problems.append(f"{len(keys)} {label}: {shown}")
         raise ValueError(f"{name} does not fit {type(model).__name__}: " + "; ".join(problems))
+    check_finite(state_dict, name)
     model.load_state_dict(state_dict, strict=True)

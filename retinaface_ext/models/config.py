@@ -26,6 +26,26 @@ class RetinaFaceConfig:
     epochs: int = 250
     decay_epochs: Tuple[int, int] = (190, 220)
 
+    def __post_init__(self):
+        def bad(message):
+            raise ValueError(f"RetinaFaceConfig({self.backbone!r}): {message}")
+
+        if len(self.in_channels) != 3 or any(c <= 0 for c in self.in_channels):
+            bad(f"in_channels must be three positive channel counts, got {self.in_channels}")
+        if self.out_channels <= 0 or self.out_channels % 4:
+            bad(f"out_channels must be a positive multiple of 4 (the SSH splits it in quarters), "
+                f"got {self.out_channels}")
+        if len(self.steps) != 3 or len(self.min_sizes) != len(self.steps):
+            bad(f"min_sizes and steps must describe the 3 FPN levels, got {len(self.min_sizes)} and "
+                f"{len(self.steps)}")
+        if any(step <= 0 for step in self.steps) or any(size <= 0 for level in self.min_sizes for size in level):
+            bad(f"steps and min_sizes must be positive, got {self.steps} and {self.min_sizes}")
+        if any(len(level) != self.anchors_per_location for level in self.min_sizes):
+            bad(f"every level needs anchors_per_location ({self.anchors_per_location}) min sizes, "
+                f"got {self.min_sizes}")
+        if len(self.variances) != 2 or not all(v > 0 for v in self.variances):
+            bad(f"variances must be two positive numbers, got {self.variances}")
+
 
 MOBILENET_025 = RetinaFaceConfig(
     backbone="mobilenet0.25", in_channels=(64, 128, 256), out_channels=64, image_size=640,

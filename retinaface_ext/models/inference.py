@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import layers
-from .retinaface import RetinaFace
+from .retinaface import RetinaFace, check_images, per_anchor
 
 _BOX, _CLASS, _LANDMARK = 4, 2, 10
 # oneDNN's convolution with a fused activation, as inductor uses it; absent from some builds.
@@ -109,10 +109,10 @@ class InferenceRetinaFace(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor, padding_mask=None):
+        check_images(images)
         features = self.fpn(self.body(images, padding_mask), padding_mask)
         outputs = []
         for ssh, head, feature in zip(self.ssh, self.heads, features):
-            out = head(ssh(feature, padding_mask)).permute(0, 2, 3, 1)
-            outputs.append(out.reshape(out.shape[0], -1, _PER_ANCHOR))
+            outputs.append(per_anchor(head(ssh(feature, padding_mask)), _PER_ANCHOR))
         out = torch.cat(outputs, dim=1)
         return out[..., :_BOX], out[..., _BOX:_BOX + _CLASS], out[..., _BOX + _CLASS:]

@@ -3,11 +3,12 @@
 padding mask that lets differently sized images share one batch."""
 
 import copy
-import math
 from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from ..priors import feature_map_size
 
 
 def activation(negative_slope: float) -> nn.Module:
@@ -43,6 +44,10 @@ def conv_dw(in_channels, out_channels, stride, negative_slope=0.1):
     )
 
 
+# The deepest feature map the mask is asked about is at stride 2 ** this (RetinaFace: 5).
+_MAX_LOG2_STRIDE = 11
+
+
 class PaddingMask:
     """Zeroes what lies outside each image when differently sized images share a padded
     batch (the canvas), at whatever resolution the network has reached.
@@ -50,9 +55,9 @@ class PaddingMask:
     Convolutions with zero padding see zeros beyond an image's border. Inside a canvas
     they would see the neighbouring padding instead, which stops being zero after the
     first BatchNorm or bias. Applying the mask to every input of a 3x3 convolution (and
-    of max pooling) keeps each image's features equal to those it gets alone. At stride
-    ``s`` an image of height ``h`` covers the first ``ceil(h / s)`` rows, because every
-    stride-2 layer of RetinaFace maps ``n`` rows to ``ceil(n / 2)``.
+    of max pooling) keeps each image's features equal to those it gets alone (up to
+    float rounding: about 1e-4 px on the boxes). At each stride an image covers the rows
+    and columns :func:`~retinaface_ext.priors.feature_map_size` gives.
     """
 
     def __init__(self, image_sizes: Sequence[Tuple[int, int]], canvas: Tuple[int, int]):
@@ -69,9 +74,9 @@ class PaddingMask:
 
     def stride_of(self, height: int, width: int) -> int:
         canvas_h, canvas_w = self.canvas
-        for log2 in range(12):
+        for log2 in range(_MAX_LOG2_STRIDE + 1):
             stride = 1 << log2
-            if math.ceil(canvas_h / stride) == height and math.ceil(canvas_w / stride) == width:
+            if feature_map_size(canvas_h, canvas_w, stride) == (height, width):
                 return stride
         raise ValueError(f"PaddingMask: a {height}x{width} feature map is no power-of-two "
                          f"reduction of the {canvas_h}x{canvas_w} canvas")
@@ -79,8 +84,9 @@ class PaddingMask:
     def mask(self, height, width, device=None, dtype=torch.float32) -> torch.Tensor:
         """``[B, 1, height, width]``: 1 inside each image, 0 in its padding."""
         stride = self.stride_of(height, width)
-        rows = torch.tensor([math.ceil(h / stride) for h, _ in self.image_sizes], device=device)
-        cols = torch.tensor([math.ceil(w / stride) for _, w in self.image_sizes], device=device)
+        covered = [feature_map_size(h, w, stride) for h, w in self.image_sizes]
+        rows = torch.tensor([r for r, _ in covered], device=device)
+        cols = torch.tensor([c for _, c in covered], device=device)
         inside_rows = torch.arange(height, device=device)[None, :] < rows[:, None]
         inside_cols = torch.arange(width, device=device)[None, :] < cols[:, None]
         return (inside_rows[:, None, :, None] & inside_cols[:, None, None, :]).to(dtype)

@@ -85,8 +85,26 @@ class _Head(nn.Module):
         self.conv1x1 = nn.Conv2d(in_channels, anchors * values, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1x1(x).permute(0, 2, 3, 1)
-        return out.reshape(out.shape[0], -1, self.values)
+        return per_anchor(self.conv1x1(x), self.values)
+
+
+def per_anchor(out: torch.Tensor, values: int) -> torch.Tensor:
+    """A head's ``[B, anchors * values, H, W]`` output as ``[B, H * W * anchors, values]``
+    (sizes spelled out: a batch of 0 has no -1 to infer)."""
+    batch, channels, height, width = out.shape
+    return out.permute(0, 2, 3, 1).reshape(batch, height * width * (channels // values), values)
+
+
+def check_images(images: torch.Tensor) -> None:
+    """What every RetinaFace forward needs: a floating-point ``[B, 3, H, W]`` batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"RetinaFace: images must be a tensor [B, 3, H, W], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"RetinaFace: images must have shape [B, 3, H, W] (BGR), got {list(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"RetinaFace: images must be floating point (BGR minus the mean), got {images.dtype}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"RetinaFace: images must not be empty, got {list(images.shape)}")
 
 
 class RetinaFace(nn.Module):
@@ -121,6 +139,7 @@ class RetinaFace(nn.Module):
         self.LandmarkHead = nn.ModuleList(_Head(channels, anchors, 10) for _ in range(levels))
 
     def forward(self, images: torch.Tensor, padding_mask: Optional[PaddingMask] = None):
+        check_images(images)
         features = self.fpn(self.body(images, padding_mask), padding_mask)
         features = [ssh(f, padding_mask) for ssh, f in zip((self.ssh1, self.ssh2, self.ssh3), features)]
         loc = torch.cat([head(f) for head, f in zip(self.BboxHead, features)], dim=1)

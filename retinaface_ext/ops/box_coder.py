@@ -11,6 +11,8 @@ from typing import Sequence, Tuple
 import torch
 
 from .. import _extension
+from . import reference
+from ._common import check_tensors
 from .reference import decode, decode_landm, encode, encode_landm  # noqa: F401
 
 
@@ -34,9 +36,10 @@ def decode_detections(
     Returns:
         ``boxes [K, 4]`` x1y1x2y2, ``scores [K]``, ``landmarks [K, 10]``,
         ``image_index [K]`` and ``prior_index [K]`` (int64), in image-then-prior order,
-        in the priors' normalised coordinates.
+        in the priors' normalised coordinates. Differentiable with respect to ``loc``,
+        ``conf``, ``landm`` and ``priors`` (the selection itself is not).
     """
-    _extension.require(loc)
+    check_tensors("decode_detections", loc=loc, conf=conf, landm=landm, priors=priors)
     return torch.ops.retinaface_ext.decode_detections(
         loc, conf, landm, priors, [float(v) for v in variances], float(score_threshold)
     )
@@ -50,3 +53,34 @@ if _extension.is_available():
         k = torch.library.get_ctx().new_dynamic_size()
         index = loc.new_empty((k,), dtype=torch.long)
         return loc.new_empty((k, 4)), loc.new_empty((k,)), loc.new_empty((k, 10)), index, index.clone()
+
+    def _decode_setup_context(ctx, inputs, output):
+        loc, conf, landm, priors, variances, _ = inputs
+        ctx.save_for_backward(loc, conf, landm, priors, output[3], output[4])
+        ctx.variances = variances
+
+    def _decode_backward(ctx, grad_boxes, grad_scores, grad_landmarks, _image_grad, _prior_grad):
+        # Each candidate is the reference's decode of one (image, prior) row; its gradient
+        # goes back to that row (and to the prior, shared by the images).
+        loc, conf, landm, priors, image, prior = ctx.saved_tensors
+        variances = ctx.variances
+
+        def decode_rows(loc_rows, landm_rows, prior_rows):
+            return reference.decode(loc_rows, prior_rows, variances), reference.decode_landm(
+                landm_rows, prior_rows, variances)
+
+        _, vjp = torch.func.vjp(decode_rows, loc[image, prior], landm[image, prior], priors[prior])
+        zeros = loc.new_zeros(0)
+        grad_boxes = grad_boxes if grad_boxes is not None else zeros.new_zeros(image.shape[0], 4)
+        grad_landmarks = grad_landmarks if grad_landmarks is not None else zeros.new_zeros(image.shape[0], 10)
+        grad_loc_rows, grad_landm_rows, grad_prior_rows = vjp((grad_boxes, grad_landmarks))
+        grad_loc = torch.zeros_like(loc).index_put((image, prior), grad_loc_rows)
+        grad_landm = torch.zeros_like(landm).index_put((image, prior), grad_landm_rows)
+        grad_priors = torch.zeros_like(priors).index_add(0, prior, grad_prior_rows)
+        grad_conf = torch.zeros_like(conf)
+        if grad_scores is not None:
+            grad_conf = grad_conf.index_put((image, prior, torch.ones_like(prior)), grad_scores)
+        return grad_loc, grad_conf, grad_landm, grad_priors, None, None
+
+    torch.library.register_autograd(
+        "retinaface_ext::decode_detections", _decode_backward, setup_context=_decode_setup_context)

@@ -1,14 +1,13 @@
 """Modulated deformable convolution (DCNv2) on our kernels, differentiable."""
 
-from typing import Optional
+from typing import List, Optional, Tuple, Union
 
 import torch
 
 from .. import _extension
+from ._common import check_pair, check_tensors, int_pair
 
-
-def _pair(value):
-    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+IntPair = Union[int, Tuple[int, int], List[int]]
 
 
 def deform_conv2d(
@@ -16,9 +15,9 @@ def deform_conv2d(
     offset: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
-    stride=1,
-    padding=0,
-    dilation=1,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
     mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Deformable convolution with torchvision's signature, offset layout and border rule.
@@ -29,15 +28,36 @@ def deform_conv2d(
             kernel point (row-major), (dy, dx). Offset groups are inferred.
         mask: ``[N, offset_groups * kh * kw, Ho, Wo]`` modulation (DCNv2), or None (DCNv1).
         bias: ``[O]`` or None.
+        stride, padding, dilation: an int or a pair of ints.
 
     Kernel point (a, b) of output (i, j) samples the input at
     (i * stride - padding + a * dilation + dy, j * ... + dx) by bilinear interpolation with
-    zeros outside the image (a point at or beyond one pixel outside samples 0 and gets no
-    gradient). Gradients flow to input, offset, mask, weight and bias.
+    zeros outside the image: a point with y < -1 or y >= H (x likewise) samples 0 and gets
+    no gradient; at integer coordinates (y = -1 included) the gradient is the one-sided
+    one from above, as torchvision's. Gradients flow to input, offset, mask, weight and
+    bias; second derivatives are not supported (an error, as torchvision's).
+
+    A NaN or infinite offset, or a NaN mask, makes the affected outputs and gradients
+    NaN, so that a diverging training run shows (torchvision returns 0 for an infinite
+    offset in the forward). Compiles with ``torch.jit.script`` and ``torch.compile``.
     """
-    _extension.require(input)
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    if not torch.jit.is_scripting():
+        check_tensors("deform_conv2d", input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+        stride = check_pair("deform_conv2d", "stride", stride)
+        padding = check_pair("deform_conv2d", "padding", padding)
+        dilation = check_pair("deform_conv2d", "dilation", dilation)
+    sh, sw = int_pair(stride)
+    ph, pw = int_pair(padding)
+    dh, dw = int_pair(dilation)
     return torch.ops.retinaface_ext.deform_conv2d(input, weight, offset, mask, bias, sh, sw, ph, pw, dh, dw)
+
+
+def set_column_budget(elements: int) -> int:
+    """Sets how many elements deform_conv2d's column buffer may hold (0: each backend's
+    default; the batch then runs in chunks of images that fit) and returns the previous
+    setting. Process-wide; meant for tests of the multi-chunk path."""
+    _extension.require()
+    return torch.ops.retinaface_ext.set_deform_conv_column_budget(int(elements))
 
 
 def _output_size(input, weight, args):
@@ -48,15 +68,32 @@ def _output_size(input, weight, args):
     return Ho, Wo
 
 
+def _check_shapes(input, weight, args):
+    """The kernels' shape checks that the fake needs before it computes a size: nothing
+    is divided by a zero here either."""
+    torch._check(input.dim() == 4, lambda: f"deform_conv2d: input must have shape [N, C, H, W], got {list(input.shape)}")
+    torch._check(weight.dim() == 4,
+                 lambda: f"deform_conv2d: weight must have shape [O, C / groups, kh, kw], got {list(weight.shape)}")
+    sh, sw, ph, pw, dh, dw = args
+    torch._check(sh > 0 and sw > 0 and dh > 0 and dw > 0 and ph >= 0 and pw >= 0,
+                 lambda: "deform_conv2d: stride and dilation must be positive and padding non-negative")
+    torch._check(weight.shape[2] > 0 and weight.shape[3] > 0,
+                 lambda: f"deform_conv2d: the kernel must not be empty, got weight of shape {list(weight.shape)}")
+    torch._check(weight.shape[1] > 0 and input.shape[1] > 0 and input.shape[1] % weight.shape[1] == 0,
+                 lambda: f"deform_conv2d: input channels ({input.shape[1]}) must be a positive multiple of "
+                         f"weight.shape[1] ({weight.shape[1]})")
+
+
 if _extension.is_available():
 
     @torch.library.register_fake("retinaface_ext::deform_conv2d")
     def _deform_conv2d_fake(input, weight, offset, mask, bias, *args):
-        torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "deform_conv2d: input and weight must be 4-D")
+        _check_shapes(input, weight, args)
         return input.new_empty((input.shape[0], weight.shape[0], *_output_size(input, weight, args)))
 
     @torch.library.register_fake("retinaface_ext::deform_conv2d_backward")
     def _deform_conv2d_backward_fake(grad_out, input, weight, offset, mask, bias, *args):
+        _check_shapes(input, weight, args)
         empty = input.new_empty((0,))
         return (
             torch.empty_like(input),
@@ -85,3 +122,10 @@ if _extension.is_available():
         ) + (None,) * len(ctx.args)
 
     torch.library.register_autograd("retinaface_ext::deform_conv2d", _backward, setup_context=_setup_context)
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError("deform_conv2d: double backward (the gradient of a gradient) is not supported")
+
+    # Without this, create_graph=True would give gradients that silently have no gradient.
+    torch.library.register_autograd(
+        "retinaface_ext::deform_conv2d_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None)

@@ -5,15 +5,28 @@ from typing import Sequence, Tuple
 import torch
 
 from .. import _extension
+from . import reference
+from ._common import check_tensors
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of x1y1x2y2 boxes: [N, 4] x [M, 4] -> [N, M], or [B, N, 4] x [B, M, 4] -> [B, N, M].
 
-    Areas are (x2 - x1) * (y2 - y1), as in torchvision's box_iou.
+    Areas are (x2 - x1) * (y2 - y1), as in torchvision's box_iou, which this replaces
+    for every dtype it takes: float64 boxes give float64; float32, float16, bfloat16,
+    integer and bool boxes give float32 (half precision is computed in float32, integers
+    exactly in float64 and rounded once). Differentiable with respect to both inputs.
     """
-    _extension.require(boxes1)
-    return torch.ops.retinaface_ext.box_iou(boxes1, boxes2)
+    if not torch.jit.is_scripting():
+        check_tensors("box_iou", boxes1=boxes1, boxes2=boxes2)
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    if dtype == torch.float64 or dtype == torch.float32:
+        return torch.ops.retinaface_ext.box_iou(boxes1.to(dtype), boxes2.to(dtype))
+    if dtype == torch.float16 or dtype == torch.bfloat16:
+        return torch.ops.retinaface_ext.box_iou(boxes1.float(), boxes2.float())
+    # Integers: inter and union are exact in float64, and the quotient rounded to float32
+    # equals torchvision's float32 division of the two integers.
+    return torch.ops.retinaface_ext.box_iou(boxes1.double(), boxes2.double()).float()
 
 
 def match(
@@ -48,7 +61,7 @@ def match(
         ``loc_t [B, P, 4]``, ``conf_t [B, P]`` int64 and ``landm_t [B, P, 10]``. An image
         none of whose truths reaches IoU 0.2 with any prior gets all-zero targets.
     """
-    _extension.require(truths)
+    check_tensors("match", truths=truths, labels=labels, landms=landms, priors=priors)
     if isinstance(num_truths, (list, tuple)):
         num_truths = torch.tensor(num_truths, dtype=torch.long, device=truths.device)
     if labels.dtype != torch.long:
@@ -114,6 +127,19 @@ if _extension.is_available():
     def _box_iou_fake(boxes1, boxes2):
         torch._check(boxes1.dim() in (2, 3) and boxes1.dim() == boxes2.dim(), lambda: "box_iou: bad shapes")
         return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
+
+    def _box_iou_setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _box_iou_backward(ctx, grad):
+        # The gradient of the reference's formula, which is torchvision's: the same
+        # subgradients at ties and at touching boxes, and itself differentiable.
+        boxes1, boxes2 = ctx.saved_tensors
+        _, vjp = torch.func.vjp(reference.box_iou, boxes1, boxes2)
+        return vjp(grad)
+
+    torch.library.register_autograd(
+        "retinaface_ext::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
 
     @torch.library.register_fake("retinaface_ext::match")
     def _match_fake(truths, labels, landms, num_truths, priors, threshold, variances):

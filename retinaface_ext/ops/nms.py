@@ -1,8 +1,13 @@
-"""Non-maximum suppression with torchvision's semantics, on our CPU and CUDA kernels."""
+"""Non-maximum suppression with torchvision's semantics, on our CPU and CUDA kernels.
+
+Both functions compile with ``torch.jit.script`` and ``torch.compile``. Quantized boxes
+(torchvision's quantized NMS) are not supported.
+"""
 
 import torch
 
 from .. import _extension
+from ._common import check_tensors
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -20,7 +25,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         int64 ``[K]``: indices of the kept boxes in decreasing score order; equal scores
         keep the lower index first. NaN or inf in the inputs raises an error.
     """
-    _extension.require(boxes)
+    if not torch.jit.is_scripting():
+        check_tensors("nms", boxes=boxes, scores=scores)
     return torch.ops.retinaface_ext.nms(boxes, scores, float(iou_threshold))
 
 
@@ -31,15 +37,21 @@ def batched_nms(
 
     Args:
         boxes, scores, iou_threshold: as in :func:`nms`.
-        idxs: ``[N]`` integer category of each box (converted to int64).
+        idxs: ``[N]`` integer (or bool) category of each box, converted to int64.
 
     Returns:
         int64 ``[K]``: indices of the kept boxes of all categories, in decreasing score
-        order (equal scores: lower index first).
+        order (equal scores: lower index first). Empty input (``boxes`` with no
+        elements, whatever its shape) gives an empty result, as torchvision's.
     """
-    _extension.require(boxes)
-    if isinstance(idxs, torch.Tensor) and idxs.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
-        idxs = idxs.long()
+    if not torch.jit.is_scripting():
+        check_tensors("batched_nms", boxes=boxes, scores=scores, idxs=idxs)
+        if idxs.is_floating_point() or idxs.is_complex():
+            raise TypeError(f"batched_nms: idxs must hold integer categories, got {idxs.dtype}")
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if idxs.dtype != torch.int64:
+        idxs = idxs.to(torch.int64)
     return torch.ops.retinaface_ext.batched_nms(boxes, scores, idxs, float(iou_threshold))
 
 

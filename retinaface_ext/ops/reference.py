@@ -181,7 +181,9 @@ def _bilinear_gather(input, y, x, groups):
         for dx, wx in ((0, 1 - lx), (1, lx)):
             yy, xx = y0 + dy, x0 + dx
             inside = (yy >= 0) & (yy <= H - 1) & (xx >= 0) & (xx <= W - 1)
-            index = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).long().reshape(N, groups, 1, points)
+            # NaN coordinates read pixel 0 (their weight is NaN): no undefined integer cast.
+            index = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1)).nan_to_num(0).long()
+            index = index.reshape(N, groups, 1, points)
             sampled = torch.gather(values, 3, index.expand(N, groups, C // groups, points))
             weight = (wy * wx * inside).reshape(N, groups, 1, points)
             out = out + sampled * weight
