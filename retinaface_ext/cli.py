@@ -1,26 +1,84 @@
 """The ``retinaface`` command: detect faces, predict and evaluate WIDER FACE val, time.
 
-User errors (wrong paths, unreadable images, a checkpoint of the other backbone) print one
-line and exit with status 2; ``--debug`` shows the traceback instead.
+User errors (wrong paths, unreadable images, a checkpoint of the other backbone, bad
+option values, failed writes) print one line on stderr and exit with status 2;
+``--debug`` shows the traceback instead.
 """
 
 import argparse
+import hashlib
 import json
+import math
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: The long side of the WIDER FACE multi-scale protocol, used with --target-size.
+PROTOCOL_MAX_SIZE = 2150
 
 
 class UserError(Exception):
     """A mistake in the command line or its inputs: reported in one line."""
 
 
-def _image_files(path: str, recursive: bool = False) -> List[str]:
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (and exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------- option values
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def iou_fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected an IoU in (0, 1], got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- shared steps
+
+def _image_files(path: str, recursive: bool = False) -> Tuple[List[str], str]:
+    """The image files to read and the folder their output names are relative to."""
     if os.path.isfile(path):
-        return [path]
+        return [path], os.path.dirname(path)
     if not os.path.isdir(path):
         raise UserError(f"no such image or folder: {path}")
     found = []
@@ -31,7 +89,18 @@ def _image_files(path: str, recursive: bool = False) -> List[str]:
             break
     if not found:
         raise UserError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return found
+    return found, path
+
+
+def _output_folder(path: str, option: str = "--out") -> str:
+    """``path`` as a folder to write into: refused when it, or a folder above it, is a file."""
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if probe and not os.path.isdir(probe):
+        where = "is" if probe == os.path.abspath(path) else f"lies under {probe}, which is"
+        raise UserError(f"{option} {path}: {where} a file, not a folder")
+    return path
 
 
 def _detector(args, **overrides):
@@ -45,43 +114,82 @@ def _detector(args, **overrides):
     return Detector(args.weights, **settings)
 
 
-def _progress(items, description, enabled=True):
+def _progress(total, description, enabled=True):
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="image", disable=not enabled or len(items) < 2, file=sys.stderr)
+    return tqdm(total=total, desc=description, unit="image", disable=not enabled or total < 2, file=sys.stderr)
 
+
+def _batches(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------- commands
 
 def command_detect(args) -> int:
-    import cv2
-
     from .draw import draw_detections
-    from .images import read_image
+    from .files import atomic_write_text, write_image
 
-    files = _image_files(args.input, args.recursive)
-    detector = _detector(args, target_size=args.target_size, max_size=args.max_size)
+    _check_origin_size(args)
+    files, root = _image_files(args.input, args.recursive)
+    outputs = {}
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-    for path in _progress(files, "detect", enabled=bool(args.out)):
-        image = read_image(path)
-        faces = detector.detect(image).above(args.threshold)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        record = {"image": path, "width": image.shape[1], "height": image.shape[0], "faces": faces.to_list()}
-        if args.out:
-            if not args.no_draw:
-                cv2.imwrite(os.path.join(args.out, stem + ".jpg"), draw_detections(image, faces, args.threshold))
-            if args.json:
-                with open(os.path.join(args.out, stem + ".json"), "w") as handle:
-                    json.dump(record, handle, indent=1)
-        elif args.json:
-            print(json.dumps(record))
-        if not args.json or args.out:
-            print(f"{path}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout)
+        _output_folder(args.out)
+        inputs = {os.path.realpath(f) for f in files}
+        for path in files:
+            image_out = os.path.join(args.out, os.path.relpath(path, root))
+            if os.path.realpath(image_out) in inputs and not args.no_draw:
+                raise UserError(f"--out {args.out}: the annotated copy of {path} would overwrite it; "
+                                f"choose another folder")
+            outputs[path] = (image_out, image_out + ".json")
+    detector = _detector(args, target_size=args.target_size, max_size=args.max_size)
+    with _progress(len(files), "detect", enabled=bool(args.out)) as progress:
+        for chunk in _batches(files, args.batch_size):
+            images = [detector.read_image(path) for path in chunk]
+            for path, image, faces in zip(chunk, images, detector.detect(images)):
+                faces = faces.above(args.threshold)
+                record = {"image": path, "width": image.shape[1], "height": image.shape[0],
+                          "faces": faces.to_list()}
+                if args.out:
+                    image_out, json_out = outputs[path]
+                    if not args.no_draw:
+                        write_image(image_out, draw_detections(image, faces, args.threshold))
+                    if args.json:
+                        atomic_write_text(json_out, json.dumps(record, indent=1) + "\n")
+                elif args.json:
+                    print(json.dumps(record))
+                if not args.json or args.out:
+                    progress.write(f"{path}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout)
+                progress.update()
     return 0
 
 
+def _checkpoint_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_origin_size(args):
+    for option, value in (("--target-size", args.target_size), ("--max-size", args.max_size)):
+        if args.origin_size and value is not None:
+            raise UserError(f"--origin-size and {option} contradict each other")
+
+
+def _prediction_sizes(args):
+    _check_origin_size(args)
+    if args.target_size is not None:
+        return args.target_size, args.max_size if args.max_size is not None else PROTOCOL_MAX_SIZE
+    return None, args.max_size  # original size, capped only when --max-size is given
+
+
 def command_widerface_predict(args) -> int:
+    from . import __version__
+    from .evaluation.prediction_runs import PredictionRun
     from .evaluation.widerface import write_prediction_file
-    from .images import read_image
 
     if not os.path.isdir(args.images):
         raise UserError(f"image folder not found: {args.images} (expected WIDER_val/images/<event>/*.jpg)")
@@ -90,16 +198,31 @@ def command_widerface_predict(args) -> int:
             for f in sorted(os.listdir(os.path.join(args.images, event))) if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not jobs:
         raise UserError(f"{args.images}: no <event>/<image> files")
-    sizes = dict(target_size=None, max_size=None) if args.origin_size else \
-        dict(target_size=args.target_size, max_size=args.max_size)
-    detector = _detector(args, **sizes)
+    target_size, max_size = _prediction_sizes(args)
+    _output_folder(args.out)
+    detector = _detector(args, target_size=target_size, max_size=max_size)
+    run = PredictionRun(args.out, {
+        "weights_sha256": _checkpoint_digest(args.weights), "backbone": detector.config.backbone,
+        "target_size": target_size, "max_size": max_size, "confidence": args.confidence, "nms": args.nms,
+        "keep_top_k": args.keep_top_k, "images": os.path.realpath(args.images), "retinaface_ext": __version__,
+    })
+    run.start(args.overwrite)
     started = time.perf_counter()
-    for event, path in _progress(jobs, "widerface-predict"):
-        faces = detector.detect(read_image(path))
-        boxes = faces.boxes.cpu().numpy()
-        rows = [[x1, y1, x2 - x1, y2 - y1, s] for (x1, y1, x2, y2), s in zip(boxes, faces.scores.cpu().numpy())]
-        name = os.path.splitext(os.path.basename(path))[0]
-        write_prediction_file(os.path.join(args.out, event, name + ".txt"), name, rows)
+    try:
+        with _progress(len(jobs), "widerface-predict") as progress:
+            for chunk in _batches(jobs, args.batch_size):
+                images = [detector.read_image(path) for _, path in chunk]
+                for (event, path), faces in zip(chunk, detector.detect(images)):
+                    boxes, scores = faces.boxes.cpu().numpy(), faces.scores.cpu().numpy()
+                    rows = [[x1, y1, x2 - x1, y2 - y1, s] for (x1, y1, x2, y2), s in zip(boxes, scores)]
+                    name = os.path.splitext(os.path.basename(path))[0]
+                    write_prediction_file(os.path.join(args.out, event, name + ".txt"), name, rows)
+                    run.add(f"{event}/{name}.txt")
+                progress.update(len(chunk))
+    except BaseException:
+        run.save("interrupted")
+        raise
+    run.save("complete")
     elapsed = time.perf_counter() - started
     print(f"wrote {len(jobs)} prediction files to {args.out} in {elapsed:.1f} s")
     return 0
@@ -107,12 +230,15 @@ def command_widerface_predict(args) -> int:
 
 def command_eval(args) -> int:
     from .evaluation import widerface
+    from .evaluation.prediction_runs import check_prediction_folder
 
     started = time.perf_counter()
     result = widerface.evaluate(args.pred, args.gt, iou_threshold=args.iou)
     print(result)
     if result.unknown_images:
         print(f"{result.unknown_images} predicted images are not in the ground truth (ignored)")
+    for warning in check_prediction_folder(args.pred):
+        print(f"warning: {warning}")
     if args.plot:
         widerface.plot_pr_curves(result, args.plot)
         print(f"PR curves: {args.plot}")
@@ -137,13 +263,9 @@ def _timed(fn, runs, device):
 def command_bench(args) -> int:
     import torch
 
-    from .images import read_image
-
-    if args.runs < 1:
-        raise UserError(f"--runs must be at least 1, got {args.runs}")
-    image = read_image(args.image)
     detector = _detector(args, target_size=args.target_size, max_size=args.max_size)
-    prepared = detector._prepare(image, "image")[0][None].contiguous(memory_format=torch.channels_last)
+    image = detector.read_image(args.image)
+    prepared = detector._prepare(image, "image").tensor[None].contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         outputs = detector.model(prepared)
         size = tuple(prepared.shape[-2:])
@@ -163,55 +285,67 @@ def command_bench(args) -> int:
     return 0
 
 
-def _add_detector_options(parser):
+# ---------------------------------------------------------------- the parser
+
+def _add_detector_options(parser, batch_size=1):
     parser.add_argument("--weights", required=True, help="Pytorch_Retinaface checkpoint (.pth)")
     parser.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default=None,
                         help="insist on a backbone (default: read from the checkpoint)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--confidence", type=float, default=0.02, help="candidate score threshold (0.02)")
-    parser.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold (0.4)")
-    parser.add_argument("--keep-top-k", type=int, default=750, help="detections kept per image (750)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (1)")
+    parser.add_argument("--confidence", type=fraction, default=0.02, help="candidate score threshold (0.02)")
+    parser.add_argument("--nms", type=fraction, default=0.4, help="NMS IoU threshold (0.4)")
+    parser.add_argument("--keep-top-k", type=positive_int, default=750, help="detections kept per image (750)")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=f"images per forward pass; similar sizes share one ({batch_size})")
+
+
+def _add_size_options(parser, max_size_help):
+    sizes = parser.add_argument_group("image size (default: the original size)")
+    sizes.add_argument("--origin-size", action="store_true", help="test at the original size (the default)")
+    sizes.add_argument("--target-size", type=positive_number, default=None, help="resize the short side to this")
+    sizes.add_argument("--max-size", type=positive_number, default=None, help=max_size_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="retinaface", description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE val.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     detect = commands.add_parser("detect", help="detect faces in an image or a folder of images",
-                                 description="Detect faces and their 5 landmarks.")
+                                 description="Detect faces and their 5 landmarks. With --out, each input's "
+                                             "annotated copy keeps its path relative to IMAGE_OR_DIR and its "
+                                             "file name (JSON: the file name plus .json); inputs are never "
+                                             "overwritten.")
     detect.add_argument("input", metavar="IMAGE_OR_DIR")
     _add_detector_options(detect)
-    detect.add_argument("--threshold", type=float, default=0.6, help="score to draw and report a face (0.6)")
+    detect.add_argument("--threshold", type=fraction, default=0.6, help="score to draw and report a face (0.6)")
     detect.add_argument("--out", help="folder for annotated images (and JSON with --json)")
     detect.add_argument("--json", action="store_true", help="write <image>.json per image (stdout without --out)")
     detect.add_argument("--no-draw", action="store_true", help="with --out: do not write annotated images")
     detect.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
-    detect.add_argument("--target-size", type=int, default=None, help="resize the short side to this")
-    detect.add_argument("--max-size", type=int, default=None, help="cap the long side at this")
+    _add_size_options(detect, "cap the long side at this (alone: shrink only larger images)")
     detect.set_defaults(run=command_detect)
 
     predict = commands.add_parser("widerface-predict", help="predict WIDER FACE val into the standard folder",
                                   description="Run the detector over WIDER_val/images/<event>/*.jpg and write "
-                                              "<out>/<event>/<image>.txt (x y w h score per face).")
+                                              "<out>/<event>/<image>.txt (x y w h score per face). The run's "
+                                              "settings are recorded in <out>/retinaface-predict.json; a folder "
+                                              "holding another run's predictions is refused without --overwrite.")
     _add_detector_options(predict)
     predict.add_argument("--images", required=True, help="WIDER_val/images")
     predict.add_argument("--out", required=True, help="prediction folder to write")
-    sizes = predict.add_mutually_exclusive_group()
-    sizes.add_argument("--origin-size", action="store_true", default=True,
-                       help="test at the original size (the default, as Pytorch_Retinaface)")
-    sizes.add_argument("--target-size", type=int, default=None,
-                       help="resize the short side to this (the multi-scale protocol uses 1600)")
-    predict.add_argument("--max-size", type=int, default=2150, help="with --target-size: cap the long side (2150)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="delete the prediction files of another run in --out first")
+    _add_size_options(predict, f"cap the long side (with --target-size: default {PROTOCOL_MAX_SIZE}, the "
+                               f"multi-scale protocol's)")
     predict.set_defaults(run=command_widerface_predict)
 
     evaluate = commands.add_parser("eval", help="WIDER FACE val AP (easy, medium, hard)",
                                    description="Evaluate a prediction folder against the official val ground truth.")
     evaluate.add_argument("--pred", required=True, help="prediction folder (<event>/<image>.txt)")
     evaluate.add_argument("--gt", required=True, help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
-    evaluate.add_argument("--iou", type=float, default=0.5, help="IoU for a match (0.5)")
+    evaluate.add_argument("--iou", type=iou_fraction, default=0.5, help="IoU for a match, in (0, 1] (0.5)")
     evaluate.add_argument("--plot", help="write the PR curves to this PNG")
     evaluate.set_defaults(run=command_eval)
 
@@ -220,24 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
                                             "post-processing (decode, filter, NMS) on one image.")
     bench.add_argument("image")
     _add_detector_options(bench)
-    bench.add_argument("--runs", type=int, default=20, help="timed runs after 3 warm-up runs (20)")
-    bench.add_argument("--target-size", type=int, default=None, help="resize the short side to this")
-    bench.add_argument("--max-size", type=int, default=None, help="cap the long side at this")
+    bench.add_argument("--runs", type=positive_int, default=20, help="timed runs after 3 warm-up runs (20)")
+    bench.add_argument("--target-size", type=positive_number, default=None, help="resize the short side to this")
+    bench.add_argument("--max-size", type=positive_number, default=None, help="cap the long side at this")
     bench.set_defaults(run=command_bench)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "target_size", None) is not None and hasattr(args, "origin_size"):
-        args.origin_size = False
+    args = build_parser().parse_args(argv)
     from .runtime import reuse_freed_memory
 
     reuse_freed_memory()
     try:
         return args.run(args)
-    except (UserError, FileNotFoundError, ValueError, ImportError) as error:
+    except (UserError, OSError, ValueError, ImportError) as error:
         if args.debug:
             raise
         print(f"retinaface {args.command}: error: {error}", file=sys.stderr)

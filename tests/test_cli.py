@@ -21,7 +21,10 @@ pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reaso
 
 
 def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's way out (a bad command line)
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -34,7 +37,7 @@ def expected_faces(threshold):
 def test_detect_writes_annotated_images_and_json(tmp_path, capsys):
     code, out, err = run(capsys, "detect", CROWD, "--weights", WEIGHTS, "--out", tmp_path, "--json")
     assert code == 0, err
-    record = json.loads((tmp_path / "widerface_crowd.json").read_text())
+    record = json.loads((tmp_path / "widerface_crowd.jpg.json").read_text())
     assert len(record["faces"]) == expected_faces(0.6) > 20
     assert (record["width"], record["height"]) == (1024, 624)
     assert set(record["faces"][0]) == {"box", "score", "landmarks"}
@@ -167,3 +170,210 @@ def test_the_installed_command_runs():
     result = subprocess.run(argv + ["eval", "--pred", "nowhere", "--gt", "nowhere"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("retinaface eval: error: prediction folder not found")
+
+
+def one_line_error(code, err, *fragments):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def image_folder(tmp_path, names):
+    """A folder with a small crop of the crowd photo under each of ``names`` (relative paths)."""
+    crop = cv2.imread(str(CROWD))[:200, :300]
+    folder = tmp_path / "w"
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(folder / name), crop)
+    return folder
+
+
+def test_detect_never_writes_over_its_inputs(tmp_path, capsys):
+    folder = image_folder(tmp_path, ["a.jpg"])
+    before = (folder / "a.jpg").read_bytes()
+    code, _, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", folder)
+    one_line_error(code, err, "would overwrite it")
+    assert (folder / "a.jpg").read_bytes() == before
+    code, _, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", folder, "--no-draw", "--json")
+    assert code == 0, err  # only a.jpg.json is written next to it
+    assert (folder / "a.jpg").read_bytes() == before and (folder / "a.jpg.json").exists()
+
+
+def test_detect_gives_every_input_its_own_outputs(tmp_path, capsys):
+    folder = image_folder(tmp_path, ["a.jpg", "a.png", "x/1.jpg", "y/1.jpg"])
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", out, "--json", "--recursive",
+                       "--threshold", "0.3")
+    assert code == 0, err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a.jpg", "a.jpg.json", "a.png", "a.png.json", "x/1.jpg", "x/1.jpg.json",
+                       "y/1.jpg", "y/1.jpg.json"]
+    assert json.loads((out / "y" / "1.jpg.json").read_text())["image"].endswith(os.path.join("y", "1.jpg"))
+    assert cv2.imread(str(out / "a.png")).shape == (200, 300, 3)
+
+
+def test_detect_refuses_an_out_that_is_a_file_or_under_one(tmp_path, capsys):
+    folder = image_folder(tmp_path, ["a.jpg"])
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    code, _, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", blocker)
+    one_line_error(code, err, "is a file, not a folder")
+    code, _, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", blocker / "sub", "--json")
+    one_line_error(code, err, "lies under", "a file, not a folder")
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("extra", [[], ["--json", "--no-draw"]])
+def test_a_failed_write_is_an_error_not_a_success(tmp_path, capsys, extra):
+    folder = image_folder(tmp_path, ["a.jpg"])
+    out = tmp_path / "out"
+    (out / "a.jpg").mkdir(parents=True)  # the output path is taken by a folder: writing it fails
+    (out / "a.jpg.json").mkdir()
+    code, outp, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", out, *extra)
+    one_line_error(code, err, "a.jpg")
+    assert "faces" not in outp
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--target-size", "0"], "--target-size: expected a number > 0"),
+    (["--max-size", "-5"], "--max-size: expected a number > 0"),
+    (["--target-size", "nan"], "--target-size: expected a finite number"),
+    (["--confidence", "-0.1"], "--confidence: expected a number in [0, 1]"),
+    (["--confidence", "nan"], "--confidence: expected a finite number"),
+    (["--nms", "1.5"], "--nms: expected a number in [0, 1]"),
+    (["--threshold", "nan"], "--threshold: expected a finite number"),
+    (["--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
+    (["--origin-size", "--max-size", "500"], "--origin-size and --max-size contradict"),
+    (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_detect_option_values_are_validated(capsys, argv, fragment):
+    code, _, err = run(capsys, "detect", CROWD, "--weights", WEIGHTS, *argv)
+    one_line_error(code, err, fragment)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible")
+def test_cuda_on_a_machine_without_one(capsys):
+    code, _, err = run(capsys, "detect", CROWD, "--weights", WEIGHTS, "--device", "cuda")
+    one_line_error(code, err, "device 'cuda': CUDA is not available here")
+
+
+@pytest.mark.parametrize("iou", ["0", "-0.5", "1.5", "nan"])
+def test_eval_iou_must_be_an_iou(tmp_path, capsys, iou):
+    code, _, err = run(capsys, "eval", "--pred", tmp_path, "--gt", tmp_path, "--iou", iou)
+    one_line_error(code, err, "--iou")
+
+
+def test_batch_size_batches_and_gives_the_same_faces(tmp_path, capsys):
+    folder = image_folder(tmp_path, ["a.jpg", "b.jpg", "c.png"])
+    cv2.imwrite(str(folder / "b.jpg"), cv2.imread(str(CROWD))[300:, 400:])
+    code, one_by_one, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--json", "--threshold", "0.3")
+    assert code == 0, err
+    from retinaface_ext import Detector
+
+    calls = []
+    original = Detector.detect
+    try:
+        Detector.detect = lambda self, images, *a, **k: calls.append(len(images)) or original(self, images, *a, **k)
+        code, together, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--json", "--threshold", "0.3",
+                                  "--batch-size", "2")
+    finally:
+        Detector.detect = original
+    assert code == 0, err
+    assert calls == [2, 1]
+    for a, b in zip(one_by_one.splitlines(), together.splitlines()):
+        a, b = json.loads(a), json.loads(b)
+        assert a["image"] == b["image"] and len(a["faces"]) == len(b["faces"])
+        np.testing.assert_allclose([f["box"] for f in a["faces"]], [f["box"] for f in b["faces"]], atol=1e-2)
+
+
+def small_wider(tmp_path):
+    """Two WIDER-like val images and a ground truth in which every confident face counts."""
+    crowd = cv2.imread(str(CROWD))
+    images = tmp_path / "WIDER_val" / "images"
+    (images / "0--Parade").mkdir(parents=True)
+    cv2.imwrite(str(images / "0--Parade" / "0_Parade_1.jpg"), crowd[:, :400])
+    cv2.imwrite(str(images / "0--Parade" / "0_Parade_2.jpg"), crowd[:300, 500:])
+    rows = np.array(json.loads(EXPECTED.read_text())["detections"])
+    faces = rows[rows[:, 4] >= 0.5, :4]
+    xywh = np.column_stack([faces[:, :2], faces[:, 2:] - faces[:, :2]]).round()
+    write_ground_truth(tmp_path / "gt", [("0--Parade", "0_Parade_1", xywh[faces[:, 2] < 400]),
+                                         ("0--Parade", "0_Parade_2", xywh[:3])])
+    return images, tmp_path / "gt"
+
+
+def test_widerface_predict_refuses_to_mix_runs(tmp_path, capsys):
+    images, gt = small_wider(tmp_path)
+    pred = tmp_path / "pred"
+    predict = ["widerface-predict", "--weights", WEIGHTS, "--images", images, "--out", pred]
+    code, _, err = run(capsys, *predict, "--target-size", "300")
+    assert code == 0, err
+    first = (pred / "0--Parade" / "0_Parade_1.txt").read_text()
+    code, _, err = run(capsys, *predict)  # the original size: another run
+    one_line_error(code, err, "holds predictions of another run", "target_size: 300", "--overwrite")
+    assert (pred / "0--Parade" / "0_Parade_1.txt").read_text() == first
+    code, _, err = run(capsys, *predict, "--target-size", "300")  # the same settings again: fine
+    assert code == 0, err
+    code, _, err = run(capsys, *predict, "--overwrite")
+    assert code == 0, err
+    assert (pred / "0--Parade" / "0_Parade_1.txt").read_text() != first
+    code, out, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
+    assert code == 0 and "warning" not in out, out + err
+
+    # A file from elsewhere in the folder, and a run that did not finish: eval says so.
+    (pred / "0--Parade" / "0_Parade_2.txt").write_text("0_Parade_2\n1\n1 2 3 4 0.9\n")
+    record = json.loads((pred / "retinaface-predict.json").read_text())
+    record["status"] = "interrupted"
+    (pred / "retinaface-predict.json").write_text(json.dumps(record))
+    code, out, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
+    assert code == 0, err
+    assert "warning: 1 prediction files (e.g. 0--Parade/0_Parade_2.txt) were not written by the run" in out
+    assert "did not finish (status 'interrupted')" in out
+
+
+def test_widerface_predict_into_a_folder_of_unrecorded_predictions(tmp_path, capsys):
+    images, _ = small_wider(tmp_path)
+    pred = tmp_path / "pred"
+    (pred / "0--Parade").mkdir(parents=True)
+    (pred / "0--Parade" / "0_Parade_1.txt").write_text("0_Parade_1\n0\n")
+    predict = ["widerface-predict", "--weights", WEIGHTS, "--images", images, "--out", pred]
+    code, _, err = run(capsys, *predict)
+    one_line_error(code, err, "an unrecorded run")
+    code, _, err = run(capsys, *predict, "--overwrite", "--max-size", "250")  # --max-size alone caps the size
+    assert code == 0, err
+    record = json.loads((pred / "retinaface-predict.json").read_text())
+    assert record["status"] == "complete" and record["settings"]["max_size"] == 250
+    assert record["settings"]["target_size"] is None and len(record["files"]) == 2
+
+
+def test_widerface_predict_size_options(tmp_path, capsys):
+    images, _ = small_wider(tmp_path)
+    predict = ["widerface-predict", "--weights", WEIGHTS, "--images", images]
+    code, _, err = run(capsys, *predict, "--out", tmp_path / "a", "--target-size", "320")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "a" / "retinaface-predict.json").read_text())["settings"]
+    assert (settings["target_size"], settings["max_size"]) == (320, 2150)  # the protocol's cap by default
+    code, _, err = run(capsys, *predict, "--out", tmp_path / "b", "--origin-size", "--target-size", "320")
+    one_line_error(code, err, "--origin-size and --target-size contradict")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, *predict, "--out", blocker / "pred")
+    one_line_error(code, err, "a file, not a folder")
+
+
+def test_eval_names_broken_prediction_files_and_ground_truth(tmp_path, capsys):
+    _, gt = small_wider(tmp_path)
+    pred = tmp_path / "pred"
+    (pred / "0--Parade" / "0_Parade_1.txt").mkdir(parents=True)  # a folder named like a prediction file
+    code, _, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
+    one_line_error(code, err, "0_Parade_1.txt: a folder where a prediction file was expected")
+    (pred / "0--Parade" / "0_Parade_1.txt").rmdir()
+    (pred / "0--Parade" / "0_Parade_1.txt").write_bytes(b"\xff\xfe\x00\x81binary")
+    code, _, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
+    one_line_error(code, err, "0_Parade_1.txt: not a text prediction file")
+    (pred / "0--Parade" / "0_Parade_1.txt").write_text("0_Parade_1\n0\n")
+    from scipy.io import savemat
+
+    savemat(gt / "wider_hard_val.mat", {"something_else": np.zeros(3)})
+    code, _, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
+    one_line_error(code, err, "wider_hard_val.mat: not the WIDER FACE val ground truth layout", "gt_list")

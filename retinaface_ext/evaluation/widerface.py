@@ -20,6 +20,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ..files import atomic_write_text
+
 SETTINGS = ("easy", "medium", "hard")
 GT_FILES = {"all": "wider_face_val.mat", "easy": "wider_easy_val.mat",
             "medium": "wider_medium_val.mat", "hard": "wider_hard_val.mat"}
@@ -61,14 +63,24 @@ def load_ground_truth(gt_dir: Union[str, os.PathLike]) -> GroundTruth:
             mats[key] = loadmat(path)
         except Exception as error:
             raise ValueError(f"{path}: not a readable MATLAB file ({error})") from error
-    events, files, boxes = (mats["all"][k] for k in ("event_list", "file_list", "face_bbx_list"))
-    images = []
-    for e in range(len(events)):
-        event = str(events[e][0][0])
-        for j in range(len(files[e][0])):
-            keep = {s: mats[s]["gt_list"][e][0][j][0].astype(np.int64).reshape(-1) - 1 for s in SETTINGS}
-            images.append(GroundTruthImage(event, str(files[e][0][j][0][0]),
-                                           boxes[e][0][j][0].astype(np.float64).reshape(-1, 4), keep))
+    reading = "all"
+    try:
+        events, files, boxes = (mats["all"][k] for k in ("event_list", "file_list", "face_bbx_list"))
+        images = []
+        for e in range(len(events)):
+            event = str(events[e][0][0])
+            for j in range(len(files[e][0])):
+                keep = {}
+                for setting in SETTINGS:
+                    reading = setting
+                    keep[setting] = mats[setting]["gt_list"][e][0][j][0].astype(np.int64).reshape(-1) - 1
+                reading = "all"
+                images.append(GroundTruthImage(event, str(files[e][0][j][0][0]),
+                                               boxes[e][0][j][0].astype(np.float64).reshape(-1, 4), keep))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        path = os.path.join(gt_dir, GT_FILES[reading])
+        what = f"no {error.args[0]!r} variable" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"{path}: not the WIDER FACE val ground truth layout ({what})") from None
     return GroundTruth(images)
 
 
@@ -79,21 +91,22 @@ def write_prediction_file(path: Union[str, os.PathLike], image_name: str, detect
     count, one row per face), via a temporary file so that no half-written file remains."""
     detections = np.asarray(detections, dtype=np.float64).reshape(-1, 5)
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     lines = [image_name, str(len(detections))]
     lines += [f"{x:.2f} {y:.2f} {w:.2f} {h:.2f} {s:.8g}" for x, y, w, h, s in detections]
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, "\n".join(lines) + "\n", durable=False)
 
 
 def read_prediction_file(path: Union[str, os.PathLike]) -> Tuple[str, np.ndarray]:
     """(image name, ``[N, 5]`` float64) of one prediction file. A malformed file raises
     ValueError naming the file and line."""
     path = os.fspath(path)
-    with open(path) as handle:
-        lines = handle.read().splitlines()
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a folder where a prediction file was expected")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text prediction file ({error})") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) < 2:
@@ -128,7 +141,7 @@ def read_prediction_dir(pred_dir: Union[str, os.PathLike]) -> Dict[str, np.ndarr
         if not os.path.isdir(event_dir):
             continue
         for filename in sorted(os.listdir(event_dir)):
-            if filename.endswith(".txt"):
+            if filename.endswith(".txt") and not filename.startswith("."):
                 _, rows = read_prediction_file(os.path.join(event_dir, filename))
                 predictions[filename[:-4]] = rows
     if not predictions:
@@ -217,6 +230,10 @@ def evaluate(predictions: Union[Mapping[str, np.ndarray], str, os.PathLike],
     """Easy / medium / hard AP of ``predictions`` (a mapping of image name to ``[N, 5]``
     x, y, w, h, score, or a prediction folder) against ``ground_truth`` (a GroundTruth or
     the folder of the four .mat files)."""
+    if not 0.0 < iou_threshold <= 1.0:  # also refuses NaN
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if isinstance(thresholds, bool) or not isinstance(thresholds, (int, np.integer)) or thresholds < 1:
+        raise ValueError(f"thresholds must be an integer >= 1, got {thresholds!r}")
     if not isinstance(predictions, Mapping):
         predictions = read_prediction_dir(predictions)
     if not isinstance(ground_truth, GroundTruth):
