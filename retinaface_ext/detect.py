@@ -254,8 +254,8 @@ class Detector:
         finite = torch.isfinite(boxes).all(1) & torch.isfinite(points).all(1)
         if not bool(finite.all()):
             b = int(image_index[~finite][0])
-            raise ValueError(f"{names[b]}: decoded boxes are not finite (the network's box offsets overflow); "
-                             f"is the image in 0..255 BGR?")
+            raise ValueError(f"{names[b]}: the decoded boxes are not finite (the network's box offsets "
+                             f"overflow for this image); images are expected in 0..255")
         height, width = canvas
         boxes = boxes * torch.tensor([width, height] * 2, device=boxes.device, dtype=boxes.dtype)
         points = points * torch.tensor([width, height] * 5, device=boxes.device, dtype=boxes.dtype)

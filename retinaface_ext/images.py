@@ -77,7 +77,7 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str
     elif _is_pil_image(image):
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
-        image, color = np.asarray(image), "rgb"
+        image, color = np.array(image), "rgb"  # a writable copy
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
             raise ValueError(f"{name}: numpy images must be uint8 or floating point (0..255), "

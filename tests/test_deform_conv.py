@@ -275,7 +275,7 @@ CRASH_CASES = {
 
 @pytest.mark.parametrize("how", ["forward", "backward op", "torch.compile"])
 @pytest.mark.parametrize("case", CRASH_CASES)
-def test_degenerate_shapes_raise_instead_of_crashing(case, how):
+def test_degenerate_shapes_raise_instead_of_crashing(case, how, tmp_path):
     """Each in its own process: these used to kill the interpreter (SIGFPE)."""
     call = {
         "forward": "ops.deform_conv2d(input, offset, weight, padding=1)",
@@ -292,7 +292,8 @@ def test_degenerate_shapes_raise_instead_of_crashing(case, how):
         except Exception as error:
             print("raised:", error)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # From tmp_path: the installed package, not the source tree (which has no _C in CI).
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, f"crashed with {result.returncode}: {result.stderr[-2000:]}"
     assert "raised:" in result.stdout and "deform_conv2d" in result.stdout, result.stdout + result.stderr[-2000:]
 

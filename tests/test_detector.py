@@ -2,6 +2,11 @@
 
 import json
 import pathlib
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
 
 import cv2
 import numpy as np
@@ -238,3 +243,165 @@ def test_a_deformable_model_detects_and_folds(crowd):
     assert len(folded[0]) > 0
     for a, b in zip(folded, plain):
         assert_same_detections(a, b, atol=1e-4)
+
+
+def test_padding_groups_bound_the_padding():
+    from retinaface_ext.detect import MAX_PADDING_FACTOR, padding_groups
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        n = int(torch.randint(1, 12, (1,), generator=g))
+        sizes = [tuple(int(v) for v in torch.randint(1, 3000, (2,), generator=g)) for _ in range(n)]
+        if trial % 2:
+            sizes = [(4000, 8) if i % 2 else (8, 4000) for i in range(n)]
+        groups = padding_groups(sizes, max_images=4)
+        assert sorted(i for group in groups for i in group) == list(range(n))
+        for group in groups:
+            assert len(group) <= 4
+            canvas = max(sizes[i][0] for i in group) * max(sizes[i][1] for i in group)
+            own = sum(sizes[i][0] * sizes[i][1] for i in group)
+            assert len(group) == 1 or canvas * len(group) <= MAX_PADDING_FACTOR * own
+    assert padding_groups([(100, 100), (90, 95), (100, 98)], 8) == [[0, 2, 1]]  # similar sizes share a pass
+
+
+def test_tall_and_wide_images_do_not_share_a_giant_canvas(tmp_path):
+    """Eight images alternating 4000x8 and 8x4000 (0.26 MP in all) once needed one 6.1 GB
+    canvas; in its own process, the peak memory must stay far below that."""
+    script = textwrap.dedent(f"""
+        import resource, numpy as np
+        from retinaface_ext import Detector
+        detector = Detector({str(WEIGHTS)!r}, device="cpu")
+        images = [np.zeros((4000, 8, 3), np.uint8) if i % 2 else np.zeros((8, 4000, 3), np.uint8) for i in range(8)]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        results = detector.detect(images)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(len(results), (after - before) // 1024)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count, grown_mb = (int(v) for v in result.stdout.split())
+    assert count == 8 and grown_mb < 1000, f"the peak memory grew by {grown_mb} MB"
+
+
+def declared_size_png(path, height, width):
+    """A real (decodable) gray PNG of height x width zeros: a few hundred KB on disk."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row, parts = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_images_are_refused_from_their_header(detector, tmp_path, monkeypatch):
+    big = declared_size_png(tmp_path / "big.png", 9000, 8000)  # 72 MP > 64 MP
+    assert big.stat().st_size < 2_000_000
+    assert retinaface_ext.images.image_file_size(big) == (9000, 8000)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(cv2, "imread", no_decoding)
+    with pytest.raises(ValueError, match=r"image \(.*big.png\): 9000x8000 pixels is more than this detector takes"):
+        detector.detect(big)
+    with pytest.raises(ValueError, match=r"images\[1\] \(.*big.png\): 9000x8000"):
+        detector.detect([np.zeros((8, 8, 3), np.uint8), str(big)])
+    # With max_size it is shrunk, so it may be decoded (up to MAX_DECODED_PIXELS)...
+    shrunk = Detector(WEIGHTS, device="cpu", max_size=2000)
+    with pytest.raises(AssertionError, match="the image was decoded"):
+        shrunk.detect(big)
+    # ... but never a file beyond that.
+    monkeypatch.setattr(retinaface_ext.images, "MAX_DECODED_PIXELS", 50_000_000)
+    monkeypatch.setattr(retinaface_ext.detect, "MAX_DECODED_PIXELS", 50_000_000)
+    with pytest.raises(ValueError, match="declares 9000x8000 pixels, more than 50000000 .not decoded."):
+        shrunk.detect(big)
+
+
+def test_the_prior_cache_is_not_shared_with_callers(detector, crowd):
+    from retinaface_ext.priors import prior_boxes
+
+    count = len(detector.detect(crowd))
+    priors = prior_boxes(crowd.shape[:2])  # the canvas of that detection
+    weight = torch.ones(4, requires_grad=True)
+    (priors * weight).sum().backward()  # once "Inference tensors cannot be saved for backward"
+    priors.mul_(0.5)  # once corrupted every later detection at this size (171 -> 141 faces)
+    assert len(detector.detect(crowd)) == count
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target_size=0), "target_size must be a positive number"),
+    (dict(target_size=-640), "target_size must be a positive number"),
+    (dict(target_size=float("nan")), "target_size must be a positive number"),
+    (dict(max_size=0), "max_size must be a positive number"),
+    (dict(max_size="2150"), "max_size must be a positive number"),
+    (dict(confidence_threshold=-0.1), r"confidence_threshold must be a number in \[0, 1\]"),
+    (dict(confidence_threshold=float("nan")), r"confidence_threshold must be a number in \[0, 1\]"),
+    (dict(nms_threshold=float("nan")), r"nms_threshold must be a number in \[0, 1\]"),
+    (dict(batch_size=2.5), "batch_size must be an integer >= 1"),
+    (dict(device="gpu"), "device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+])
+def test_out_of_range_settings_are_refused(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Detector(WEIGHTS, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_cuda_without_a_gpu_is_explained():
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available here"):
+        Detector(WEIGHTS, device="cuda")
+
+
+@pytest.mark.parametrize("scale", [1e6, 1e36])  # the decoded boxes overflow; the network itself does
+def test_non_finite_results_name_the_image(detector, crowd, scale):
+    hot = crowd.astype(np.float32) * scale
+    with pytest.raises(ValueError, match=r"images\[1\]: .* not finite .*expected in 0..255"):
+        detector.detect([crowd[:200, :200].copy(), hot])
+
+
+def test_a_model_with_nan_weights_is_refused():
+    model = RetinaFace.from_checkpoint(WEIGHTS).eval()
+    with torch.no_grad():
+        model.ClassHead[1].conv1x1.weight[0, 0] = float("nan")  # once silently dropped a level (171 -> 99)
+    with pytest.raises(ValueError, match=r"weights_or_model: 1 tensors hold NaN or inf: ClassHead.1.conv1x1.weight"):
+        Detector(model, device="cpu")
+
+
+def test_rgb_inputs_and_pil_images(detector, crowd):
+    from PIL import Image
+
+    reference = detector.detect(crowd)
+    rgb = crowd[:, :, ::-1].copy()
+    assert_same_detections(detector.detect(rgb, color="rgb"), reference, atol=0)
+    chw_rgb = torch.from_numpy(rgb).permute(2, 0, 1)
+    assert_same_detections(detector.detect(chw_rgb, color="rgb"), reference, atol=0)
+    assert_same_detections(detector.detect(Image.fromarray(rgb)), reference, atol=0)
+    rgba = Image.fromarray(rgb).convert("RGBA")
+    assert_same_detections(detector.detect([rgba], color="bgr")[0], reference, atol=0)  # PIL is always RGB
+    assert len(detector.detect(rgb).above(0.6)) < len(reference.above(0.6))  # the mistake it prevents
+    with pytest.raises(ValueError, match="color must be one of"):
+        detector.detect(crowd, color="BGR ")
+
+
+def test_detections_are_iterable_indexable_and_clippable(detector, crowd):
+    faces = detector.detect(crowd).above(0.5)
+    assert faces.image_size == (624, 1024)
+    listed = list(faces)
+    assert len(listed) == len(faces) > 10
+    first = faces[0]
+    assert isinstance(first, retinaface_ext.detect.Face) and isinstance(first.score, float)
+    torch.testing.assert_close(first.box, faces.boxes[0])
+    assert first.landmarks.shape == (5, 2) and faces[-1].score == float(faces.scores[-1])
+    top = faces[:3]
+    assert isinstance(top, Detections) and len(top) == 3 and top.image_size == faces.image_size
+    with pytest.raises(IndexError):
+        faces[len(faces)]
+    edge = Detections(torch.tensor([[-5.0, 10.0, 1100.0, 700.0]]), torch.tensor([0.9]), torch.zeros(1, 5, 2),
+                      (624, 1024))
+    assert edge.clipped().boxes.tolist() == [[0.0, 10.0, 1024.0, 624.0]]
+    clipping = Detector(WEIGHTS, device="cpu", clip_boxes=True).detect(crowd)
+    assert float(clipping.boxes[:, 2].max()) <= 1024 and float(clipping.boxes.min()) >= 0

@@ -198,17 +198,25 @@ def test_cuda_mismatched_devices_and_bad_values():
 
 
 pixel = st.integers(min_value=-4, max_value=68)
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param("cuda", marks=[pytest.mark.cuda,
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]),
+]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=150, deadline=None)
 @given(
     boxes=st.lists(st.tuples(pixel, pixel, st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, -1])), max_size=12),
     threshold=st.sampled_from([0.0, 0.2, 0.35, 0.5, 0.9]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_pixel_grid_truths_property(boxes, threshold, dtype):
+def test_pixel_grid_truths_property(device, boxes, threshold, dtype):
     """Truths on the pixel grid of a 64x64 image with coarse priors: exact IoU ties between
-    priors and between truths, shared best priors, duplicates, truths outside the image."""
+    priors and between truths, shared best priors, duplicates, truths outside the image.
+    On CUDA, where the tie-breaking is done by other means (atomics), the same targets as
+    the CPU's."""
     priors = prior_boxes((64, 64), ((8, 16), (32,)), (8, 16), dtype=dtype)
     G = max(len(boxes), 1)
     truths = torch.zeros(1, G, 4, dtype=dtype)
@@ -217,4 +225,11 @@ def test_pixel_grid_truths_property(boxes, threshold, dtype):
         truths[0, g] = torch.tensor([x, y, x + w, y + h], dtype=dtype) / 64
         labels[0, g] = label
     landms = truths.repeat(1, 1, 3)[..., :10] * 0.9
-    assert_all_equal((truths, labels, landms, torch.tensor([len(boxes)])), priors, threshold)
+    batch = (truths, labels, landms, torch.tensor([len(boxes)]))
+    cpu = assert_all_equal(batch, priors, threshold)
+    if device == "cuda":
+        gpu = ops.match(*(t.cuda() for t in batch), priors.cuda(), threshold, VARIANCES)
+        torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=0, atol=0)
+        torch.testing.assert_close(gpu[0].cpu()[..., :2], cpu[0][..., :2], rtol=0, atol=0)
+        torch.testing.assert_close(gpu[0].cpu()[..., 2:], cpu[0][..., 2:], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(gpu[2].cpu(), cpu[2], rtol=0, atol=0)

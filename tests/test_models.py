@@ -257,3 +257,51 @@ def test_fused_convolution_activation_equals_the_two_steps():
             module.fused = False
         for a, b in zip(together, fast(x)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet0.25", "resnet50"])
+def test_a_batch_of_zero_images_gives_empty_outputs(backbone):
+    from retinaface_ext.models import InferenceRetinaFace
+
+    model = RetinaFace(backbone).eval()
+    with torch.no_grad():
+        for network in (model, InferenceRetinaFace(model)):
+            loc, logits, landmarks = network(torch.zeros(0, 3, 64, 96))
+            assert loc.shape == (0, 2 * (8 * 12 + 4 * 6 + 2 * 3), 4)
+            assert logits.shape[-1] == 2 and landmarks.shape[-1] == 10
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.zeros(3, 64, 64), r"images must have shape \[B, 3, H, W\]"),
+    (torch.zeros(1, 1, 64, 64), r"images must have shape \[B, 3, H, W\]"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "images must be floating point"),
+    (torch.zeros(1, 3, 0, 64), "images must not be empty"),
+])
+def test_bad_images_are_explained(images, message):
+    with pytest.raises(ValueError, match=message):
+        RetinaFace("mobilenet0.25")(images)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(out_channels=0), "out_channels must be a positive multiple of 4"),
+    (dict(out_channels=30), "out_channels must be a positive multiple of 4"),
+    (dict(in_channels=(64, 0, 256)), "in_channels must be three positive"),
+    (dict(steps=(8, 16)), "min_sizes and steps must describe the 3 FPN levels"),
+    (dict(min_sizes=((16,), (64,), (256,))), "anchors_per_location"),
+    (dict(variances=(0.1, 0.0)), "variances must be two positive numbers"),
+])
+def test_a_config_that_cannot_work_is_refused(change, message):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(MOBILENET_025, **change)
+
+
+def test_checkpoints_with_non_finite_weights_are_refused(tmp_path):
+    state_dict = RetinaFace("mobilenet0.25").state_dict()
+    state_dict["ClassHead.1.conv1x1.weight"][0, 0] = float("nan")
+    state_dict["body.stage1.0.1.running_var"][3] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save(state_dict, path)
+    with pytest.raises(ValueError, match=r"diverged.pth: 2 tensors hold NaN or inf: .*ClassHead.1.conv1x1.weight"):
+        RetinaFace.from_checkpoint(path)

@@ -1,6 +1,7 @@
 """RetinaFace: backbone, 3-level FPN, SSH context modules and the class / box / landmark
 heads, with Pytorch_Retinaface's module names so that its checkpoints load strictly."""
 
+import os
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -164,9 +165,10 @@ class RetinaFace(nn.Module):
                         dcn: Optional[bool] = None) -> "RetinaFace":
         """Build the network a checkpoint was trained as and load it. ``backbone`` and
         ``dcn`` are read from the checkpoint's keys unless given."""
-        from .checkpoint import describe, read_state_dict
+        from .checkpoint import check_finite, describe, read_state_dict
 
         state_dict = read_state_dict(checkpoint)
         found_backbone, found_dcn = describe(state_dict, checkpoint)
+        check_finite(state_dict, checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint")
         model = cls(backbone or found_backbone, dcn=found_dcn if dcn is None else dcn)
         return model.load_checkpoint(state_dict)
