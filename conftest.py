@@ -56,6 +56,10 @@ def make_boxes(kind, n, seed=0, dtype=torch.float32, device="cpu"):
 
     kind "sparse": random in a 1000x1000 image, sides 4 to 100 px.
     kind "crowd": like a detector's raw candidates, jittered around ~25 faces.
+    kind "column": one column of boxes that all overlap in x and mostly not in y (almost
+    all are kept): the worst case of a sweep along x.
+    kind "wide": "sparse" plus one box as wide as the image, which stretches every
+    x-window of a sweep over the whole image.
     """
     g = torch.Generator().manual_seed(seed)
     if kind == "sparse":
@@ -70,6 +74,14 @@ def make_boxes(kind, n, seed=0, dtype=torch.float32, device="cpu"):
         side = sides[face][:, None] * (1 + 0.1 * torch.randn(n, 2, generator=g))
         centre = centres[face] + 0.1 * sides[face][:, None] * torch.randn(n, 2, generator=g)
         boxes = torch.cat([centre - side / 2, centre + side / 2], 1)
+    elif kind == "column":
+        y = torch.arange(n, dtype=torch.float32) * 8 + torch.rand(n, generator=g) * 4
+        x = torch.rand(n, generator=g) * 4
+        boxes = torch.stack([x, y, x + 20, y + 10], 1)
+    elif kind == "wide":
+        corner = torch.rand(n, 2, generator=g) * 1000
+        boxes = torch.cat([corner, corner + 4 + torch.rand(n, 2, generator=g) * 30], 1)
+        boxes[0] = torch.tensor([0.0, 0.0, 1000.0, 30.0])
     else:
         raise ValueError(f"unknown kind {kind!r}")
     scores = torch.rand(n, generator=g)

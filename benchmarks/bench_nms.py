@@ -40,7 +40,7 @@ def run_nms(impl, boxes, scores, threshold):
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("n", [1000, 5000, 20000])
-@pytest.mark.parametrize("kind", ["sparse", "crowd"])
+@pytest.mark.parametrize("kind", ["sparse", "crowd", "column", "wide"])
 def bench_nms(benchmark, boxes_factory, synchronized, device, kind, n, impl):
     boxes, scores = boxes_factory(kind, n, seed=0, device=device)
     benchmark.group = f"nms {device} {kind} N={n}"

@@ -242,28 +242,11 @@ def test_not_a_tensor_is_named():
         ops.batched_nms(BOXES, SCORES, [0, 0], 0.5)
 
 
-def piled_up_boxes(layout, n, seed=0):
-    """Boxes that all overlap in x, the worst case of an x-sorted sweep.
-
-    "column": one column of boxes that mostly do not overlap in y (almost all are kept);
-    "wide": sparse boxes plus one box as wide as the image.
-    """
-    g = torch.Generator().manual_seed(seed)
-    if layout == "column":
-        y = torch.arange(n, dtype=torch.float32) * 8 + torch.rand(n, generator=g) * 4
-        x = torch.rand(n, generator=g) * 4
-        boxes = torch.stack([x, y, x + 20, y + 10], 1)
-    else:
-        corner = torch.rand(n, 2, generator=g) * 1000
-        boxes = torch.cat([corner, corner + 4 + torch.rand(n, 2, generator=g) * 30], 1)
-        boxes[0] = torch.tensor([0.0, 0.0, 1000.0, 30.0])
-    return boxes, torch.rand(n, generator=g)
-
-
 @pytest.mark.parametrize("layout", ["column", "wide"])
 @pytest.mark.parametrize("n", [300, 5000])
-def test_boxes_piled_up_in_x(device, layout, n):
-    boxes, scores = piled_up_boxes(layout, n)
+def test_boxes_piled_up_in_x(boxes_factory, device, layout, n):
+    """Where the x-sweep degenerates, the kernel scans the score-order tail instead."""
+    boxes, scores = boxes_factory(layout, n)
     kept = kernel_reference_torchvision(boxes.to(device), scores.to(device), 0.3, check_torchvision=True) \
         if n <= 300 else ops.nms(boxes.to(device), scores.to(device), 0.3)
     torch.testing.assert_close(kept.cpu(), torchvision.ops.nms(boxes, scores, 0.3), rtol=0, atol=0)
