@@ -69,6 +69,8 @@ def test_opcheck(device):
     priors = prior_boxes((64, 48), device=device)
     loc, conf, landm = (t.to(device) for t in network_like_outputs(2, priors, seed=3))
     torch.library.opcheck(torch.ops.retinaface_ext.decode_detections.default, (loc, conf, landm, priors, [0.1, 0.2], 0.3))
+    with_grad = [t.double().requires_grad_() for t in (loc, conf, landm, priors)]
+    torch.library.opcheck(torch.ops.retinaface_ext.decode_detections.default, (*with_grad, [0.1, 0.2], 0.3))
 
 
 @pytest.mark.parametrize(

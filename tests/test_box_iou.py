@@ -44,6 +44,7 @@ def test_opcheck(device):
     a, b = random_boxes((6,), 5).to(device), random_boxes((7,), 6).to(device)
     torch.library.opcheck(torch.ops.retinaface_ext.box_iou.default, (a, b))
     torch.library.opcheck(torch.ops.retinaface_ext.box_iou.default, (a[None], b[None]))
+    torch.library.opcheck(torch.ops.retinaface_ext.box_iou.default, (a.double().requires_grad_(), b.double()))
 
 
 @pytest.mark.parametrize(

@@ -233,3 +233,14 @@ def test_pr_curve_plot(tmp_path, ground_truth):
     path = tmp_path / "pr.png"
     widerface.plot_pr_curves(result, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("iou", [0.0, -0.5, 1.5, float("nan")])
+def test_an_iou_threshold_outside_0_1_is_refused(iou):
+    """With IoU 0, boxes 5,000 px from every face once scored AP 0.14."""
+    boxes = np.array([[10, 10, 20, 20]], dtype=np.float64)
+    truth = GroundTruth([GroundTruthImage("0--Event", "img", boxes, {s: np.array([0]) for s in widerface.SETTINGS})])
+    far = {"img": np.array([[5000, 5000, 20, 20, 0.9]])}
+    assert evaluate(far, truth).ap["easy"] == 0
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \(0, 1\]"):
+        evaluate(far, truth, iou_threshold=iou)

@@ -12,6 +12,8 @@ namespace rfe {
 namespace {
 
 constexpr int kThreads = 256;
+// CUDA's limit on a grid's y and z dimensions, which index truths and images here.
+constexpr int64_t kMaxGridYZ = 65535;
 
 __device__ inline int64_t truth_count(const int64_t* num_truths, int64_t b, int64_t G) {
   return min_of<int64_t>(max_of<int64_t>(num_truths[b], 0), G);
@@ -138,11 +140,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
     at::ArrayRef<double> variances) {
   const auto [B, G, P] = check_match_args(truths_in, labels_in, landms_in, num_truths_in, priors_in,
                                           variances);
-  TORCH_CHECK(G <= 65535, "match: at most 65535 truths per image on CUDA, got G = ", G);
+  TORCH_CHECK(G <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " truths per image on CUDA, got G = ", G);
   c10::cuda::CUDAGuard guard(truths_in.device());
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_in, P);
   if (B == 0 || P == 0) return {loc_t, conf_t, landm_t};
-  TORCH_CHECK(B <= 65535, "match: at most 65535 images per call on CUDA, got B = ", B);
+  TORCH_CHECK(B <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " images per call on CUDA, got B = ", B);
 
   const at::Tensor truths = truths_in.contiguous(), labels = labels_in.contiguous(),
                    landms = landms_in.contiguous(), num_truths = num_truths_in.contiguous(),
