@@ -6,7 +6,6 @@ option values, failed writes) print one line on stderr and exit with status 2;
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -165,14 +164,6 @@ def command_detect(args) -> int:
     return 0
 
 
-def _checkpoint_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_origin_size(args):
     for option, value in (("--target-size", args.target_size), ("--max-size", args.max_size)):
         if args.origin_size and value is not None:
@@ -188,7 +179,7 @@ def _prediction_sizes(args):
 
 def command_widerface_predict(args) -> int:
     from . import __version__
-    from .evaluation.prediction_runs import PredictionRun
+    from .evaluation.prediction_runs import PredictionRun, file_digest
     from .evaluation.widerface import write_prediction_file
 
     if not os.path.isdir(args.images):
@@ -202,7 +193,7 @@ def command_widerface_predict(args) -> int:
     _output_folder(args.out)
     detector = _detector(args, target_size=target_size, max_size=max_size)
     run = PredictionRun(args.out, {
-        "weights_sha256": _checkpoint_digest(args.weights), "backbone": detector.config.backbone,
+        "weights_sha256": file_digest(args.weights), "backbone": detector.config.backbone,
         "target_size": target_size, "max_size": max_size, "confidence": args.confidence, "nms": args.nms,
         "keep_top_k": args.keep_top_k, "images": os.path.realpath(args.images), "retinaface_ext": __version__,
     })

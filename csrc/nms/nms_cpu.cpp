@@ -42,13 +42,14 @@ struct SweepBoxes {
   std::vector<int64_t> run_begin;   // per sweep position: the range of its class
   std::vector<int64_t> run_end;
   std::vector<double> run_max_width;  // per sweep position: widest box of its class
+  std::vector<int32_t> run_id;        // per sweep position: its class, numbered 0, 1, ...
 };
 
 // Boxes in score order (rank r is the r-th highest score), for the tail scan.
 template <typename scalar_t>
 struct RankedBoxes {
   std::vector<scalar_t> x1, y1, x2, y2, area;
-  std::vector<int64_t> cls;
+  std::vector<int32_t> cls;  // SweepBoxes::run_id: 32 bits like the coordinates, so that it vectorises
 };
 
 // Marks removed every box q in [begin, end) ranked after `rank` whose IoU with box p
@@ -75,13 +76,13 @@ template <typename scalar_t>
 void suppress_tail(const RankedBoxes<scalar_t>& s, int64_t p, scalar_t threshold, int64_t begin, int64_t end,
                    uint8_t* __restrict removed) {
   const scalar_t x1 = s.x1[p], y1 = s.y1[p], x2 = s.x2[p], y2 = s.y2[p], area = s.area[p];
-  const int64_t cls = s.cls[p];
+  const int32_t cls = s.cls[p];
   const scalar_t* __restrict qx1 = s.x1.data();
   const scalar_t* __restrict qy1 = s.y1.data();
   const scalar_t* __restrict qx2 = s.x2.data();
   const scalar_t* __restrict qy2 = s.y2.data();
   const scalar_t* __restrict qarea = s.area.data();
-  const int64_t* __restrict qcls = s.cls.data();
+  const int32_t* __restrict qcls = s.cls.data();
   for (int64_t q = begin; q < end; ++q) {
     const scalar_t iou = box_iou(x1, y1, x2, y2, area, qx1[q], qy1[q], qx2[q], qy2[q], qarea[q]);
     removed[q] |= static_cast<uint8_t>((qcls[q] == cls) & (iou > threshold));
@@ -89,8 +90,7 @@ void suppress_tail(const RankedBoxes<scalar_t>& s, int64_t p, scalar_t threshold
 }
 
 template <typename scalar_t>
-RankedBoxes<scalar_t> make_ranked(const SweepBoxes<scalar_t>& sweep, const int64_t* classes,
-                                  const int64_t* order, int64_t n) {
+RankedBoxes<scalar_t> make_ranked(const SweepBoxes<scalar_t>& sweep, const int64_t* order, int64_t n) {
   RankedBoxes<scalar_t> s;
   for (auto* v : {&s.x1, &s.y1, &s.x2, &s.y2, &s.area}) v->resize(n);
   s.cls.resize(n);
@@ -101,7 +101,7 @@ RankedBoxes<scalar_t> make_ranked(const SweepBoxes<scalar_t>& sweep, const int64
     s.x2[r] = sweep.x2[p];
     s.y2[r] = sweep.y2[p];
     s.area[r] = sweep.area[p];
-    s.cls[r] = classes ? classes[order[r]] : 0;
+    s.cls[r] = sweep.run_id[p];
   }
   return s;
 }
@@ -124,6 +124,7 @@ SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
   s.run_begin.resize(n);
   s.run_end.resize(n);
   s.run_max_width.resize(n);
+  s.run_id.resize(n);
   for (int64_t p = 0; p < n; ++p) {
     const scalar_t* b = boxes + 4 * by_x[p];
     s.x1[p] = b[0];
@@ -134,7 +135,7 @@ SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
     s.position[by_x[p]] = p;
   }
   for (int64_t r = 0; r < n; ++r) s.rank[s.position[order[r]]] = static_cast<int32_t>(r);
-  for (int64_t begin = 0; begin < n;) {
+  for (int64_t begin = 0, run = 0; begin < n; ++run) {
     int64_t end = begin;
     double max_width = 0.0;
     while (end < n && class_of(by_x[end]) == class_of(by_x[begin])) {
@@ -145,6 +146,7 @@ SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
       s.run_begin[p] = begin;
       s.run_end[p] = end;
       s.run_max_width[p] = max_width;
+      s.run_id[p] = static_cast<int32_t>(run);
     }
     begin = end;
   }
@@ -162,8 +164,7 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
   const SweepBoxes<scalar_t> s =
       make_sweep(boxes.data_ptr<scalar_t>(), idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
                  order.data_ptr<int64_t>(), n);
-  const RankedBoxes<scalar_t> ranked = make_ranked(s, idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
-                                                   order.data_ptr<int64_t>(), n);
+  const RankedBoxes<scalar_t> ranked = make_ranked(s, order.data_ptr<int64_t>(), n);
   const scalar_t threshold = threshold_as<scalar_t>(iou_threshold);
   const int64_t* order_ptr = order.data_ptr<int64_t>();
 
