@@ -224,12 +224,6 @@ class Detector:
                 slot[:, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
         padding_mask = None if all(size == canvas for size in sizes) else PaddingMask(sizes, canvas)
         outputs = self.model(inputs, padding_mask)
-        finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in outputs]).all(0)
-        if not bool(finite.all()):
-            b = int(torch.nonzero(~finite)[0])
-            low, high = (float(v) for v in torch.aminmax(prepared[b].tensor + self._mean))
-            raise ValueError(f"{names[b]}: the network's output is not finite (NaN or inf) for this image; "
-                             f"its values span [{low:.4g}, {high:.4g}], images are expected in 0..255")
         return self.postprocess(*outputs, canvas, sizes, [p.factor for p in prepared], names,
                                 [p.image_size for p in prepared])
 
@@ -251,11 +245,7 @@ class Detector:
         conf = torch.stack([1 - face, face], dim=-1)
         boxes, scores, points, image_index, _ = ops.decode_detections(
             loc, conf, landmarks, priors, self.config.variances, self.confidence_threshold)
-        finite = torch.isfinite(boxes).all(1) & torch.isfinite(points).all(1)
-        if not bool(finite.all()):
-            b = int(image_index[~finite][0])
-            raise ValueError(f"{names[b]}: the decoded boxes are not finite (the network's box offsets "
-                             f"overflow for this image); images are expected in 0..255")
+        _check_finite(face, boxes, points, image_index, names)
         height, width = canvas
         boxes = boxes * torch.tensor([width, height] * 2, device=boxes.device, dtype=boxes.dtype)
         points = points * torch.tensor([width, height] * 5, device=boxes.device, dtype=boxes.dtype)
@@ -293,6 +283,24 @@ def inside_priors(config, sizes, canvas, device=None) -> torch.Tensor:
             levels.append(inside.flatten())
         masks.append(torch.cat(levels))
     return torch.stack(masks)
+
+
+def _check_finite(face: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, image_index: torch.Tensor,
+                  names: Sequence[str]) -> None:
+    """Raise ValueError naming the first image whose face scores ``[B, P]`` or decoded
+    candidates (``boxes``, ``points``; row k of image ``image_index[k]``) hold NaN or inf:
+    NaN scores would drop faces silently, infinite boxes fail in NMS far from the cause.
+    A finite sum is the cheap common case (one synchronisation); only a non-finite one (a
+    bad value, or large finite values that overflow the sum) looks row by row."""
+    if bool(torch.isfinite(face.sum() + boxes.sum() + points.sum())):
+        return
+    bad_scores = ~torch.isfinite(face).all(1)
+    bad_rows = ~(torch.isfinite(boxes).all(1) & torch.isfinite(points).all(1))
+    bad = torch.unique(torch.cat([torch.nonzero(bad_scores).flatten(), image_index[bad_rows]]))
+    if len(bad):
+        what = "face scores" if bool(bad_scores[bad[0]]) else "decoded boxes"
+        raise ValueError(f"{names[int(bad[0])]}: the network's {what} are not finite (NaN or inf) for this "
+                         f"image; are the weights finite and the image in 0..255?")
 
 
 def _top_k_per_image(scores, image_index, batch, k) -> torch.Tensor:

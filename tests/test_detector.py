@@ -359,7 +359,7 @@ def test_cuda_without_a_gpu_is_explained():
 @pytest.mark.parametrize("scale", [1e6, 1e36])  # the decoded boxes overflow; the network itself does
 def test_non_finite_results_name_the_image(detector, crowd, scale):
     hot = crowd.astype(np.float32) * scale
-    with pytest.raises(ValueError, match=r"images\[1\]: .* not finite .*expected in 0..255"):
+    with pytest.raises(ValueError, match=r"images\[1\]: .* not finite .*the image in 0..255"):
         detector.detect([crowd[:200, :200].copy(), hot])
 
 
@@ -405,3 +405,18 @@ def test_detections_are_iterable_indexable_and_clippable(detector, crowd):
     assert edge.clipped().boxes.tolist() == [[0.0, 10.0, 1024.0, 624.0]]
     clipping = Detector(WEIGHTS, device="cpu", clip_boxes=True).detect(crowd)
     assert float(clipping.boxes[:, 2].max()) <= 1024 and float(clipping.boxes.min()) >= 0
+
+
+def test_nan_face_scores_name_their_image():
+    from retinaface_ext.detect import _check_finite
+
+    face = torch.rand(3, 50)
+    boxes, points, image_index = torch.rand(4, 4), torch.rand(4, 10), torch.tensor([0, 0, 2, 2])
+    _check_finite(face, boxes, points, image_index, ["a", "b", "c"])
+    face[1, 7] = float("nan")  # a NaN score is never above the threshold: the face would vanish
+    with pytest.raises(ValueError, match="^b: the network's face scores are not finite"):
+        _check_finite(face, boxes, points, image_index, ["a", "b", "c"])
+    face[1, 7], boxes[3, 0] = 0.5, float("inf")
+    with pytest.raises(ValueError, match="^c: the network's decoded boxes are not finite"):
+        _check_finite(face, boxes, points, image_index, ["a", "b", "c"])
+    _check_finite(face, torch.full((4, 4), 3e38), points, image_index, ["a", "b", "c"])  # the sum overflows: fine
