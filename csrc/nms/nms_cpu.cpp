@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -33,10 +34,15 @@ constexpr int64_t kScanGrain = 16384;
 constexpr double kWindowRelativeSlack = 1e-6;
 constexpr double kWindowAbsoluteSlack = 1e-30;
 
-// Boxes in sweep order, structure of arrays so that the window scan vectorises.
+// Coordinates and areas as columns, so that the scans vectorise.
 template <typename scalar_t>
-struct SweepBoxes {
+struct BoxColumns {
   std::vector<scalar_t> x1, y1, x2, y2, area;
+};
+
+// Boxes in sweep order (by class, then x1).
+template <typename scalar_t>
+struct SweepBoxes : BoxColumns<scalar_t> {
   std::vector<int32_t> rank;        // position in score order (0 = highest score)
   std::vector<int64_t> position;    // sweep position of box i (original index)
   std::vector<int64_t> run_begin;   // per sweep position: the range of its class
@@ -47,45 +53,25 @@ struct SweepBoxes {
 
 // Boxes in score order (rank r is the r-th highest score), for the tail scan.
 template <typename scalar_t>
-struct RankedBoxes {
-  std::vector<scalar_t> x1, y1, x2, y2, area;
+struct RankedBoxes : BoxColumns<scalar_t> {
   std::vector<int32_t> cls;  // SweepBoxes::run_id: 32 bits like the coordinates, so that it vectorises
 };
 
-// Marks removed every box q in [begin, end) ranked after `rank` whose IoU with box p
-// exceeds the threshold. Branch-free so that the compiler vectorises it.
-template <typename scalar_t>
-void suppress_window(const SweepBoxes<scalar_t>& s, int64_t p, int32_t rank, scalar_t threshold,
-                     int64_t begin, int64_t end, uint8_t* __restrict removed) {
+// Marks removed every box q in [begin, end) with compare(key[q], key_value) whose IoU
+// with box p exceeds the threshold; branch-free so that it vectorises. The window scan
+// keys by rank (only boxes ranked after p), the tail scan by class (only p's class).
+template <typename scalar_t, typename Compare>
+void suppress(const BoxColumns<scalar_t>& s, int64_t p, const int32_t* __restrict key, int32_t key_value,
+              Compare compare, scalar_t threshold, int64_t begin, int64_t end, uint8_t* __restrict removed) {
   const scalar_t x1 = s.x1[p], y1 = s.y1[p], x2 = s.x2[p], y2 = s.y2[p], area = s.area[p];
   const scalar_t* __restrict qx1 = s.x1.data();
   const scalar_t* __restrict qy1 = s.y1.data();
   const scalar_t* __restrict qx2 = s.x2.data();
   const scalar_t* __restrict qy2 = s.y2.data();
   const scalar_t* __restrict qarea = s.area.data();
-  const int32_t* __restrict qrank = s.rank.data();
   for (int64_t q = begin; q < end; ++q) {
     const scalar_t iou = box_iou(x1, y1, x2, y2, area, qx1[q], qy1[q], qx2[q], qy2[q], qarea[q]);
-    removed[q] |= static_cast<uint8_t>((qrank[q] > rank) & (iou > threshold));
-  }
-}
-
-// Marks removed every box ranked in [begin, end) of p's class whose IoU with box p
-// (the rank-order twin of suppress_window) exceeds the threshold.
-template <typename scalar_t>
-void suppress_tail(const RankedBoxes<scalar_t>& s, int64_t p, scalar_t threshold, int64_t begin, int64_t end,
-                   uint8_t* __restrict removed) {
-  const scalar_t x1 = s.x1[p], y1 = s.y1[p], x2 = s.x2[p], y2 = s.y2[p], area = s.area[p];
-  const int32_t cls = s.cls[p];
-  const scalar_t* __restrict qx1 = s.x1.data();
-  const scalar_t* __restrict qy1 = s.y1.data();
-  const scalar_t* __restrict qx2 = s.x2.data();
-  const scalar_t* __restrict qy2 = s.y2.data();
-  const scalar_t* __restrict qarea = s.area.data();
-  const int32_t* __restrict qcls = s.cls.data();
-  for (int64_t q = begin; q < end; ++q) {
-    const scalar_t iou = box_iou(x1, y1, x2, y2, area, qx1[q], qy1[q], qx2[q], qy2[q], qarea[q]);
-    removed[q] |= static_cast<uint8_t>((qcls[q] == cls) & (iou > threshold));
+    removed[q] |= static_cast<uint8_t>(compare(key[q], key_value) & (iou > threshold));
   }
 }
 
@@ -190,12 +176,14 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
     if (hi - lo <= n - r - 1) {
       uint8_t* removed = removed_by_position.data();
       at::parallel_for(lo, hi, kScanGrain, [&](int64_t begin, int64_t end) {
-        suppress_window(s, p, static_cast<int32_t>(r), threshold, begin, end, removed);
+        suppress(s, p, s.rank.data(), static_cast<int32_t>(r), std::greater<int32_t>(), threshold, begin, end,
+                 removed);
       });
     } else {
       uint8_t* removed = removed_by_rank.data();
       at::parallel_for(r + 1, n, kScanGrain, [&](int64_t begin, int64_t end) {
-        suppress_tail(ranked, r, threshold, begin, end, removed);
+        suppress(ranked, r, ranked.cls.data(), ranked.cls[r], std::equal_to<int32_t>(), threshold, begin, end,
+                 removed);
       });
     }
   }

@@ -70,9 +70,8 @@ if _extension.is_available():
                 landm_rows, prior_rows, variances)
 
         _, vjp = torch.func.vjp(decode_rows, loc[image, prior], landm[image, prior], priors[prior])
-        zeros = loc.new_zeros(0)
-        grad_boxes = grad_boxes if grad_boxes is not None else zeros.new_zeros(image.shape[0], 4)
-        grad_landmarks = grad_landmarks if grad_landmarks is not None else zeros.new_zeros(image.shape[0], 10)
+        grad_boxes = grad_boxes if grad_boxes is not None else loc.new_zeros(image.shape[0], 4)
+        grad_landmarks = grad_landmarks if grad_landmarks is not None else loc.new_zeros(image.shape[0], 10)
         grad_loc_rows, grad_landm_rows, grad_prior_rows = vjp((grad_boxes, grad_landmarks))
         grad_loc = torch.zeros_like(loc).index_put((image, prior), grad_loc_rows)
         grad_landm = torch.zeros_like(landm).index_put((image, prior), grad_landm_rows)
