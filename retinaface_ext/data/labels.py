@@ -1,0 +1,250 @@
+"""Reading face annotation files: the RetinaFace ``label.txt`` (boxes and five landmarks,
+the layout Pytorch_Retinaface trains on) and the official WIDER FACE
+``wider_face_*_bbx_gt.txt`` (boxes only). The format is told from the content.
+
+Every face becomes one row of 15 numbers, as the seed's ``WiderFaceDetection`` builds it:
+x1, y1, x2, y2, then the (x, y) of the left eye, right eye, nose tip, left and right mouth
+corners, then the label: 1 for a face with landmarks, -1 for one without (its landmark
+values are the file's, -1 in WIDER's files). All numbers of a file are parsed in one
+numpy call; a line that is wrong raises :class:`LabelFileError` naming the file and line.
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+RETINAFACE = "retinaface"
+WIDER_BBX_GT = "wider_bbx_gt"
+#: Fields of a RetinaFace face line: x y w h, five (x, y, visibility), then a score; some
+#: files leave out the score, and validation files hold the box only.
+RETINAFACE_FIELDS = (20, 19, 4)
+#: x y w h blur expression illumination invalid occlusion pose
+WIDER_FIELDS = 10
+_LANDMARK_COLUMNS = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17]
+
+
+class LabelFileError(ValueError):
+    """A malformed annotation file; the message starts with ``path:line:``."""
+
+    def __init__(self, path: str, line: int, message: str):
+        super().__init__(f"{path}:{line}: {message}")
+        self.path, self.line = path, line
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """The faces of every image of one annotation file.
+
+    ``names[i]`` is image i's path relative to the images folder; its faces are
+    ``targets[offsets[i]:offsets[i + 1]]`` ([G, 15] float32), read from the file lines
+    ``lines[offsets[i]:offsets[i + 1]]``. ``dropped`` faces (width or height <= 0) are
+    not in ``targets``.
+    """
+
+    path: str
+    format: str
+    names: List[str]
+    offsets: np.ndarray
+    targets: np.ndarray
+    lines: np.ndarray
+    dropped: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def faces(self, index: int) -> np.ndarray:
+        return self.targets[self.offsets[index]:self.offsets[index + 1]]
+
+
+def read_annotations(path) -> Annotations:
+    """Parses a RetinaFace ``label.txt`` or a WIDER FACE ``bbx_gt`` file (told apart by
+    whether image lines start with ``#``). Faces of non-positive width or height are
+    dropped, with one warning per file giving their count."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise LabelFileError(path, text_line(path, error.start), "not UTF-8 text") from None
+    lines = text.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), None)
+    if first is None:
+        raise LabelFileError(path, 1, "the file holds no annotations")
+    if first.startswith("#") or any(line.lstrip().startswith("#") for line in lines):
+        annotations = _read_retinaface(path, lines)
+    else:
+        annotations = _read_wider_bbx_gt(path, lines)
+    if annotations.dropped:
+        warnings.warn(
+            f"{path}: dropped {annotations.dropped} face(s) whose width or height is not positive",
+            stacklevel=2,
+        )
+    return annotations
+
+
+def text_line(path: str, offset: int) -> int:
+    with open(path, "rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+def _image_name(header: str, path: str, number: int) -> str:
+    """The image path of a ``# name`` line; a trailing ``width height`` (in some
+    validation label files) is not part of it."""
+    name = header[1:].strip()
+    parts = name.split()
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        name = parts[0]
+    if not name:
+        raise LabelFileError(path, number, "'#' must be followed by an image path")
+    return name
+
+
+def _read_retinaface(path: str, lines: Sequence[str]) -> Annotations:
+    names: List[str] = []
+    image_of_face: List[int] = []
+    face_lines: List[str] = []
+    face_numbers: List[int] = []
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped[0] == "#":
+            names.append(_image_name(stripped, path, number))
+        elif not names:
+            raise LabelFileError(path, number, "a face line before any '# image' line")
+        else:
+            face_lines.append(stripped)
+            face_numbers.append(number)
+            image_of_face.append(len(names) - 1)
+    widths = np.fromiter((len(line.split()) for line in face_lines), np.int64, len(face_lines))
+    for row in np.flatnonzero(~np.isin(widths, RETINAFACE_FIELDS)):
+        raise LabelFileError(
+            path, face_numbers[row],
+            f"expected 20 numbers (x y w h, five landmarks as x y visibility, score), 19 "
+            f"(no score) or 4 (x y w h), got {widths[row]}",
+        )
+    values = _parse_numbers(path, face_lines, face_numbers, int(widths.sum()))
+    rows = np.zeros((len(face_lines), 20))
+    rows[:, 4:] = -1.0
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    for width in RETINAFACE_FIELDS:
+        chosen = np.flatnonzero(widths == width)
+        rows[chosen, :width] = values[starts[chosen, None] + np.arange(width)]
+    targets = np.empty((len(rows), 15), dtype=np.float32)
+    targets[:, 0:2] = rows[:, 0:2]
+    targets[:, 2:4] = rows[:, 0:2] + rows[:, 2:4]
+    targets[:, 4:14] = rows[:, _LANDMARK_COLUMNS]
+    targets[:, 14] = np.where(rows[:, 4] < 0, -1.0, 1.0)  # the seed's rule: no left eye, no landmarks
+    return _assemble(path, RETINAFACE, names, np.asarray(image_of_face, np.int64), targets,
+                     rows[:, 2:4], np.asarray(face_numbers, np.int64))
+
+
+def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
+    entries = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+    names: List[str] = []
+    image_of_face: List[int] = []
+    face_lines: List[str] = []
+    face_numbers: List[int] = []
+    at = 0
+    while at < len(entries):
+        number, name = entries[at]
+        if len(name.split()) != 1 or _is_number(name):
+            raise LabelFileError(path, number, f"expected an image path, got {name!r}"
+                                 + (f" (the count of {names[-1]} does not match its faces)" if names else ""))
+        names.append(name)
+        if at + 1 >= len(entries):
+            raise LabelFileError(path, number, f"{name} has no face count line after it")
+        count_number, count_text = entries[at + 1]
+        if not count_text.isdigit():
+            raise LabelFileError(path, count_number, f"expected the number of faces of {name}, got {count_text!r}")
+        count = int(count_text)
+        at += 2
+        if count == 0:  # the official files follow a count of 0 with one line of zeros
+            if at < len(entries) and len(entries[at][1].split()) == WIDER_FIELDS and _is_number(entries[at][1].split()[0]):
+                at += 1
+            continue
+        for k in range(count):
+            if at >= len(entries) or len(entries[at][1].split()) == 1:
+                where = entries[at][0] if at < len(entries) else len(lines)
+                raise LabelFileError(path, where, f"{name} (line {number}) announces {count} faces but {k} follow")
+            face_number, face = entries[at]
+            fields = len(face.split())
+            if fields != WIDER_FIELDS:
+                raise LabelFileError(
+                    path, face_number,
+                    f"expected {WIDER_FIELDS} numbers (x y w h blur expression illumination invalid "
+                    f"occlusion pose), got {fields}",
+                )
+            face_lines.append(face)
+            face_numbers.append(face_number)
+            image_of_face.append(len(names) - 1)
+            at += 1
+    values = _parse_numbers(path, face_lines, face_numbers, WIDER_FIELDS * len(face_lines))
+    values = values.reshape(-1, WIDER_FIELDS)
+    targets = np.full((len(values), 15), -1.0, dtype=np.float32)
+    targets[:, 0:2] = values[:, 0:2]
+    targets[:, 2:4] = values[:, 0:2] + values[:, 2:4]
+    return _assemble(path, WIDER_BBX_GT, names, np.asarray(image_of_face, np.int64), targets,
+                     values[:, 2:4], np.asarray(face_numbers, np.int64))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_numbers(path: str, face_lines: List[str], face_numbers: List[int], expected_count: int) -> np.ndarray:
+    """Every number of the face lines, parsed in one call (C speed); the line-by-line
+    search for the culprit only runs when that fails."""
+    text = "\n".join(face_lines)
+    try:
+        values = np.fromstring(text, dtype=np.float64, sep=" ")
+    except ValueError:
+        values = None
+    if values is None or len(values) != expected_count:
+        for line, number in zip(face_lines, face_numbers):
+            for field in line.split():
+                if not _is_number(field):
+                    raise LabelFileError(path, number, f"{field!r} is not a number")
+        raise LabelFileError(path, face_numbers[0] if face_numbers else 1, "could not parse the numbers")
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        starts = np.cumsum([len(line.split()) for line in face_lines])
+        row = int(np.searchsorted(starts, bad, side="right"))
+        raise LabelFileError(path, face_numbers[row], "every number must be finite (no nan or inf)")
+    return values
+
+
+def _assemble(path: str, format: str, names: List[str], image_of_face: np.ndarray, targets: np.ndarray,
+              sizes: np.ndarray, face_numbers: np.ndarray) -> Annotations:
+    kept = (sizes > 0).all(axis=1)
+    image_of_face = image_of_face[kept]
+    counts = np.bincount(image_of_face, minlength=len(names))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Annotations(path, format, names, offsets, np.ascontiguousarray(targets[kept]),
+                       face_numbers[kept], int((~kept).sum()))
+
+
+def format_face_line(target: Sequence[float], score: float = 1.0, decimals: int = 2) -> str:
+    """One face of a ``[15]`` target as a RetinaFace ``label.txt`` line (landmarks of a
+    face labelled -1 are written as -1, visibility 0)."""
+    x1, y1, x2, y2 = target[:4]
+    fields: List[float] = [x1, y1, x2 - x1, y2 - y1]
+    if target[14] < 0:
+        fields += [-1.0] * 15
+    else:
+        for k in range(5):
+            fields += [target[4 + 2 * k], target[5 + 2 * k], 0.0]
+    fields.append(score)
+    return " ".join(f"{value:.{decimals}f}" for value in fields)
+
+
+def image_faces(annotations: Annotations) -> List[Tuple[str, np.ndarray]]:
+    """(name, [G, 15] faces) of every image, in file order."""
+    return [(name, annotations.faces(i)) for i, name in enumerate(annotations.names)]

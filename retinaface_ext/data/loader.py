@@ -1,0 +1,107 @@
+"""Batches for training: images stacked, faces padded into exactly what
+:func:`retinaface_ext.ops.match` takes, and data loaders whose random draws repeat."""
+
+import random
+from typing import List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+class Batch(NamedTuple):
+    """``images [B, 3, S, S]``; ``truths [B, G, 4]``, ``labels [B, G]`` int64,
+    ``landms [B, G, 10]`` and ``num_truths [B]`` int64, G the largest face count of the
+    batch (rows past ``num_truths[b]`` are zeros)."""
+
+    images: torch.Tensor
+    truths: torch.Tensor
+    labels: torch.Tensor
+    landms: torch.Tensor
+    num_truths: torch.Tensor
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+    def targets(self) -> List[torch.Tensor]:
+        """The seed's form: one ``[G_i, 15]`` tensor per image."""
+        rows = torch.cat([self.truths, self.landms, self.labels[..., None].to(self.truths.dtype)], -1)
+        return [rows[b, :n] for b, n in enumerate(self.num_truths.tolist())]
+
+
+def collate(batch: Sequence) -> Batch:
+    """``[(image [3, S, S], target [G_i, 15]), ...]`` (what :class:`TrainTransform`
+    gives) into one :class:`Batch`; the targets may be tensors or numpy arrays."""
+    if len(batch) == 0:
+        raise ValueError("collate: the batch is empty")
+    images = torch.stack([torch.as_tensor(image) for image, _ in batch])
+    targets = [torch.as_tensor(target, dtype=torch.float32).reshape(-1, 15) for _, target in batch]
+    counts = [len(t) for t in targets]
+    padded = torch.zeros(len(batch), max(counts), 15)
+    for b, target in enumerate(targets):
+        padded[b, :len(target)] = target
+    return Batch(images, padded[..., 0:4].contiguous(), padded[..., 14].long(), padded[..., 4:14].contiguous(),
+                 torch.tensor(counts, dtype=torch.long))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 63-bit seed for one (run seed, epoch, process) triple."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seeds a loader worker from the seed torch gave it (the loader's base seed, drawn
+    from its generator for each epoch, plus the worker id): Python's and numpy's
+    generators and the dataset's transform, so that workers differ from each other and
+    from epoch to epoch, and a run with the same seed repeats."""
+    seed = torch.initial_seed() % 2**63
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
+
+
+class FaceLoader(DataLoader):
+    """A DataLoader with :meth:`set_epoch`, made by :func:`make_loader`."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes epoch ``epoch``'s order and augmentation depend on (seed, epoch, rank)
+        alone, so that a resumed run repeats an uninterrupted one."""
+        seed = epoch_seed(self.seed, epoch, self.rank)
+        self.generator.manual_seed(seed)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        if self.num_workers == 0 and hasattr(self.dataset, "reseed"):
+            self.dataset.reseed(seed)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
+                distributed: bool = False, drop_last: bool = False, pin_memory: Optional[bool] = None) -> FaceLoader:
+    """A loader of :class:`Batch` es with repeatable randomness.
+
+    Shuffling and the workers' seeds come from a generator seeded with ``seed``; each
+    worker reseeds the dataset's transform (:func:`seed_worker`). Call
+    ``loader.set_epoch(epoch)`` before each epoch to make it a function of the epoch
+    (needed with ``distributed``, where a :class:`DistributedSampler` splits the images
+    among the processes of the default process group).
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if int(num_workers) < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    rank = 0
+    sampler = None
+    if distributed:
+        rank = torch.distributed.get_rank()
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, 0, rank))
+    if num_workers == 0 and hasattr(dataset, "reseed"):
+        dataset.reseed(epoch_seed(seed, 0, rank))
+    loader = FaceLoader(
+        dataset, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=int(num_workers), collate_fn=collate, worker_init_fn=seed_worker, generator=generator,
+        drop_last=drop_last, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+    )
+    loader.seed, loader.rank = int(seed), rank
+    return loader

@@ -1,0 +1,153 @@
+"""Annotation files: the RetinaFace label.txt and the official WIDER FACE bbx_gt format,
+and WiderFaceDataset on top of them."""
+
+import os
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from retinaface_ext.data import LabelFileError, WiderFaceDataset, read_annotations
+
+FACE = "449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 538.357 431.491 0.0 0.82"
+NO_LANDMARKS = "78 221 7 8 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 0.2"
+
+
+def write(tmp_path, text, name="label.txt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def seed_rows(lines):
+    """The seed's WiderFaceDetection.__getitem__ arithmetic on parsed face lines."""
+    rows = []
+    for line in lines:
+        label = [float(x) for x in line.split()]
+        row = [label[0], label[1], label[0] + label[2], label[1] + label[3]]
+        row += [label[i] for i in (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)]
+        row.append(-1.0 if row[4] < 0 else 1.0)
+        rows.append(row)
+    return np.array(rows, dtype=np.float32).reshape(-1, 15)
+
+
+def test_a_retinaface_label_file_reads_as_the_seed_builds_it(tmp_path):
+    path = write(tmp_path, f"# 0--Parade/a.jpg\n{FACE}\n{NO_LANDMARKS}\n# 0--Parade/empty.jpg\n# b.jpg\n{FACE}  \n")
+    annotations = read_annotations(path)
+    assert annotations.format == "retinaface"
+    assert annotations.names == ["0--Parade/a.jpg", "0--Parade/empty.jpg", "b.jpg"]
+    np.testing.assert_array_equal(annotations.faces(0), seed_rows([FACE, NO_LANDMARKS]))
+    assert annotations.faces(1).shape == (0, 15)  # kept: a negative image
+    np.testing.assert_array_equal(annotations.faces(2), seed_rows([FACE]))
+    assert annotations.faces(0)[1, 14] == -1 and annotations.faces(0)[0, 14] == 1
+    assert list(annotations.lines) == [2, 3, 6]
+    assert annotations.targets.dtype == np.float32
+
+
+def test_box_only_and_score_less_lines_and_sized_headers(tmp_path):
+    path = write(tmp_path, "# a.jpg 1024 768\n10 20 30 40\n" + " ".join(FACE.split()[:19]) + "\n")
+    annotations = read_annotations(path)
+    assert annotations.names == ["a.jpg"]
+    np.testing.assert_array_equal(annotations.faces(0)[0], [10, 20, 40, 60] + [-1] * 11)
+    np.testing.assert_array_equal(annotations.faces(0)[1], seed_rows([FACE])[0])
+
+
+def test_the_official_bbx_gt_format_including_a_count_zero_image(tmp_path):
+    text = ("0--Parade/a.jpg\n2\n78 221 7 8 2 0 0 0 0 0 \n78 238 14 17 2 0 0 0 0 0 \n"
+            "0--Parade/none.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n1--Handshaking/b.jpg\n1\n5 6 0 9 0 0 0 1 0 0\n"
+            "c.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n")
+    with pytest.warns(UserWarning, match=r"dropped 1 face"):
+        annotations = read_annotations(write(tmp_path, text, "wider_face_val_bbx_gt.txt"))
+    assert annotations.format == "wider_bbx_gt"
+    assert annotations.names == ["0--Parade/a.jpg", "0--Parade/none.jpg", "1--Handshaking/b.jpg", "c.jpg"]
+    np.testing.assert_array_equal(annotations.faces(0)[:, :4], [[78, 221, 85, 229], [78, 238, 92, 255]])
+    assert (annotations.faces(0)[:, 4:] == -1).all()
+    assert annotations.faces(1).shape == (0, 15) and annotations.faces(2).shape == (0, 15)
+    np.testing.assert_array_equal(annotations.faces(3)[0, :4], [1, 2, 4, 6])
+    assert annotations.dropped == 1
+
+
+def test_the_format_comes_from_the_content_not_the_name(tmp_path):
+    assert read_annotations(write(tmp_path, "a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n", "label.txt")).format == "wider_bbx_gt"
+    assert read_annotations(write(tmp_path, f"# a.jpg\n{FACE}\n", "wider_face_train_bbx_gt.txt")).format == "retinaface"
+
+
+@pytest.mark.parametrize("text, line, message", [
+    (f"{FACE}\n# a.jpg\n", 1, "before any '# image' line"),
+    (f"# a.jpg\n{FACE}\n1 2 3\n", 3, "got 3"),
+    (f"# a.jpg\n\n{FACE.replace('542.089', '5x2')}\n", 3, "'5x2' is not a number"),
+    (f"# a.jpg\n{FACE.replace('542.089', 'nan')}\n", 2, "finite"),
+    ("#\n1 2 3 4\n", 1, "image path"),
+    ("a.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n", 5, "announces 3 faces but 2 follow"),
+    ("a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n", 4, "count of a.jpg does not match"),
+    ("a.jpg\nthree\n", 2, "number of faces of a.jpg"),
+    ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", 3, "announces 2 faces but 1 follow"),
+    ("a.jpg\n1\n1 2 3 4 0 0\n", 3, "expected 10 numbers"),
+    ("a.jpg\n", 1, "no face count"),
+    ("\n\n", 1, "no annotations"),
+])
+def test_malformed_lines_name_the_file_and_line(tmp_path, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(LabelFileError, match=message) as error:
+        read_annotations(path)
+    assert str(error.value).startswith(f"{path}:{line}: ")
+
+
+def test_non_positive_boxes_are_dropped_and_counted_once_per_file(tmp_path):
+    text = f"# a.jpg\n{FACE}\n1 2 0 4\n1 2 3 -4\n# b.jpg\n5 6 7 0\n"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        annotations = read_annotations(write(tmp_path, text))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "dropped 3 face(s)" in messages[0] and "label.txt" in messages[0]
+    assert annotations.dropped == 3
+    assert len(annotations.faces(0)) == 1 and len(annotations.faces(1)) == 0
+    assert list(annotations.lines) == [2]
+
+
+def test_the_dataset_reads_images_lazily_and_names_a_missing_one(tmp_path):
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "images" / "sub" / "a.png"), image)
+    path = write(tmp_path, f"# sub/a.png\n{FACE}\n# missing.jpg\n# also/missing.jpg\n")
+    dataset = WiderFaceDataset(path)
+    assert len(dataset) == 3 and dataset.num_faces == 1
+    got, target = dataset[0]
+    np.testing.assert_array_equal(got, image)
+    np.testing.assert_array_equal(target, seed_rows([FACE]))
+    target[:] = 0  # a copy: the dataset is unchanged
+    assert dataset.target(0)[0, 0] == 449
+    missing = os.path.join(str(tmp_path), "images", "missing.jpg")
+    with pytest.raises(FileNotFoundError, match=missing):
+        dataset[1]
+    with pytest.raises(FileNotFoundError) as error:
+        dataset.check()
+    assert "2 of the 3 images" in str(error.value) and missing in str(error.value)
+    assert os.path.join(str(tmp_path), "images", "also", "missing.jpg") in str(error.value)
+    with pytest.raises(IndexError):
+        dataset[3]
+
+
+def test_the_dataset_applies_its_transform_and_takes_another_images_folder(tmp_path):
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    dataset = WiderFaceDataset(write(tmp_path, f"# x.png\n{FACE}\n"), images_dir=tmp_path,
+                               transform=lambda image, target: (image.shape, len(target)))
+    assert dataset[0] == ((8, 8, 3), 1)
+    WiderFaceDataset(write(tmp_path, f"# x.png\n{FACE}\n"), images_dir=tmp_path).check()
+
+
+def test_a_wider_train_sized_file(tmp_path):
+    """12,880 images and about 160k faces, the size of WIDER FACE's train label.txt (the
+    benchmark times it)."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(12880):
+        lines.append(f"# {i % 61}--Event/{i}.jpg")
+        for _ in range(int(rng.integers(1, 24))):
+            lines.append(FACE if rng.random() < 0.6 else NO_LANDMARKS)
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    annotations = read_annotations(path)
+    assert len(annotations) == 12880 and len(annotations.targets) == len(lines) - 12880
+    assert annotations.names[-1] == "12879--Event/12879.jpg".replace("12879--", f"{12879 % 61}--")
+    np.testing.assert_array_equal(annotations.faces(12879)[-1], seed_rows([lines[-1]])[0])
