@@ -151,3 +151,42 @@ def test_a_wider_train_sized_file(tmp_path):
     assert len(annotations) == 12880 and len(annotations.targets) == len(lines) - 12880
     assert annotations.names[-1] == "12879--Event/12879.jpg".replace("12879--", f"{12879 % 61}--")
     np.testing.assert_array_equal(annotations.faces(12879)[-1], seed_rows([lines[-1]])[0])
+
+
+VALID_FILES = [
+    f"# 0--Parade/a.jpg\n{FACE}\n{NO_LANDMARKS}\n\n# e.jpg\n# b.jpg 640 480\n{FACE}  \n10 20 30 40\r\n",
+    "a.jpg\n2\n78 221 7 8 2 0 0 0 0 0 \n78 238 14 17 2 0 0 0 0 0 \nnone.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n"
+    "b.jpg\n1\n5 6 0 9 0 0 0 1 0 0\nc.jpg\n0\nd.jpg\n1\n-1.5 +2 3. .5 0 0 0 0 0 0\n",
+    f"# a.jpg\n{FACE.replace('449', '4.49e2')}\n",  # not a plain decimal: read line by line
+    "# a.jpg\n" + "\n".join(f"{i} {i + 1}.25 {i % 7 + 1} 3" for i in range(30000)) + "\n# b.jpg\n",
+]
+
+
+@pytest.mark.parametrize("text", VALID_FILES)
+def test_the_fast_scan_and_the_line_by_line_reader_agree(tmp_path, text, monkeypatch):
+    from retinaface_ext.data import labels
+
+    path = write(tmp_path, text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = read_annotations(path)
+        monkeypatch.setattr(labels, "scan_lines", lambda data: None)
+        slow = read_annotations(path)
+    assert fast.format == slow.format and fast.names == slow.names and fast.dropped == slow.dropped
+    for field in ("offsets", "targets", "lines"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field))
+    assert len(fast.names) >= 1
+
+
+def test_plain_decimals_parse_exactly_as_float_does():
+    from retinaface_ext.data.numbers import scan_lines
+
+    rng = np.random.default_rng(0)
+    numbers = [repr(round(float(x), int(d))) for x, d in zip(rng.uniform(-1e5, 1e5, 50000), rng.integers(0, 10, 50000))]
+    numbers = [n for n in numbers if "e" not in n] + ["-0.0", "+7", "007.50", ".25", "5.", "123456789012345"]
+    lines = [" ".join(numbers[i:i + 17]) for i in range(0, len(numbers), 17)]
+    scanned = scan_lines(("\n".join(lines) + "\n").encode())
+    np.testing.assert_array_equal(scanned.values, np.array([float(n) for n in numbers]))
+    assert scanned.counts[:len(lines)].tolist() == [len(line.split()) for line in lines]
+    for bad in ["1-2", "1..2", "--1", "-", ".", "1234567890123456"]:
+        assert scan_lines(f"3 {bad}\n".encode()) is None, bad

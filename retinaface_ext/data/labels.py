@@ -5,16 +5,19 @@ the layout Pytorch_Retinaface trains on) and the official WIDER FACE
 Every face becomes one row of 15 numbers, as the seed's ``WiderFaceDetection`` builds it:
 x1, y1, x2, y2, then the (x, y) of the left eye, right eye, nose tip, left and right mouth
 corners, then the label: 1 for a face with landmarks, -1 for one without (its landmark
-values are the file's, -1 in WIDER's files). All numbers of a file are parsed in one
-numpy call; a line that is wrong raises :class:`LabelFileError` naming the file and line.
+values are the file's, -1 in WIDER's files). All numbers of a file are parsed at once
+(:mod:`.numbers`); where something is off, the file is read again line by line, and a
+line that is wrong raises :class:`LabelFileError` naming the file and line.
 """
 
 import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+from .numbers import ScannedLines, scan_lines
 
 RETINAFACE = "retinaface"
 WIDER_BBX_GT = "wider_bbx_gt"
@@ -64,19 +67,22 @@ def read_annotations(path) -> Annotations:
     whether image lines start with ``#``). Faces of non-positive width or height are
     dropped, with one warning per file giving their count."""
     path = os.fspath(path)
+    with open(path, "rb") as handle:
+        data = handle.read()
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise LabelFileError(path, text_line(path, error.start), "not UTF-8 text") from None
-    lines = text.splitlines()
-    first = next((line.strip() for line in lines if line.strip()), None)
-    if first is None:
-        raise LabelFileError(path, 1, "the file holds no annotations")
-    if first.startswith("#") or any(line.lstrip().startswith("#") for line in lines):
-        annotations = _read_retinaface(path, lines)
-    else:
-        annotations = _read_wider_bbx_gt(path, lines)
+        raise LabelFileError(path, data[:error.start].count(b"\n") + 1, "not UTF-8 text") from None
+    scanned = scan_lines(data)
+    retinaface = _is_retinaface(scanned.texts if scanned is not None else text.split("\n"))
+    annotations = None
+    if scanned is not None:
+        annotations = _fast_retinaface(path, scanned) if retinaface else _fast_wider_bbx_gt(path, scanned)
+    if annotations is None:  # something is off (or unusual): line by line, for an exact error
+        lines = text.split("\n")
+        if not any(line.strip() for line in lines):
+            raise LabelFileError(path, 1, "the file holds no annotations")
+        annotations = _read_retinaface(path, lines) if retinaface else _read_wider_bbx_gt(path, lines)
     if annotations.dropped:
         warnings.warn(
             f"{path}: dropped {annotations.dropped} face(s) whose width or height is not positive",
@@ -85,9 +91,63 @@ def read_annotations(path) -> Annotations:
     return annotations
 
 
-def text_line(path: str, offset: int) -> int:
-    with open(path, "rb") as handle:
-        return handle.read(offset).count(b"\n") + 1
+def _is_retinaface(lines: Sequence[str]) -> bool:
+    return any(line.lstrip().startswith("#") for line in lines)
+
+
+def _fast_retinaface(path: str, scanned: ScannedLines) -> Optional[Annotations]:
+    """The whole file from one scan; None where the line-by-line reader must explain."""
+    if not all(text.startswith("#") for text in scanned.texts):
+        return None
+    headers = scanned.text_lines
+    face_lines = np.flatnonzero(scanned.counts > 0)
+    widths = scanned.counts[face_lines]
+    if len(headers) == 0 or (len(face_lines) and face_lines[0] < headers[0]) or not np.isin(widths, RETINAFACE_FIELDS).all():
+        return None
+    names = [_image_name(text, path, int(line) + 1) for text, line in zip(scanned.texts, headers)]
+    first_value = (np.cumsum(scanned.counts) - scanned.counts)[face_lines]
+    rows = _retinaface_rows(scanned.values, first_value, widths)
+    image_of_face = np.searchsorted(headers, face_lines) - 1
+    return _assemble(path, RETINAFACE, names, image_of_face, _retinaface_targets(rows), rows[:, 2:4], face_lines + 1)
+
+
+def _fast_wider_bbx_gt(path: str, scanned: ScannedLines) -> Optional[Annotations]:
+    counts, values = scanned.counts, scanned.values
+    is_text = np.zeros(len(counts), dtype=bool)
+    is_text[scanned.text_lines] = True
+    order = np.flatnonzero(is_text | (counts > 0)).tolist()  # the non-blank lines
+    if not order:
+        return None
+    first_value = np.cumsum(counts) - counts
+    text_of = dict(zip(scanned.text_lines.tolist(), scanned.texts))
+    names, face_ranges = [], []
+    at = 0
+    while at < len(order):
+        name_line = order[at]
+        if not is_text[name_line] or len(text_of[name_line].split()) != 1 or at + 1 >= len(order):
+            return None
+        count_line = order[at + 1]
+        if is_text[count_line] or counts[count_line] != 1:
+            return None
+        count = values[first_value[count_line]]
+        if count != int(count) or count < 0:
+            return None
+        names.append(text_of[name_line])
+        count, at = int(count), at + 2
+        if count == 0:
+            if at < len(order) and not is_text[order[at]] and counts[order[at]] == WIDER_FIELDS:
+                at += 1
+            continue
+        faces = order[at:at + count]
+        if len(faces) < count or is_text[faces].any() or (counts[faces] != WIDER_FIELDS).any():
+            return None
+        face_ranges.append((len(names) - 1, faces))
+        at += count
+    face_lines = np.array([line for _, lines in face_ranges for line in lines], dtype=np.int64)
+    image_of_face = np.repeat([image for image, _ in face_ranges], [len(lines) for _, lines in face_ranges])
+    rows = values[first_value[face_lines][:, None] + np.arange(WIDER_FIELDS)].reshape(-1, WIDER_FIELDS)
+    return _assemble(path, WIDER_BBX_GT, names, image_of_face.astype(np.int64), _wider_targets(rows),
+                     rows[:, 2:4], face_lines + 1)
 
 
 def _image_name(header: str, path: str, number: int) -> str:
@@ -127,19 +187,35 @@ def _read_retinaface(path: str, lines: Sequence[str]) -> Annotations:
             f"(no score) or 4 (x y w h), got {widths[row]}",
         )
     values = _parse_numbers(path, face_lines, face_numbers, int(widths.sum()))
-    rows = np.zeros((len(face_lines), 20))
-    rows[:, 4:] = -1.0
-    starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    first_value = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    rows = _retinaface_rows(values, first_value, widths)
+    return _assemble(path, RETINAFACE, names, np.asarray(image_of_face, np.int64), _retinaface_targets(rows),
+                     rows[:, 2:4], np.asarray(face_numbers, np.int64))
+
+
+def _retinaface_rows(values: np.ndarray, first_value: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """[F, 20] face lines; fields a line leaves out are -1 (no landmarks, no score)."""
+    rows = np.full((len(widths), 20), -1.0)
     for width in RETINAFACE_FIELDS:
         chosen = np.flatnonzero(widths == width)
-        rows[chosen, :width] = values[starts[chosen, None] + np.arange(width)]
+        rows[chosen, :width] = values[first_value[chosen, None] + np.arange(width)]
+    return rows
+
+
+def _retinaface_targets(rows: np.ndarray) -> np.ndarray:
     targets = np.empty((len(rows), 15), dtype=np.float32)
     targets[:, 0:2] = rows[:, 0:2]
     targets[:, 2:4] = rows[:, 0:2] + rows[:, 2:4]
     targets[:, 4:14] = rows[:, _LANDMARK_COLUMNS]
     targets[:, 14] = np.where(rows[:, 4] < 0, -1.0, 1.0)  # the seed's rule: no left eye, no landmarks
-    return _assemble(path, RETINAFACE, names, np.asarray(image_of_face, np.int64), targets,
-                     rows[:, 2:4], np.asarray(face_numbers, np.int64))
+    return targets
+
+
+def _wider_targets(rows: np.ndarray) -> np.ndarray:
+    targets = np.full((len(rows), 15), -1.0, dtype=np.float32)
+    targets[:, 0:2] = rows[:, 0:2]
+    targets[:, 2:4] = rows[:, 0:2] + rows[:, 2:4]
+    return targets
 
 
 def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
@@ -168,8 +244,8 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
             continue
         for k in range(count):
             if at >= len(entries) or len(entries[at][1].split()) == 1:
-                where = entries[at][0] if at < len(entries) else len(lines)
-                raise LabelFileError(path, where, f"{name} (line {number}) announces {count} faces but {k} follow")
+                where, ending = (entries[at][0], "") if at < len(entries) else (entries[-1][0], " (the file ends)")
+                raise LabelFileError(path, where, f"{name} (line {number}) announces {count} faces but {k} follow{ending}")
             face_number, face = entries[at]
             fields = len(face.split())
             if fields != WIDER_FIELDS:
@@ -184,10 +260,7 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
             at += 1
     values = _parse_numbers(path, face_lines, face_numbers, WIDER_FIELDS * len(face_lines))
     values = values.reshape(-1, WIDER_FIELDS)
-    targets = np.full((len(values), 15), -1.0, dtype=np.float32)
-    targets[:, 0:2] = values[:, 0:2]
-    targets[:, 2:4] = values[:, 0:2] + values[:, 2:4]
-    return _assemble(path, WIDER_BBX_GT, names, np.asarray(image_of_face, np.int64), targets,
+    return _assemble(path, WIDER_BBX_GT, names, np.asarray(image_of_face, np.int64), _wider_targets(values),
                      values[:, 2:4], np.asarray(face_numbers, np.int64))
 
 
@@ -243,8 +316,3 @@ def format_face_line(target: Sequence[float], score: float = 1.0, decimals: int 
             fields += [target[4 + 2 * k], target[5 + 2 * k], 0.0]
     fields.append(score)
     return " ".join(f"{value:.{decimals}f}" for value in fields)
-
-
-def image_faces(annotations: Annotations) -> List[Tuple[str, np.ndarray]]:
-    """(name, [G, 15] faces) of every image, in file order."""
-    return [(name, annotations.faces(i)) for i, name in enumerate(annotations.names)]
