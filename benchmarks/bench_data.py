@@ -163,8 +163,9 @@ class ReferencePreproc:
 
 
 def _loader(impl, labels, workers):
-    if impl == "ours":
-        dataset = WiderFaceDataset(labels, transform=TrainTransform(image_size=SIZE))
+    if impl.startswith("ours"):
+        transform = TrainTransform(image_size=SIZE, subtract_mean=impl == "ours")
+        dataset = WiderFaceDataset(labels, transform=transform)
         return make_loader(dataset, batch_size=BATCH, num_workers=workers, seed=0, pin_memory=False)
     dataset = SeedWiderFaceDetection(labels, os.path.join(os.path.dirname(labels), "images"),
                                      ReferencePreproc(SIZE, (104, 117, 123)))
@@ -173,12 +174,16 @@ def _loader(impl, labels, workers):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("impl", ["ours", "reference"])
+@pytest.mark.parametrize("impl", ["ours", "ours_uint8", "reference"])
 def bench_loading(benchmark, synthetic, impl, workers):
+    """ours_uint8: TrainTransform(subtract_mean=False), the mean subtracted per batch in
+    the main process (where a GPU run would do it, on the device)."""
     benchmark.group = f"load + augment {IMAGES} synthetic images to {SIZE}x{SIZE}, batch {BATCH}, workers={workers}"
     loader = _loader(impl, synthetic, workers)
 
     def one_epoch():
+        if impl == "ours_uint8":
+            return sum(len(batch.normalized().images) for batch in loader)
         return sum(len(batch[0]) for batch in loader)
 
     benchmark.pedantic(one_epoch, rounds=3, iterations=1, warmup_rounds=1 if workers else 0)
@@ -188,16 +193,17 @@ def bench_loading(benchmark, synthetic, impl, workers):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def bench_synthetic_generation(benchmark, tmp_path, workers):
-    benchmark.group = f"make_synthetic_faces: {IMAGES} images at {SIZE}"
+    count = 2 * IMAGES
+    benchmark.group = f"make_synthetic_faces: {count} images at {SIZE} (drawn, JPEG-encoded, written)"
     counter = iter(range(100))
 
     def generate():
-        make_synthetic_faces(tmp_path / f"run{next(counter)}", num_train=IMAGES, num_val=0, seed=0,
+        make_synthetic_faces(tmp_path / f"run{next(counter)}", num_train=count, num_val=0, seed=0,
                              image_size=SIZE, workers=workers)
 
     benchmark.pedantic(generate, rounds=2, iterations=1)
     if benchmark.stats is not None:
-        RATES[f"synthetic generation workers={workers}"] = IMAGES / benchmark.stats.stats.median
+        RATES[f"synthetic generation workers={workers}"] = count / benchmark.stats.stats.median
 
 
 def bench_training_step_consumption(benchmark, synthetic):

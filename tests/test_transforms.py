@@ -192,3 +192,17 @@ def test_crop_faces_returns_a_view_of_the_crop():
     assert np.shares_memory(crop, image) and crop.shape == (12, 12, 3)
     np.testing.assert_array_equal(faces[0, :4], [1, 3, 11, 12])  # clipped at the bottom
     np.testing.assert_array_equal(faces[0, 4:14], [4, 6] * 5)
+
+
+def test_uint8_output_normalised_later_equals_the_float_output():
+    from retinaface_ext.data import collate
+
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    target = random_faces(rng, 200, 260, 5)
+    floats = [TrainTransform(image_size=64, seed=s)(image, target) for s in range(3)]
+    raw = [TrainTransform(image_size=64, seed=s, subtract_mean=False)(image, target) for s in range(3)]
+    assert raw[0][0].dtype == torch.uint8 and raw[0][0].is_contiguous()
+    batch = collate(raw)
+    assert batch.images.dtype == torch.uint8
+    torch.testing.assert_close(batch.normalized().images, collate(floats).images, rtol=0, atol=0)

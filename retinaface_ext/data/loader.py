@@ -8,9 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .transforms import MEAN_BGR
+
 
 class Batch(NamedTuple):
-    """``images [B, 3, S, S]``; ``truths [B, G, 4]``, ``labels [B, G]`` int64,
+    """``images [B, 3, S, S]`` (float32, or uint8 before :meth:`normalized`);
+    ``truths [B, G, 4]``, ``labels [B, G]`` int64,
     ``landms [B, G, 10]`` and ``num_truths [B]`` int64, G the largest face count of the
     batch (rows past ``num_truths[b]`` are zeros)."""
 
@@ -22,6 +25,14 @@ class Batch(NamedTuple):
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+    def normalized(self, mean: Sequence[float] = MEAN_BGR) -> "Batch":
+        """uint8 images (``TrainTransform(subtract_mean=False)``) as float32 minus
+        ``mean``, on their device; float images are returned as they are."""
+        if self.images.is_floating_point():
+            return self
+        mean = torch.tensor(mean, dtype=torch.float32, device=self.images.device)[:, None, None]
+        return self._replace(images=self.images.float() - mean)
 
     def targets(self) -> List[torch.Tensor]:
         """The seed's form: one ``[G_i, 15]`` tensor per image."""

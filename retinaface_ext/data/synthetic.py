@@ -16,7 +16,7 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from typing import List, NamedTuple, Optional, Tuple
 
 import cv2
@@ -95,7 +95,9 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
         for chunk in chunks:
             lines.update(_draw_and_write(root, seed, image_size, chunk))
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        # Forked like DataLoader workers: spawned ones would re-run a caller's unguarded script.
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
             for done in pool.map(_draw_and_write, [root] * len(chunks), [seed] * len(chunks),
                                  [image_size] * len(chunks), chunks):
                 lines.update(done)

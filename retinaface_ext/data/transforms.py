@@ -182,11 +182,14 @@ class TrainTransform:
         crop_scales, crop_tries: the crop square's side as a fraction of the short side,
             and how many squares to try before padding the whole image instead.
         distort, mirror: turn the photometric distortion or the mirror (p = 0.5) off.
+        subtract_mean: with False the image stays uint8 (BGR, ``[3, S, S]``): a quarter
+            of the bytes to pass from loader workers and to copy to the GPU; subtract
+            the mean there with :meth:`retinaface_ext.data.Batch.normalized` (same values).
     """
 
     def __init__(self, image_size: int = 640, mean: Sequence[float] = MEAN_BGR,
                  crop_scales: Sequence[float] = CROP_SCALES, crop_tries: int = CROP_TRIES,
-                 distort: bool = True, mirror: bool = True, seed: Optional[int] = None):
+                 distort: bool = True, mirror: bool = True, subtract_mean: bool = True, seed: Optional[int] = None):
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size}")
         if not crop_scales or not all(0 < s <= 1 for s in crop_scales):
@@ -199,7 +202,7 @@ class TrainTransform:
         self.crop_tries = int(crop_tries)
         self.distort = bool(distort)
         self.mirror = bool(mirror)
-        self._mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
+        self.subtract_mean = bool(subtract_mean)
         self.reseed(seed)
 
     def __repr__(self) -> str:
@@ -239,10 +242,13 @@ class TrainTransform:
         if draws.mirror:
             image = cv2.flip(image, 1)
             faces = mirror_faces(faces)
-        pixels = torch.from_numpy(image).permute(2, 0, 1)
-        output = torch.empty(pixels.shape, dtype=torch.float32)
-        torch.sub(pixels, self._mean, out=output)
-        return output, torch.from_numpy(faces)
+        planes = cv2.split(image)  # HWC to CHW, the fastest way found
+        if not self.subtract_mean:
+            return torch.from_numpy(np.stack(planes)), torch.from_numpy(faces)
+        output = np.empty((3, self.image_size, self.image_size), dtype=np.float32)
+        for channel, (plane, mean) in enumerate(zip(planes, self.mean)):
+            cv2.subtract(plane, mean, dst=output[channel], dtype=cv2.CV_32F)
+        return torch.from_numpy(output), torch.from_numpy(faces)
 
 
 def _as_target(target) -> np.ndarray:
