@@ -1,4 +1,5 @@
-"""The ``retinaface`` command: detect faces, predict and evaluate WIDER FACE val, time.
+"""The ``retinaface`` command: detect faces, predict and evaluate WIDER FACE val, time;
+make and check training data (:mod:`retinaface_ext.cli_data`).
 
 User errors (wrong paths, unreadable images, a checkpoint of the other backbone, bad
 option values, failed writes) print one line on stderr and exit with status 2;
@@ -41,14 +42,22 @@ def _number(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def positive_number(text: str) -> float:
@@ -299,7 +308,8 @@ def _add_size_options(parser, max_size_help):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="retinaface", description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE val.")
+        prog="retinaface", description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE "
+                                       "val; make and check training data.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -349,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target-size", type=positive_number, default=None, help="resize the short side to this")
     bench.add_argument("--max-size", type=positive_number, default=None, help="cap the long side at this")
     bench.set_defaults(run=command_bench)
+
+    from .cli_data import add_data_commands
+
+    add_data_commands(commands)
     return parser
 
 

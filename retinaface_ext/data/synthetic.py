@@ -45,7 +45,7 @@ LANDMARKS_UV = np.array([[-0.40, -0.12], [0.40, -0.12], [0.0, 0.22], [-0.30, 0.5
 class SyntheticFaces(NamedTuple):
     root: str
     train_labels: str
-    val_labels: str
+    val_labels: Optional[str]  # None without validation images
 
 
 class Face(NamedTuple):
@@ -72,7 +72,8 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
     if int(num_train) < 1 or int(num_val) < 0:
         raise ValueError(f"num_train must be >= 1 and num_val >= 0, got {num_train} and {num_val}")
     root = os.path.abspath(os.fspath(out_dir))
-    result = SyntheticFaces(root, os.path.join(root, "train", "label.txt"), os.path.join(root, "val", "label.txt"))
+    result = SyntheticFaces(root, os.path.join(root, "train", "label.txt"),
+                            os.path.join(root, "val", "label.txt") if num_val else None)
     manifest_path = os.path.join(root, MANIFEST)
     if os.path.isfile(manifest_path):
         with open(manifest_path, encoding="utf-8") as handle:
@@ -102,6 +103,8 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
                                  [image_size] * len(chunks), chunks):
                 lines.update(done)
     for split, count in zip(SPLITS, (num_train, num_val)):
+        if count == 0:
+            continue
         text = "".join(lines[(split, index)] for index in range(count))
         atomic_write_text(os.path.join(root, split, "label.txt"), text)
     atomic_write_text(manifest_path, json.dumps({**settings, "complete": True}, indent=1))
