@@ -1,6 +1,6 @@
 """retinaface_ext: RetinaFace face detection for PyTorch with C++/CUDA kernels."""
 
-from . import nn, ops
+from . import data, nn, ops
 from ._extension import compiled_backends, is_available as kernels_available
 from .detect import Detections, Detector
 from .draw import draw_detections
@@ -9,6 +9,6 @@ from .models import RetinaFace
 __version__ = "0.1.0"
 
 __all__ = [
-    "Detector", "Detections", "RetinaFace", "draw_detections", "nn", "ops", "compiled_backends",
+    "Detector", "Detections", "RetinaFace", "draw_detections", "data", "nn", "ops", "compiled_backends",
     "kernels_available", "__version__",
 ]
