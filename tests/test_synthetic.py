@@ -3,6 +3,7 @@
 import filecmp
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -116,3 +117,44 @@ def test_bad_settings_are_refused(tmp_path):
         make_synthetic_faces(tmp_path / "a", num_train=1, num_val=1, image_size=8)
     with pytest.raises(ValueError, match="num_train"):
         make_synthetic_faces(tmp_path / "b", num_train=0, num_val=1)
+
+
+WEIGHTS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenet0.25_Final.pth"
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights missing")
+def test_the_published_detector_sees_our_faces_and_agrees_on_the_landmarks():
+    """The Pytorch_Retinaface MobileNet-0.25 checkpoint, trained on WIDER FACE only, finds
+    many drawn faces of 40 px and more, and puts its five points where ours are, in the
+    same order: the landmarks mean what WIDER's mean (left and right as seen)."""
+    import torch
+
+    from retinaface_ext import Detector
+    from retinaface_ext.ops import box_iou
+
+    detector = Detector(WEIGHTS, device="cpu")
+    found = total = 0
+    errors, swapped = [], []
+    for index in range(20):
+        image, faces = draw_image(0, "train", index, 640)
+        faces = faces[(faces[:, 3] - faces[:, 1] >= 40) & (faces[:, 14] > 0)]
+        if len(faces) == 0:
+            continue
+        detections = detector.detect(image).above(0.5)
+        total += len(faces)
+        if len(detections.boxes) == 0:
+            continue
+        best, which = box_iou(torch.tensor(faces[:, :4]), detections.boxes).max(1)
+        for face, overlap, k in zip(faces, best.tolist(), which.tolist()):
+            if overlap < 0.4:
+                continue
+            found += 1
+            ours = face[4:14].reshape(5, 2)
+            theirs = detections.landmarks[k].numpy()
+            height = face[3] - face[1]
+            errors.append(np.linalg.norm(ours - theirs, axis=1) / height)
+            swapped.append(np.linalg.norm(ours[[1, 0, 2, 4, 3]] - theirs, axis=1) / height)
+    assert found >= 0.3 * total and found >= 10, (found, total)
+    median = np.median(errors, axis=0)
+    assert (median < 0.1).all(), median
+    assert (np.median(swapped, axis=0)[[0, 1, 3, 4]] > 3 * median[[0, 1, 3, 4]]).all()
