@@ -16,6 +16,12 @@ Where we differ from the reference, on purpose:
   arithmetic truncated to uint8); when neither saturation nor hue is drawn we skip the
   reference's BGR -> HSV -> BGR round trip, which changes nothing but rounding.
 - Mirroring is applied after the resize (the same geometry, on fewer pixels).
+- A crop is kept when it wholly contains a face of any size; the reference's IoF test
+  floors a face's area at 1 px, so faces under 1 px^2 never count as contained.
+
+Kept as the reference has them: the crop's last possible position is never drawn
+(``randrange(width - side)``), and no face is too small to keep (the reference's comment
+speaks of 16 px at training scale, its code keeps every face).
 """
 
 from typing import NamedTuple, Optional, Sequence, Tuple
@@ -174,7 +180,8 @@ class TrainTransform:
     ``image`` is BGR uint8 ``[H, W, 3]``; ``target`` holds pixel boxes and landmarks as
     :class:`retinaface_ext.data.WiderFaceDataset` gives them. The output image is BGR
     minus ``mean``; boxes and landmarks are in [0, 1] of it (landmarks of faces labelled
-    -1 are -1). Repeatable: ``seed`` (or :meth:`reseed`) fixes every draw.
+    -1 are -1). Repeatable: ``seed`` (an int, or a ``numpy.random.Generator`` to draw
+    from; or :meth:`reseed`) fixes every draw.
 
     Args:
         image_size: the side S of the square training image.
