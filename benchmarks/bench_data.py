@@ -20,7 +20,7 @@ from retinaface_ext.data import TrainTransform, WiderFaceDataset, collate, make_
 from retinaface_ext.data.synthetic import make_synthetic_faces
 from seed_reference import SeedWiderFaceDetection, seed_detection_collate
 
-IMAGES = 48
+IMAGES = 96
 BATCH = 8
 SIZE = 640
 FACE = "449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 538.357 431.491 0.0 0.82"
@@ -186,14 +186,14 @@ def bench_loading(benchmark, synthetic, impl, workers):
             return sum(len(batch.normalized().images) for batch in loader)
         return sum(len(batch[0]) for batch in loader)
 
-    benchmark.pedantic(one_epoch, rounds=3, iterations=1, warmup_rounds=1 if workers else 0)
+    benchmark.pedantic(one_epoch, rounds=5, iterations=1, warmup_rounds=1 if workers else 0)
     if benchmark.stats is not None:
         RATES[f"load {impl} workers={workers}"] = IMAGES / benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def bench_synthetic_generation(benchmark, tmp_path, workers):
-    count = 2 * IMAGES
+    count = IMAGES
     benchmark.group = f"make_synthetic_faces: {count} images at {SIZE} (drawn, JPEG-encoded, written)"
     counter = iter(range(100))
 

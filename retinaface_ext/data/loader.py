@@ -6,7 +6,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from .transforms import MEAN_BGR
 
@@ -45,7 +45,8 @@ def collate(batch: Sequence) -> Batch:
     gives) into one :class:`Batch`; the targets may be tensors or numpy arrays."""
     if len(batch) == 0:
         raise ValueError("collate: the batch is empty")
-    images = torch.stack([torch.as_tensor(image) for image, _ in batch])
+    # default_collate stacks straight into shared memory inside a loader worker (one copy less).
+    images = default_collate([torch.as_tensor(image) for image, _ in batch])
     targets = [torch.as_tensor(target, dtype=torch.float32).reshape(-1, 15) for _, target in batch]
     counts = [len(t) for t in targets]
     padded = torch.zeros(len(batch), max(counts), 15)
