@@ -25,7 +25,11 @@ def command_check_data(args) -> int:
     empty = int((annotations.offsets[1:] == annotations.offsets[:-1]).sum())
     print(f"{args.label_file}: {annotations.format} format, {len(dataset)} images ({empty} without faces), "
           f"{dataset.num_faces} faces ({labelled} with landmarks), {annotations.dropped} dropped")
-    dataset.check()
+    missing = dataset.missing_images()
+    for path in missing:
+        print(f"missing: {path}")
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(dataset)} images are missing from {dataset.images_dir}")
     print(f"every image is in {dataset.images_dir}")
     return 0
 
@@ -48,7 +52,7 @@ def add_data_commands(commands) -> None:
     check = commands.add_parser(
         "check-data", help="read a label file and look for every image it names",
         description="Parse a RetinaFace label.txt or a WIDER FACE bbx_gt file, report its images and faces, "
-                    "and list every missing image (exit status 2 if any).")
+                    "and list every missing image on stdout (exit status 2 if any).")
     check.add_argument("label_file", metavar="LABEL_FILE")
     check.add_argument("--images", default=None, help="the images folder (default: images/ beside LABEL_FILE)")
     check.set_defaults(run=command_check_data)

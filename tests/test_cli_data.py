@@ -21,8 +21,9 @@ def test_synthetic_then_check_data(tmp_path, capsys):
     code, stdout, _ = run(capsys, "check-data", out / "train" / "label.txt")
     assert code == 0 and "retinaface format, 4 images" in stdout and "every image is in" in stdout
     (out / "train" / "images" / "000002.jpg").unlink()
-    code, _, err = run(capsys, "check-data", out / "train" / "label.txt")
-    assert code == 2 and "1 of the 4 images" in err and "000002.jpg" in err
+    code, stdout, err = run(capsys, "check-data", out / "train" / "label.txt")
+    assert code == 2 and "1 of the 4 images are missing" in err
+    assert f"missing: {out / 'train' / 'images' / '000002.jpg'}" in stdout
     code, _, err = run(capsys, "synthetic", out, "--train", 5)
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
 

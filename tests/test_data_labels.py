@@ -190,3 +190,11 @@ def test_plain_decimals_parse_exactly_as_float_does():
     assert scanned.counts[:len(lines)].tolist() == [len(line.split()) for line in lines]
     for bad in ["1-2", "1..2", "--1", "-", ".", "1234567890123456"]:
         assert scan_lines(f"3 {bad}\n".encode()) is None, bad
+
+
+def test_check_lists_many_missing_images_briefly_and_missing_images_lists_all(tmp_path):
+    path = write(tmp_path, "".join(f"# {i}.jpg\n" for i in range(50)))
+    dataset = WiderFaceDataset(path)
+    assert len(dataset.missing_images()) == 50
+    with pytest.raises(FileNotFoundError, match=r"(?s)50 of the 50 images.*and 30 more \(missing_images\(\) lists them all\)"):
+        dataset.check()

@@ -71,7 +71,8 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         missing = self.missing_images()
         if missing:
             shown = "\n  ".join(missing[:_MISSING_SHOWN])
-            more = f"\n  ... and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
+            more = (f"\n  ... and {len(missing) - _MISSING_SHOWN} more (missing_images() lists them all)"
+                    if len(missing) > _MISSING_SHOWN else "")
             raise FileNotFoundError(
                 f"{len(missing)} of the {len(self)} images of {self.label_file} are missing "
                 f"(images folder {self.images_dir}):\n  {shown}{more}"

@@ -32,7 +32,8 @@ class Batch(NamedTuple):
         if self.images.is_floating_point():
             return self
         mean = torch.tensor(mean, dtype=torch.float32, device=self.images.device)[:, None, None]
-        return self._replace(images=self.images.float() - mean)
+        images = torch.empty(self.images.shape, dtype=torch.float32, device=self.images.device)
+        return self._replace(images=torch.sub(self.images, mean, out=images))
 
     def targets(self) -> List[torch.Tensor]:
         """The seed's form: one ``[G_i, 15]`` tensor per image."""

@@ -9,7 +9,8 @@ nose, mouth; in-plane rotation, some yaw, partial occlusion, blur) whose landmar
 what WIDER's mean (left eye, right eye, nose tip, left and right mouth corners, left and
 right as seen in the image); face-like distractors that are not annotated; lighting and
 noise. Some faces carry no landmarks (label -1, mostly tiny ones, as in WIDER) and a few
-images have no faces. The same seed gives the same bytes.
+images have no faces. The same seed gives the same bytes (with one OpenCV build: its
+drawing and JPEG encoder make the pixels).
 """
 
 import json
