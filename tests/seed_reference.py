@@ -271,3 +271,74 @@ def seed_detection_collate(batch):
                 annos = torch.from_numpy(tup).float()
                 targets.append(annos)
     return (torch.stack(imgs, 0), targets)
+
+
+def seed_log_sum_exp(x):
+    x_max = x.data.max()
+    return torch.log(torch.sum(torch.exp(x - x_max), 1, keepdim=True)) + x_max
+
+
+class SeedMultiBoxLoss(torch.nn.Module):
+    """The seed's MultiBoxLoss.forward, on the CPU (its ``.cuda()`` calls left out), with
+    its per-image ``match`` loop; ``landm_t`` starts at zero instead of uninitialised."""
+
+    def __init__(self, num_classes=2, overlap_thresh=0.35, neg_pos=7):
+        super().__init__()
+        self.num_classes = num_classes
+        self.threshold = overlap_thresh
+        self.negpos_ratio = neg_pos
+        self.variance = [0.1, 0.2]
+
+    def forward(self, predictions, priors, targets):
+        import torch.nn.functional as F
+
+        loc_data, conf_data, landm_data = predictions
+        num = loc_data.size(0)
+        num_priors = (priors.size(0))
+        loc_t = torch.Tensor(num, num_priors, 4)
+        landm_t = torch.zeros(num, num_priors, 10)
+        conf_t = torch.LongTensor(num, num_priors)
+        for idx in range(num):
+            truths = targets[idx][:, :4].data
+            labels = targets[idx][:, -1].data
+            landms = targets[idx][:, 4:14].data
+            defaults = priors.data
+            seed_match(self.threshold, truths, defaults, self.variance, labels, landms, loc_t, conf_t, landm_t, idx)
+        zeros = torch.tensor(0)
+        pos1 = conf_t > zeros
+        num_pos_landm = pos1.long().sum(1, keepdim=True)
+        N1 = max(num_pos_landm.data.sum().float(), 1)
+        pos_idx1 = pos1.unsqueeze(pos1.dim()).expand_as(landm_data)
+        landm_p = landm_data[pos_idx1].view(-1, 10)
+        landm_t = landm_t[pos_idx1].view(-1, 10)
+        loss_landm = F.smooth_l1_loss(landm_p, landm_t, reduction='sum')
+
+        pos = conf_t != zeros
+        conf_t[pos] = 1
+
+        pos_idx = pos.unsqueeze(pos.dim()).expand_as(loc_data)
+        loc_p = loc_data[pos_idx].view(-1, 4)
+        loc_t = loc_t[pos_idx].view(-1, 4)
+        loss_l = F.smooth_l1_loss(loc_p, loc_t, reduction='sum')
+
+        batch_conf = conf_data.view(-1, self.num_classes)
+        loss_c = seed_log_sum_exp(batch_conf) - batch_conf.gather(1, conf_t.view(-1, 1))
+
+        loss_c[pos.view(-1, 1)] = 0
+        loss_c = loss_c.view(num, -1)
+        _, loss_idx = loss_c.sort(1, descending=True)
+        _, idx_rank = loss_idx.sort(1)
+        num_pos = pos.long().sum(1, keepdim=True)
+        num_neg = torch.clamp(self.negpos_ratio * num_pos + 200, max=pos.size(1) - 1)
+        neg = idx_rank < num_neg.expand_as(idx_rank)
+        pos_idx = pos.unsqueeze(2).expand_as(conf_data)
+        neg_idx = neg.unsqueeze(2).expand_as(conf_data)
+        conf_p = conf_data[(pos_idx + neg_idx).gt(0)].view(-1, self.num_classes)
+        targets_weighted = conf_t[(pos + neg).gt(0)]
+        loss_c = F.cross_entropy(conf_p, targets_weighted, reduction='sum')
+
+        N = max(num_pos.data.sum().float(), 1)
+        loss_l /= N
+        loss_c /= N
+        loss_landm /= N1
+        return loss_l, loss_c, loss_landm
