@@ -90,3 +90,31 @@ def load_state_dict_strict(model: nn.Module, checkpoint) -> None:
         raise ValueError(f"{name} does not fit {type(model).__name__}: " + "; ".join(problems))
     check_finite(state_dict, name)
     model.load_state_dict(state_dict, strict=True)
+
+
+def plain_to_dcn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A plain (no DCN) RetinaFace state dict made to fit ``model``, a DCN RetinaFace of
+    the same backbone, so that the DCN model computes exactly what the plain one does.
+
+    Each deformable convolution gets its plain twin's weight times 2 and its offset and
+    mask convolution at zero (the module's own initialisation): the offsets are then 0,
+    which samples the plain convolution's grid, and every mask value is sigmoid(0) = 0.5,
+    which the doubled weight cancels (both factors are powers of two, so no rounding
+    either). Training then starts from the plain detector and learns to deform.
+    """
+    from ..nn import DeformConv2d
+
+    state_dict = dict(state_dict)
+    for name, module in model.named_modules():
+        if not isinstance(module, DeformConv2d):
+            continue
+        weight = f"{name}.weight"
+        if weight not in state_dict:
+            continue  # load_state_dict_strict names it as missing
+        scale = 2.0 if module.modulated else 1.0
+        state_dict[weight] = state_dict[weight] * scale
+        for key, value in module.conv_offset.state_dict().items():
+            state_dict.setdefault(f"{name}.conv_offset.{key}", torch.zeros_like(value))
+        if module.bias is not None:
+            state_dict.setdefault(f"{name}.bias", torch.zeros_like(module.bias))
+    return state_dict

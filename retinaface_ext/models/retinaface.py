@@ -164,11 +164,20 @@ class RetinaFace(nn.Module):
     def from_checkpoint(cls, checkpoint: Union[str, dict], backbone: Optional[str] = None,
                         dcn: Optional[bool] = None) -> "RetinaFace":
         """Build the network a checkpoint was trained as and load it. ``backbone`` and
-        ``dcn`` are read from the checkpoint's keys unless given."""
-        from .checkpoint import check_finite, describe, read_state_dict
+        ``dcn`` are read from the checkpoint's keys unless given.
+
+        ``dcn=True`` with a plain checkpoint (Pytorch_Retinaface's, say) builds the DCN
+        model that computes exactly what the plain one does (see
+        :func:`retinaface_ext.models.checkpoint.plain_to_dcn`: offsets start at zero and
+        the deformable weights at twice the plain ones, cancelling the mask's initial
+        0.5), so that fine-tuning with DCN starts from the published detector.
+        """
+        from .checkpoint import check_finite, describe, plain_to_dcn, read_state_dict
 
         state_dict = read_state_dict(checkpoint)
         found_backbone, found_dcn = describe(state_dict, checkpoint)
         check_finite(state_dict, checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint")
         model = cls(backbone or found_backbone, dcn=found_dcn if dcn is None else dcn)
+        if model.dcn and not found_dcn:
+            state_dict = plain_to_dcn(state_dict, model)
         return model.load_checkpoint(state_dict)
