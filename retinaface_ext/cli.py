@@ -1,5 +1,5 @@
 """The ``retinaface`` command: detect faces, predict and evaluate WIDER FACE val, time;
-make and check training data (:mod:`retinaface_ext.cli_data`).
+make and check training data (:mod:`retinaface_ext.cli_data`); train (:mod:`retinaface_ext.cli_train`).
 
 User errors (wrong paths, unreadable images, a checkpoint of the other backbone, bad
 option values, failed writes) print one line on stderr and exit with status 2;
@@ -309,7 +309,7 @@ def _add_size_options(parser, max_size_help):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="retinaface", description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE "
-                                       "val; make and check training data.")
+                                       "val; make and check training data; train.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -361,8 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=command_bench)
 
     from .cli_data import add_data_commands
+    from .cli_train import add_train_command
 
     add_data_commands(commands)
+    add_train_command(commands)
     return parser
 
 

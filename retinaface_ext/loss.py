@@ -58,6 +58,14 @@ class MultiBoxLoss(nn.Module):
         self.extra_negatives, self.loc_weight = extra_negatives, float(loc_weight)
 
     def forward(self, predictions, priors: torch.Tensor, targets) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sum_l, sum_c, sum_landm, num_positive, num_landmarks = self.sums(predictions, priors, targets)
+        divisor = num_positive.clamp(min=1).to(sum_l.dtype)
+        return sum_l / divisor, sum_c / divisor, sum_landm / num_landmarks.clamp(min=1).to(sum_l.dtype)
+
+    def sums(self, predictions, priors: torch.Tensor, targets):
+        """The three losses before their division, and the two divisors (positives, and
+        positives with landmarks; 0-dim tensors, not yet at least 1). Several processes
+        that share a batch add up their divisors before dividing (see the trainer)."""
         loc, conf, landm = (_at_least_float32(p) for p in predictions)  # half types (autocast) in float32
         truths, labels, landms, num_truths = self._padded(targets, loc.device)
         if truths.shape[0] != loc.shape[0]:
@@ -68,18 +76,13 @@ class MultiBoxLoss(nn.Module):
         positive = conf_t != 0
         with_landmarks = conf_t > 0
         num_positive = positive.sum(1, keepdim=True)
-        divisor = num_positive.sum().clamp(min=1).to(loc.dtype)
-        divisor_landm = with_landmarks.sum().clamp(min=1).to(loc.dtype)
-
-        loss_l = _masked_sum(F.smooth_l1_loss(loc, loc_t.to(loc.dtype), reduction="none"), positive) / divisor
-        loss_landm = _masked_sum(F.smooth_l1_loss(landm, landm_t.to(landm.dtype), reduction="none"),
-                                 with_landmarks) / divisor_landm
-
+        sum_l = _masked_sum(F.smooth_l1_loss(loc, loc_t.to(loc.dtype), reduction="none"), positive)
+        sum_landm = _masked_sum(F.smooth_l1_loss(landm, landm_t.to(landm.dtype), reduction="none"), with_landmarks)
         cross_entropy = F.cross_entropy(conf.flatten(0, 1), positive.flatten().long(), reduction="none")
         cross_entropy = cross_entropy.view(positive.shape)
         hardest = self._hard_negatives(cross_entropy.detach(), positive, num_positive)
-        loss_c = torch.where(positive | hardest, cross_entropy, 0).sum() / divisor
-        return loss_l, loss_c, loss_landm
+        sum_c = torch.where(positive | hardest, cross_entropy, 0).sum()
+        return sum_l, sum_c, sum_landm, num_positive.sum(), with_landmarks.sum()
 
     def total(self, losses: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         loss_l, loss_c, loss_landm = losses

@@ -56,7 +56,8 @@ class Face(NamedTuple):
 
 
 def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, seed: int = 0,
-                         image_size: int = 640, workers: Optional[int] = None) -> SyntheticFaces:
+                         image_size: int = 640, workers: Optional[int] = None,
+                         progress: bool = False) -> SyntheticFaces:
     """Writes (or finds already written) the synthetic set under ``out_dir``:
     ``train/label.txt``, ``train/images/*.jpg``, the same for ``val/``, and
     ``synthetic.json`` recording the settings, written last.
@@ -64,7 +65,8 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
     A folder that already holds a complete set made with the same settings is used as it
     is. Nothing else is ever written over: a folder with other files, or a set made with
     other settings, raises FileExistsError. ``image_size`` is the longer side of the
-    images; ``workers`` processes draw them (default: one per CPU for large sets).
+    images; ``workers`` processes draw them (default: one per CPU for large sets);
+    ``progress`` shows a progress bar.
     """
     settings = {"generator": __name__, "version": VERSION, "seed": int(seed), "image_size": int(image_size),
                 "num_train": int(num_train), "num_val": int(num_val)}
@@ -93,16 +95,21 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
         workers = min(os.cpu_count() or 1, 8) if len(jobs) >= 64 else 1
     chunks = [jobs[i::max(1, workers) * 4] for i in range(max(1, workers) * 4)]
     lines = {}
-    if workers <= 1:
-        for chunk in chunks:
-            lines.update(_draw_and_write(root, seed, image_size, chunk))
-    else:
-        # Forked like DataLoader workers: spawned ones would re-run a caller's unguarded script.
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
-            for done in pool.map(_draw_and_write, [root] * len(chunks), [seed] * len(chunks),
-                                 [image_size] * len(chunks), chunks):
-                lines.update(done)
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), desc=f"drawing synthetic faces into {root}", unit="image", disable=not progress) as bar:
+        if workers <= 1:
+            for chunk in chunks:
+                lines.update(_draw_and_write(root, seed, image_size, chunk))
+                bar.update(len(chunk))
+        else:
+            # Forked like DataLoader workers: spawned ones would re-run a caller's unguarded script.
+            method = "fork" if "fork" in get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
+                for done in pool.map(_draw_and_write, [root] * len(chunks), [seed] * len(chunks),
+                                     [image_size] * len(chunks), chunks):
+                    lines.update(done)
+                    bar.update(len(done))
     for split, count in zip(SPLITS, (num_train, num_val)):
         if count == 0:
             continue

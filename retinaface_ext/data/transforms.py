@@ -189,6 +189,7 @@ class TrainTransform:
         crop_scales, crop_tries: the crop square's side as a fraction of the short side,
             and how many squares to try before padding the whole image instead.
         distort, mirror: turn the photometric distortion or the mirror (p = 0.5) off.
+        interpolations: the OpenCV interpolations the resize draws from (the reference's five).
         subtract_mean: with False the image stays uint8 (BGR, ``[3, S, S]``): a quarter
             of the bytes to pass from loader workers and to copy to the GPU; subtract
             the mean there with :meth:`retinaface_ext.data.Batch.normalized` (same values).
@@ -196,7 +197,8 @@ class TrainTransform:
 
     def __init__(self, image_size: int = 640, mean: Sequence[float] = MEAN_BGR,
                  crop_scales: Sequence[float] = CROP_SCALES, crop_tries: int = CROP_TRIES,
-                 distort: bool = True, mirror: bool = True, subtract_mean: bool = True, seed: Optional[int] = None):
+                 distort: bool = True, mirror: bool = True, subtract_mean: bool = True,
+                 interpolations: Sequence[int] = INTERPOLATIONS, seed: Optional[int] = None):
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size}")
         if not crop_scales or not all(0 < s <= 1 for s in crop_scales):
@@ -210,6 +212,9 @@ class TrainTransform:
         self.distort = bool(distort)
         self.mirror = bool(mirror)
         self.subtract_mean = bool(subtract_mean)
+        self.interpolations = tuple(int(i) for i in interpolations)
+        if not self.interpolations:
+            raise ValueError("interpolations must name at least one OpenCV interpolation")
         self.reseed(seed)
 
     def __repr__(self) -> str:
@@ -228,7 +233,7 @@ class TrainTransform:
         crop = draw_crop(self.rng, height, width, target[:, :4], self.crop_scales, self.crop_tries)
         distortion = draw_distortion(self.rng) if self.distort else None
         mirror = bool(self.rng.integers(2)) if self.mirror else False
-        interpolation = INTERPOLATIONS[self.rng.integers(len(INTERPOLATIONS))]
+        interpolation = self.interpolations[self.rng.integers(len(self.interpolations))]
         return Draws(crop, distortion, mirror, interpolation)
 
     def apply(self, image: np.ndarray, target, draws: Draws) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,74 @@
+"""A training step (forward, loss, backward, SGD step) of MobileNet-0.25 at 640x640,
+batch 8, with and without DCN: ours (MultiBoxLoss on one batched match; our deformable
+convolution) vs the reference (the seed's MultiBoxLoss with its per-image match loop;
+torchvision's deform_conv2d for DCN). And the loss alone (matching included), with 8
+and with 100 faces per image.
+
+    pytest --benchmark benchmarks/bench_train.py
+"""
+
+import pytest
+import torch
+
+from retinaface_ext import RetinaFace
+from retinaface_ext import nn as retinaface_nn
+from retinaface_ext.loss import MultiBoxLoss
+from retinaface_ext.priors import prior_boxes
+from seed_reference import SeedMultiBoxLoss
+
+SIZE, BATCH = 640, 8
+
+
+def face_targets(faces, seed=0):
+    """Per image [faces, 15]: faces of 8 to 200 px at 640, landmarks inside, a quarter
+    without landmarks."""
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for _ in range(BATCH):
+        side = (8 + torch.rand(faces, 1, generator=g) ** 2 * 192) / SIZE
+        corner = torch.rand(faces, 2, generator=g) * (1 - side)
+        landms = corner.repeat(1, 5) + torch.rand(faces, 10, generator=g) * side.repeat(1, 5)
+        label = torch.where(torch.rand(faces, 1, generator=g) < 0.75, 1.0, -1.0)
+        targets.append(torch.cat([corner, corner + side.expand(-1, 2), landms, label], 1))
+    return targets
+
+
+@pytest.mark.parametrize("impl", ["ours", "reference"])
+@pytest.mark.parametrize("dcn", [False, True], ids=["plain", "dcn"])
+def bench_training_step(benchmark, monkeypatch, dcn, impl):
+    benchmark.group = f"training step MobileNet-0.25{' + DCN' if dcn else ''}, batch {BATCH}, {SIZE}x{SIZE}, 8 faces/image"
+    if impl == "reference" and dcn:
+        torchvision_ops = pytest.importorskip("torchvision.ops")
+        monkeypatch.setattr(retinaface_nn, "deform_conv2d", torchvision_ops.deform_conv2d)
+    torch.manual_seed(0)
+    model = RetinaFace("mobilenet0.25", dcn=dcn).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    priors = prior_boxes((SIZE, SIZE))
+    images = torch.randn(BATCH, 3, SIZE, SIZE) * 50
+    targets = face_targets(8)
+    criterion = MultiBoxLoss() if impl == "ours" else SeedMultiBoxLoss()
+
+    def step():
+        loss_l, loss_c, loss_landm = criterion(model(images), priors, targets)
+        loss = 2.0 * loss_l + loss_c + loss_landm
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["ours", "seed"])
+@pytest.mark.parametrize("faces", [8, 100])
+def bench_loss(benchmark, faces, impl):
+    benchmark.group = f"MultiBoxLoss forward + backward, batch {BATCH}, {SIZE}x{SIZE}, {faces} faces/image"
+    priors = prior_boxes((SIZE, SIZE))
+    g = torch.Generator().manual_seed(1)
+    predictions = [torch.randn(BATCH, len(priors), k, generator=g).requires_grad_() for k in (4, 2, 10)]
+    targets = face_targets(faces)
+    criterion = MultiBoxLoss() if impl == "ours" else SeedMultiBoxLoss()
+
+    def loss():
+        sum(criterion(predictions, priors, targets)).backward()
+
+    benchmark.pedantic(loss, rounds=5, iterations=1, warmup_rounds=1)

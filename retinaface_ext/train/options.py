@@ -1,0 +1,185 @@
+"""What a training run is asked to do: :class:`TrainConfig`, its command-line flags, and
+the defaults, which depend on the data (the reference recipe for WIDER FACE, a ten-minute
+CPU run for the built-in synthetic set)."""
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+
+from ..models.config import config_for
+
+BACKBONES = ("mobilenet0.25", "resnet50")
+SCHEDULES = ("step", "cosine")
+AMP_MODES = ("fp16", "bf16")
+#: The main job's data: drawn into this folder (under the user's cache) on first use.
+SYNTHETIC = "synthetic"
+
+
+@dataclass
+class SyntheticDefaults:
+    """The built-in set and a recipe that shows training work in about ten minutes on 2
+    CPU cores (MobileNet-0.25 from scratch at 320 px)."""
+
+    num_train: int = 800
+    num_val: int = 100
+    source_size: int = 480
+    image_size: int = 320
+    batch_size: int = 16
+    epochs: int = 12
+    lr: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "mobilenet0.25"
+    dcn: bool = False
+    data: str = SYNTHETIC
+    images: Optional[str] = None
+    val_data: Optional[str] = None
+    val_images: Optional[str] = None
+    widerface_val: Optional[str] = None
+    widerface_gt: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    image_size: Optional[int] = None
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    schedule: str = "step"
+    clip_grad: Optional[float] = None
+    amp: Optional[str] = None
+    workers: int = 2
+    seed: int = 0
+    device: Optional[str] = None
+    out: str = os.path.join("runs", "train")
+    exist_ok: bool = False
+    weights: Optional[str] = None
+    pretrained_backbone: Optional[str] = None
+    resume: Optional[str] = None
+    val_every: int = 1
+    sync_bn: bool = False
+    synthetic_dir: Optional[str] = None
+    synthetic: SyntheticDefaults = field(default_factory=SyntheticDefaults)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every default filled in and every value checked (ValueError
+        naming the flag)."""
+        config = dataclasses.replace(self)
+        if config.backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {', '.join(BACKBONES)}, got {config.backbone!r}")
+        preset = config_for(config.backbone)
+        synthetic = config.data == SYNTHETIC
+        defaults = config.synthetic
+        if config.epochs is None:
+            config.epochs = defaults.epochs if synthetic else preset.epochs
+        if config.batch_size is None:
+            config.batch_size = defaults.batch_size if synthetic else preset.batch_size
+        if config.image_size is None:
+            config.image_size = defaults.image_size if synthetic else preset.image_size
+        if config.lr is None:
+            config.lr = defaults.lr if synthetic else 1e-3
+        for name in ("epochs", "batch_size", "image_size", "val_every"):
+            if int(getattr(config, name)) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+        if config.image_size % 32:
+            raise ValueError(f"--image-size must be a multiple of 32 (the network's largest stride), got {config.image_size}")
+        if config.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {config.workers}")
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):
+            value = getattr(config, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+        if config.clip_grad is not None and not config.clip_grad > 0:
+            raise ValueError(f"--clip-grad must be > 0, got {config.clip_grad}")
+        if config.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+        if config.amp is not None and config.amp not in AMP_MODES:
+            raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
+        if config.amp == "fp16" and (not torch.cuda.is_available() or str(config.device or "cuda").startswith("cpu")):
+            raise ValueError("--amp fp16 needs CUDA (its gradient scaler); on the CPU use --amp bf16")
+        if (config.widerface_val is None) != (config.widerface_gt is None):
+            raise ValueError("--widerface-val and --widerface-gt go together")
+        if not synthetic and not os.path.isfile(config.data):
+            raise FileNotFoundError(f"--data {config.data}: no such label file (or say --data synthetic)")
+        if config.val_data is not None and not os.path.isfile(config.val_data):
+            raise FileNotFoundError(f"--val-data {config.val_data}: no such label file")
+        for name in ("weights", "pretrained_backbone"):
+            path = getattr(config, name)
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such file")
+        return config
+
+    def decay_epochs(self) -> Tuple[int, int]:
+        """The preset's step-decay epochs (190 and 220 of 250), scaled to ``epochs``."""
+        preset = config_for(self.backbone)
+        return tuple(max(1, round(e * self.epochs / preset.epochs)) for e in preset.decay_epochs)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def synthetic_cache_dir() -> str:
+    """Where ``--data synthetic`` draws its set: ``$RETINAFACE_EXT_CACHE`` or
+    ``~/.cache/retinaface_ext``, then ``synthetic-v<version>``."""
+    from ..data.synthetic import VERSION
+
+    root = os.environ.get("RETINAFACE_EXT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "retinaface_ext")
+    return os.path.join(root, f"synthetic-v{VERSION}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, positive_int, non_negative_int, positive_number) -> None:
+    """The flags of ``retinaface train`` (and ``python -m retinaface_ext.train``)."""
+    parser.add_argument("--backbone", choices=BACKBONES, default="mobilenet0.25", help="(mobilenet0.25)")
+    parser.add_argument("--dcn", action="store_true", help="deformable convolutions in the SSH context modules")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=SYNTHETIC,
+                      help="'synthetic' (the built-in set, drawn on first use) or a RetinaFace label.txt "
+                           "/ WIDER FACE bbx_gt file (synthetic)")
+    data.add_argument("--images", default=None, help="the images folder of --data (default: images/ beside it)")
+    data.add_argument("--val-data", default=None, help="a label file to validate on (AP at IoU 0.5)")
+    data.add_argument("--val-images", default=None, help="the images folder of --val-data")
+    data.add_argument("--widerface-val", default=None, help="WIDER_val/images, for easy/medium/hard AP")
+    data.add_argument("--widerface-gt", default=None, help="the folder of wider_face_val.mat and wider_*_val.mat")
+    data.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (2)")
+    data.add_argument("--synthetic-train", type=positive_int, default=SyntheticDefaults.num_train,
+                      help=f"training images of the synthetic set ({SyntheticDefaults.num_train})")
+    data.add_argument("--synthetic-val", type=non_negative_int, default=SyntheticDefaults.num_val,
+                      help=f"validation images of the synthetic set ({SyntheticDefaults.num_val})")
+    recipe = parser.add_argument_group("recipe (default: the reference's; for --data synthetic a 10-minute CPU run)")
+    recipe.add_argument("--epochs", type=positive_int, default=None)
+    recipe.add_argument("--batch-size", type=positive_int, default=None, help="images per step, all processes together")
+    recipe.add_argument("--image-size", type=positive_int, default=None, help="side of the square training crop")
+    recipe.add_argument("--lr", type=positive_number, default=None, help="peak learning rate (1e-3)")
+    recipe.add_argument("--momentum", type=float, default=0.9)
+    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (1)")
+    recipe.add_argument("--schedule", choices=SCHEDULES, default="step",
+                        help="step: x0.1 at the preset's decay epochs, scaled to --epochs; or cosine")
+    recipe.add_argument("--clip-grad", type=positive_number, default=None, help="clip the gradient norm to this")
+    recipe.add_argument("--amp", choices=AMP_MODES, default=None,
+                        help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16")
+    recipe.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
+    start = parser.add_argument_group("start and resume")
+    start.add_argument("--weights", default=None, help="a Pytorch_Retinaface or retinaface_ext checkpoint to start from")
+    start.add_argument("--pretrained-backbone", default=None,
+                       help="ImageNet weights: mobilenetV1X0.25_pretrain.tar, or torchvision's ResNet-50 state dict")
+    start.add_argument("--resume", default=None, help="a last.pt to continue, or 'auto' (the --out run's last.pt)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default=os.path.join("runs", "train"), help="run folder (runs/train)")
+    run.add_argument("--exist-ok", action="store_true", help="write into an --out that holds an earlier run")
+    run.add_argument("--val-every", type=positive_int, default=1, help="validate every N epochs and at the end (1)")
+    run.add_argument("--seed", type=non_negative_int, default=0)
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+
+def config_from_args(args) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"synthetic"}
+    synthetic = SyntheticDefaults(num_train=args.synthetic_train, num_val=args.synthetic_val)
+    return TrainConfig(synthetic=synthetic, **{name: getattr(args, name) for name in names if hasattr(args, name)})

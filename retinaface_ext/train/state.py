@@ -1,0 +1,98 @@
+"""Training checkpoints (whole or not at all, loadable with ``weights_only=True``), the
+random states they carry, and the run folder's JSON-lines log."""
+
+import io
+import json
+import os
+import random
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from ..files import atomic_write_bytes, atomic_write_text
+
+FORMAT = "retinaface_ext.train"
+VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+
+
+def random_states() -> Dict[str, Any]:
+    """Python's, numpy's (legacy global), torch's and every CUDA device's generator, in
+    types that ``torch.load(weights_only=True)`` accepts."""
+    version, state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_random_states(states: Dict[str, Any]) -> None:
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
+
+
+def save_checkpoint(path: str, **content) -> None:
+    """``content`` with the format marker, serialised in memory, then written to a
+    temporary file, fsynced and renamed over ``path``: a crash leaves the old file or
+    the new one, never a part."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, "saved_at": time.time(), **content}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """A training checkpoint written by :func:`save_checkpoint` (``weights_only=True``);
+    ValueError naming the file when it is not one."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a retinaface_ext training checkpoint (to start from weights, use --weights)")
+    return checkpoint
+
+
+def prepare_run_folder(out: str, exist_ok: bool, resuming: bool) -> str:
+    """``out``, created; an earlier run there is refused unless ``exist_ok`` or resuming."""
+    out = os.path.abspath(out)
+    if os.path.isfile(out):
+        raise FileExistsError(f"--out {out} is a file")
+    earlier = os.path.isdir(out) and any(os.path.exists(os.path.join(out, name))
+                                         for name in (LAST, BEST, "log.jsonl", "args.json"))
+    if earlier and not (exist_ok or resuming):
+        raise FileExistsError(f"--out {out} holds an earlier run; pass --exist-ok to write into it, "
+                              f"--resume auto to continue it, or choose another folder")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class JsonLog:
+    """One JSON object per line, appended and flushed as they come (rank 0 only)."""
+
+    def __init__(self, path: Optional[str]):
+        self.handle = open(path, "a", encoding="utf-8") if path else None
+
+    def write(self, **record) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record, default=float) + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def write_args(out: str, arguments: Dict[str, Any]) -> None:
+    atomic_write_text(os.path.join(out, "args.json"), json.dumps(arguments, indent=1, default=str))

@@ -1,0 +1,357 @@
+"""The training loop: data, model, the reference recipe, checkpoints, validation,
+interrupts. One process, or many under ``torchrun`` with DistributedDataParallel."""
+
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..data import TrainTransform, WiderFaceDataset, make_loader
+from ..data.synthetic import make_synthetic_faces
+from ..detect import Detector, resolve_device
+from ..evaluation.ap import average_precision
+from ..loss import MultiBoxLoss
+from ..models import RetinaFace
+from ..models.config import config_for
+from ..priors import prior_boxes
+from .distributed import Distributed
+from .options import SYNTHETIC, TrainConfig, synthetic_cache_dir
+from .pretrained import load_pretrained_backbone
+from .schedule import make_scheduler
+from .state import (BEST, LAST, JsonLog, load_checkpoint, prepare_run_folder, random_states, restore_random_states,
+                    save_checkpoint, write_args)
+
+log = logging.getLogger("retinaface_ext.train")
+LOSS_PARTS = ("loss_l", "loss_c", "loss_landm")
+
+
+class TrainingStopped(RuntimeError):
+    """An interrupt or a non-finite loss ended the run; a checkpoint was saved first.
+    ``exit_status``: 130 for an interrupt, 1 for a non-finite loss."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class Trainer:
+    """Trains a RetinaFace as :class:`~retinaface_ext.train.options.TrainConfig` says;
+    :meth:`fit` runs it and returns the last validation metrics.
+
+    ``freeze_batchnorm`` keeps BatchNorm on its running statistics (for comparing a
+    run split over processes with a one-process run; not for real training).
+    """
+
+    def __init__(self, config: TrainConfig, freeze_batchnorm: bool = False, show_progress: bool = True):
+        self.config = config = config.resolved()
+        self.dist = Distributed.from_environment(config.device)
+        self.device = self._device()
+        self.is_main, self.show_progress = self.dist.is_main, show_progress
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"--batch-size {config.batch_size} must be a multiple of the {self.dist.world_size} processes")
+        self.out = os.path.abspath(config.out)
+        resuming = config.resume is not None
+        if self.is_main:
+            prepare_run_folder(self.out, config.exist_ok, resuming)
+        self.dist.barrier()
+        self.preset = config_for(config.backbone)
+        self.train_set, self.val_set = self._datasets()
+        torch.manual_seed(config.seed)  # the same initial weights in every process
+        self.model = self._model().to(self.device)
+        self.freeze_batchnorm = freeze_batchnorm
+        self.net = self.model
+        if self.dist.enabled:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.criterion = MultiBoxLoss(loc_weight=self.preset.loc_weight, variances=self.preset.variances)
+        self.priors = prior_boxes((config.image_size, config.image_size), device=self.device)
+        self.loader = make_loader(self.train_set, config.batch_size // self.dist.world_size, shuffle=True,
+                                  num_workers=config.workers, seed=config.seed, distributed=self.dist.enabled,
+                                  drop_last=True)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_set)} training images make no batch of {config.batch_size}")
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, self.steps_per_epoch, config.epochs, config.warmup_epochs,
+                                        config.schedule, config.decay_epochs())
+        self.autocast_dtype = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.epoch = self.step = self.step_in_epoch = 0
+        self.best_ap, self.metrics = -math.inf, {}
+        if resuming:
+            self._resume()
+        self.log = JsonLog(os.path.join(self.out, "log.jsonl") if self.is_main else None)
+        if self.is_main:
+            write_args(self.out, config.as_dict())
+        self._stop_requested: Optional[str] = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _device(self) -> torch.device:
+        if self.dist.enabled and torch.cuda.is_available() and (self.config.device in (None, "cuda")):
+            return torch.device("cuda", self.dist.local_rank)
+        return resolve_device(self.config.device)
+
+    def _autocast_dtype(self) -> Optional[torch.dtype]:
+        if self.config.amp is None:
+            return None
+        if self.config.amp == "fp16":
+            return torch.float16
+        return torch.bfloat16
+
+    def _datasets(self):
+        config = self.config
+        transform = TrainTransform(config.image_size, subtract_mean=self.device.type != "cuda")
+        if config.data == SYNTHETIC:
+            made = self._synthetic()
+            train_labels, images, val_labels, val_images = made.train_labels, None, made.val_labels, None
+        else:
+            train_labels, images = config.data, config.images
+            val_labels, val_images = config.val_data, config.val_images
+        train = WiderFaceDataset(train_labels, images, transform=transform)
+        val = WiderFaceDataset(val_labels, val_images) if val_labels else None
+        if self.is_main:
+            log.info("training on %s", train)
+            if val is not None:
+                log.info("validating on %s", val)
+        return train, val
+
+    def _synthetic(self):
+        settings = self.config.synthetic
+        folder = os.path.join(self.config.synthetic_dir or synthetic_cache_dir(),
+                              f"{settings.num_train}-{settings.num_val}-{settings.source_size}px")
+        arguments = dict(num_train=settings.num_train, num_val=settings.num_val, seed=0,
+                         image_size=settings.source_size)
+        if self.is_main:
+            make_synthetic_faces(folder, progress=self.show_progress, **arguments)
+        self.dist.barrier()
+        return make_synthetic_faces(folder, **arguments)
+
+    def _model(self) -> RetinaFace:
+        config = self.config
+        if config.weights:
+            model = RetinaFace.from_checkpoint(config.weights, backbone=config.backbone, dcn=config.dcn)
+        else:
+            model = RetinaFace(config.backbone, dcn=config.dcn)
+        if config.pretrained_backbone:
+            load_pretrained_backbone(model, config.pretrained_backbone)
+        if config.sync_bn and self.dist.enabled and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> Dict[str, float]:
+        handlers = self._catch_signals()
+        try:
+            while self.epoch < self.config.epochs:
+                self._train_epoch()
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                last = self.epoch == self.config.epochs
+                validated = None
+                if self.val_set is not None and (last or self.epoch % self.config.val_every == 0):
+                    validated = self.metrics = self.validate()
+                self._save_epoch(validated)
+        finally:
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
+            self.log.close()
+        if self.is_main and self.val_set is not None:
+            self.draw_val_image(os.path.join(self.out, "val_detections.jpg"))
+        return self.metrics
+
+    def _train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        self.loader.set_epoch(self.epoch)
+        self.net.train()
+        if self.freeze_batchnorm:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, unit="batch", leave=False,
+                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not (self.is_main and self.show_progress))
+        skip, started, images = self.step_in_epoch, time.perf_counter(), 0
+        totals = np.zeros(3)
+        with bar:
+            for index, batch in enumerate(self.loader):
+                if index < skip:
+                    continue  # a resumed epoch: the same batches, in the same order, as before the stop
+                self._stop_if_requested()
+                parts = self._train_step(batch)
+                self.step, self.step_in_epoch = self.step + 1, self.step_in_epoch + 1
+                images += len(batch.images) * self.dist.world_size
+                rate = images / (time.perf_counter() - started)
+                totals += parts
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.log.write(event="step", epoch=self.epoch + 1, step=self.step,
+                               **dict(zip(LOSS_PARTS, parts.tolist())), lr=lr, images_per_s=rate)
+                bar.set_postfix(loc=f"{parts[0]:.3f}", cls=f"{parts[1]:.3f}", landm=f"{parts[2]:.3f}",
+                                lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                bar.update()
+        done = max(self.step_in_epoch - skip, 1)
+        if self.is_main:
+            log.info("epoch %d/%d: loss_l %.4f, loss_c %.4f, loss_landm %.4f, %.1f images/s", self.epoch + 1,
+                     self.config.epochs, *(totals / done), images / (time.perf_counter() - started))
+
+    def _train_step(self, batch) -> np.ndarray:
+        batch = batch.to(self.device, non_blocking=True).normalized()
+        # BatchNorm statistics as they were, to save the last good state if this step fails.
+        statistics = [buffer.clone() for buffer in self.model.buffers()]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            predictions = self.net(batch.images)
+        sum_l, sum_c, sum_landm, positives, with_landmarks = self.criterion.sums(predictions, self.priors, batch)
+        # Divisors over the whole global batch; DDP averages the gradients of the processes.
+        positives = self.dist.sum(positives).clamp(min=1).float() / self.dist.world_size
+        with_landmarks = self.dist.sum(with_landmarks).clamp(min=1).float() / self.dist.world_size
+        losses = torch.stack([sum_l / positives, sum_c / positives, sum_landm / with_landmarks])
+        values = losses.detach().cpu().numpy()
+        if not np.isfinite(values).all():
+            with torch.no_grad():
+                for buffer, before in zip(self.model.buffers(), statistics):
+                    buffer.copy_(before)
+            self._stop_on_non_finite(values)
+        total = self.criterion.total(tuple(losses))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.config.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return values
+
+    # ------------------------------------------------------------------ validation
+
+    def detector(self) -> Detector:
+        return Detector(self.model, device=self.device)
+
+    def validate(self) -> Dict[str, float]:
+        """AP at IoU 0.5 over every face of the validation set (and WIDER FACE's easy,
+        medium, hard APs when asked); rank 0 computes, the others wait."""
+        metrics: Dict[str, float] = {}
+        if self.is_main:
+            started = time.perf_counter()
+            detector = self.detector()
+            detections, faces = [], []
+            for index in range(len(self.val_set)):
+                image, target = self.val_set[index]
+                found = detector.detect(image)
+                detections.append((found.boxes.cpu(), found.scores.cpu()))
+                faces.append(target[:, :4])
+            metrics["ap50"] = average_precision(detections, faces, 0.5)
+            if self.config.widerface_val:
+                metrics.update(self._widerface_aps(detector))
+            metrics["seconds"] = time.perf_counter() - started
+            self.log.write(event="validation", epoch=self.epoch, step=self.step, **metrics)
+            log.info("epoch %d: validation AP@0.5 %.4f%s", self.epoch, metrics["ap50"],
+                     "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k in ("easy", "medium", "hard")))
+        self.dist.barrier()
+        return metrics
+
+    def _widerface_aps(self, detector: Detector) -> Dict[str, float]:
+        from ..evaluation.widerface import evaluate
+
+        root = self.config.widerface_val
+        predictions = {}
+        for event in sorted(os.listdir(root)):
+            folder = os.path.join(root, event)
+            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                found = detector.detect(detector.read_image(os.path.join(folder, name)))
+                boxes, scores = found.boxes.cpu().numpy(), found.scores.cpu().numpy()
+                rows = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores[:, None]], 1)
+                predictions[os.path.splitext(name)[0]] = rows
+        result = evaluate(predictions, self.config.widerface_gt)
+        return {setting: result.ap[setting] for setting in ("easy", "medium", "hard")}
+
+    def draw_val_image(self, path: str, index: int = 0, threshold: float = 0.5) -> None:
+        from ..draw import draw_detections
+        from ..files import write_image
+
+        image, _ = self.val_set[index]
+        write_image(path, draw_detections(image, self.detector().detect(image), threshold=threshold))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self, name: str, **extra) -> None:
+        if not self.is_main:
+            return
+        save_checkpoint(
+            os.path.join(self.out, name), model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
+            step=self.step, step_in_epoch=self.step_in_epoch, best_ap=self.best_ap, metrics=dict(self.metrics),
+            rng=random_states(), args=self.config.as_dict(), backbone=self.config.backbone, dcn=self.config.dcn,
+            **extra)
+
+    def _save_epoch(self, validated: Optional[Dict[str, float]]) -> None:
+        """last.pt after every epoch; best.pt when the validation AP improves (without
+        validation data: the final epoch's)."""
+        ap = validated.get("ap50", math.nan) if validated else math.nan
+        improved = ap > self.best_ap  # False for NaN
+        if improved:
+            self.best_ap = ap
+        self._save(LAST)
+        if self.is_main and (improved or (self.val_set is None and self.epoch == self.config.epochs)):
+            temporary = os.path.join(self.out, f".{BEST}.tmp")
+            shutil.copyfile(os.path.join(self.out, LAST), temporary)
+            os.replace(temporary, os.path.join(self.out, BEST))
+
+    def _resume(self) -> None:
+        path = os.path.join(self.out, LAST) if self.config.resume == "auto" else self.config.resume
+        checkpoint = load_checkpoint(path)
+        for key in ("backbone", "dcn"):
+            if checkpoint[key] != getattr(self.config, key):
+                raise ValueError(f"--resume {path}: the run was {key}={checkpoint[key]}, "
+                                 f"this one says {getattr(self.config, key)}")
+        for key in ("batch_size", "image_size"):
+            if checkpoint["args"][key] != getattr(self.config, key):
+                raise ValueError(f"--resume {path}: the run used --{key.replace('_', '-')} "
+                                 f"{checkpoint['args'][key]}, this one {getattr(self.config, key)}")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.step, self.step_in_epoch = checkpoint["epoch"], checkpoint["step"], checkpoint["step_in_epoch"]
+        self.best_ap, self.metrics = checkpoint["best_ap"], checkpoint["metrics"]
+        restore_random_states(checkpoint["rng"])
+        if self.is_main:
+            log.info("resumed %s: epoch %d, step %d", path, self.epoch + (self.step_in_epoch > 0), self.step)
+
+    # ------------------------------------------------------------------ stops
+
+    def _catch_signals(self):
+        def request_stop(number, frame):
+            self._stop_requested = signal.Signals(number).name
+            signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
+
+        previous = {}
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[number] = signal.signal(number, request_stop)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return previous
+
+    def _stop_if_requested(self) -> None:
+        requested = self._stop_requested is not None
+        if self.dist.enabled:  # every process stops at the same step
+            requested = bool(self.dist.sum(torch.tensor(int(requested), device=self.device)).item())
+        if requested:
+            self._save(LAST, interrupted=True)
+            raise TrainingStopped(f"stopped by {self._stop_requested or 'another process'} at step {self.step}; "
+                                  f"{os.path.join(self.out, LAST)} resumes it (--resume auto)", 130)
+
+    def _stop_on_non_finite(self, values: np.ndarray) -> None:
+        bad = [f"{name} = {value}" for name, value in zip(LOSS_PARTS, values) if not np.isfinite(value)]
+        self._save(LAST, interrupted=True)
+        raise TrainingStopped(f"step {self.step + 1} (epoch {self.epoch + 1}): {', '.join(bad)}; the weights "
+                              f"before this step are in {os.path.join(self.out, LAST)}", 1)
