@@ -248,3 +248,28 @@ def test_pretrained_backbones_load_in_their_published_layouts(tmp_path, backbone
     torch.save({"stage1.0.0.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="does not fit the"):
         load_pretrained_backbone(model, tmp_path / "wrong.pth")
+
+
+GROUND_TRUTH = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "widerface_gt"
+CROWD = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "images" / "widerface_crowd.jpg"
+
+
+@pytest.mark.skipif(not (GROUND_TRUTH.exists() and CROWD.exists()), reason="../shared missing")
+def test_validation_reports_the_widerface_aps(tmp_path):
+    """A WIDER_val/images folder with one image (named as a val image) and the official
+    ground truth: the run reports easy, medium and hard APs beside AP@0.5."""
+    import shutil
+
+    from retinaface_ext.evaluation.widerface import load_ground_truth
+
+    first = load_ground_truth(GROUND_TRUTH).images[0]
+    folder = tmp_path / "WIDER_val" / "images" / first.event
+    folder.mkdir(parents=True)
+    shutil.copyfile(CROWD, folder / f"{first.name}.jpg")
+    trainer = Trainer(tiny(tmp_path, epochs=1, widerface_val=str(tmp_path / "WIDER_val" / "images"),
+                           widerface_gt=str(GROUND_TRUTH)), show_progress=False)
+    metrics = trainer.fit()
+    assert {"ap50", "easy", "medium", "hard"} <= set(metrics)
+    assert all(0 <= metrics[k] <= 1 for k in ("easy", "medium", "hard"))
+    with open(os.path.join(trainer.out, "log.jsonl")) as handle:
+        assert any('"easy"' in line for line in handle)
