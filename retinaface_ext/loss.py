@@ -14,7 +14,15 @@ Targets = Union[Sequence[torch.Tensor], Tuple[torch.Tensor, ...]]
 def pad_targets(targets: Sequence[torch.Tensor], device=None):
     """The seed's list of ``[G_i, 15]`` tensors as ``(truths [B, G, 4], labels [B, G],
     landms [B, G, 10], num_truths [B])``, what :func:`retinaface_ext.ops.match` takes."""
-    rows = [torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1, 15) for t in targets]
+    rows = []
+    for index, target in enumerate(targets):
+        target = torch.as_tensor(target, dtype=torch.float32, device=device)
+        if target.numel() == 0:
+            target = target.reshape(0, 15)
+        if target.dim() != 2 or target.shape[1] != 15:
+            raise ValueError(f"MultiBoxLoss: targets[{index}] must be [G, 15] (x1 y1 x2 y2, ten landmark "
+                             f"values, label), got {list(target.shape)}")
+        rows.append(target)
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, 15)
     counts = torch.tensor([len(r) for r in rows], dtype=torch.long).to(padded.device, non_blocking=True)
     return padded[..., 0:4], padded[..., 14].long(), padded[..., 4:14], counts
@@ -67,6 +75,7 @@ class MultiBoxLoss(nn.Module):
         positives with landmarks; 0-dim tensors, not yet at least 1). Several processes
         that share a batch add up their divisors before dividing (see the trainer)."""
         loc, conf, landm = (_at_least_float32(p) for p in predictions)  # half types (autocast) in float32
+        _check_predictions(loc, conf, landm, priors)
         truths, labels, landms, num_truths = self._padded(targets, loc.device)
         if truths.shape[0] != loc.shape[0]:
             raise ValueError(f"MultiBoxLoss: {loc.shape[0]} images of predictions but {truths.shape[0]} of targets")
@@ -104,6 +113,16 @@ class MultiBoxLoss(nn.Module):
         if isinstance(targets, tuple) and len(targets) == 4 and targets[0].dim() == 3:
             return tuple(t.to(device) for t in targets)
         return pad_targets(list(targets), device)
+
+
+def _check_predictions(loc, conf, landm, priors) -> None:
+    if priors.dim() != 2 or priors.shape[1] != 4:
+        raise ValueError(f"MultiBoxLoss: priors must be [P, 4], got {list(priors.shape)}")
+    expected = {"loc": 4, "conf": 2, "landm": 10}
+    for name, value in zip(expected, (loc, conf, landm)):
+        if value.dim() != 3 or value.shape[1:] != (priors.shape[0], expected[name]) or value.shape[0] != loc.shape[0]:
+            raise ValueError(f"MultiBoxLoss: {name} must be [B, P, {expected[name]}] with P = {priors.shape[0]} "
+                             f"priors, got {list(value.shape)}")
 
 
 def _at_least_float32(values: torch.Tensor) -> torch.Tensor:

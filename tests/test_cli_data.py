@@ -2,16 +2,8 @@
 
 import pytest
 
+from cli_run import run_cli as run
 from retinaface_ext import cli
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_synthetic_then_check_data(tmp_path, capsys):

@@ -90,3 +90,12 @@ def test_half_precision_predictions_are_scored_in_float32():
     for a, b in zip(low, full):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b)
+
+
+def test_shapes_that_do_not_fit_are_named():
+    priors = prior_boxes(SIZE)
+    loc, conf, landm = (p.float() for p in predictions(1, priors))
+    with pytest.raises(ValueError, match=r"conf must be \[B, P, 2\] with P = "):
+        MultiBoxLoss()((loc, conf[:, :-1], landm), priors, real_looking_targets([2]))
+    with pytest.raises(ValueError, match=r"targets\[0\] must be \[G, 15\].*got \[15, 14\]"):
+        MultiBoxLoss()((loc, conf, landm), priors, [torch.zeros(15, 14)])

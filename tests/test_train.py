@@ -11,7 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from retinaface_ext import RetinaFace, cli
+from cli_run import run_cli
+from retinaface_ext import RetinaFace
 from retinaface_ext.train import TrainConfig, Trainer, TrainingStopped
 from retinaface_ext.train.options import SyntheticDefaults
 from retinaface_ext.train.state import load_checkpoint, save_checkpoint
@@ -157,16 +158,6 @@ def test_an_earlier_run_is_never_overwritten(tmp_path):
     Trainer(tiny(tmp_path, epochs=1, exist_ok=True), show_progress=False)
 
 
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    run_cli.out = captured.out
-    return code, captured.err
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--backbone", "vgg"], "invalid choice: 'vgg'"),
     (["--data", "no/such/label.txt"], "--data no/such/label.txt: no such label file"),
@@ -178,7 +169,7 @@ def run_cli(capsys, *argv):
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path / "cache"))
-    code, err = run_cli(capsys, "train", "--out", tmp_path / "out", *argv)
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "out", *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -207,14 +198,14 @@ def test_bf16_mixed_precision_on_the_cpu(tmp_path):
 def test_the_command_trains_reports_the_ap_and_keeps_its_files(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path / "cache"))
-    code, err = run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--epochs", 1,
-                        "--batch-size", 4, "--image-size", 64, "--workers", 0, "--dcn")
+    code, out, err = run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--epochs", 1,
+                             "--batch-size", 4, "--image-size", 64, "--workers", 0, "--dcn")
     assert code == 0, err
-    assert run_cli.out.startswith("AP@0.5: 0.") or run_cli.out.startswith("AP@0.5: 1.")
+    assert out.startswith("AP@0.5: 0.") or out.startswith("AP@0.5: 1.")
     run = tmp_path / "runs" / "train"
     assert {"last.pt", "best.pt", "log.jsonl", "val_detections.jpg"} <= set(os.listdir(run))
-    code, err = run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--epochs", 1,
-                        "--batch-size", 4, "--image-size", 64, "--workers", 0)
+    code, _, err = run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--epochs", 1,
+                           "--batch-size", 4, "--image-size", 64, "--workers", 0)
     assert code == 2 and "holds an earlier run" in err
 
 
