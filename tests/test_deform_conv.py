@@ -314,8 +314,10 @@ def test_stride_padding_dilation_must_be_ints(value):
 
 
 def test_multi_chunk_path_equals_one_chunk(device):
-    """The column budget bounds memory by running the batch in chunks; a tiny budget makes
-    every image its own chunk, which must change nothing."""
+    """The column budget bounds memory by running the batch in chunks (CUDA) or each image
+    in tiles of output positions (CPU); a tiny budget makes every image its own chunk and
+    every position its own tile, which must change nothing but the GEMMs' shapes (and so
+    possibly their rounding)."""
     args, options = make_case(3, 4, 7, 6, 4, (3, 3), 1, 1, 1, 2, 2, True, True)
     args = {k: v.to(device) for k, v in args.items()}
     whole, whole_grads = outputs_and_gradients(ops.deform_conv2d, args, options)
@@ -324,8 +326,27 @@ def test_multi_chunk_path_equals_one_chunk(device):
         chunked, chunked_grads = outputs_and_gradients(ops.deform_conv2d, args, options)
     finally:
         set_column_budget(previous)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
     for name in whole_grads:
         torch.testing.assert_close(chunked_grads[name], whole_grads[name], rtol=1e-12, atol=1e-12)
     expected, _ = outputs_and_gradients(reference.deform_conv2d, args, options)
     torch.testing.assert_close(chunked, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_image_split_across_threads_on_the_cpu(threads):
+    """With fewer images than threads the CPU backward splits each image's tiles into parts,
+    each with its own input- and weight-gradient buffer, summed at the end; a part boundary
+    must not lose or double a gradient, also when a sample straddles it."""
+    args, options = make_case(1, 8, 13, 11, 6, (3, 3), 1, 1, 1, 2, 4, True, True)
+    expected, expected_grads = outputs_and_gradients(reference.deform_conv2d, args, options)
+    previous_threads, previous_budget = torch.get_num_threads(), set_column_budget(8 * 9 * 10)
+    try:
+        torch.set_num_threads(threads)
+        out, grads = outputs_and_gradients(ops.deform_conv2d, args, options)
+    finally:
+        torch.set_num_threads(previous_threads)
+        set_column_budget(previous_budget)
+    torch.testing.assert_close(out, expected)
+    for name in expected_grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], msg=lambda m: f"grad {name}: {m}")

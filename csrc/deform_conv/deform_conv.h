@@ -154,6 +154,10 @@ struct SamplePoints {
 // the op set_deform_conv_column_budget (tests use it to reach the multi-chunk path).
 int64_t images_per_chunk(const DeformShape& s, int64_t backend_default);
 
+// Output positions per tile: the CPU kernels run each image in tiles of positions whose
+// column buffer ([positions, C * kh * kw]) holds at most the budget (as above).
+int64_t positions_per_tile(const DeformShape& s, int64_t backend_default);
+
 // Sets the column budget in elements (0: each backend's default); returns the previous.
 int64_t set_column_budget(int64_t elements);
 

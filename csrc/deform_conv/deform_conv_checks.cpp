@@ -24,6 +24,13 @@ int64_t images_per_chunk(const DeformShape& s, int64_t backend_default) {
   return std::max<int64_t>(1, std::min<int64_t>(s.N, budget / per_image));
 }
 
+int64_t positions_per_tile(const DeformShape& s, int64_t backend_default) {
+  const int64_t set = column_budget_override.load();
+  const int64_t budget = set > 0 ? set : backend_default;
+  const int64_t per_position = std::max<int64_t>(1, s.C * s.K());
+  return std::max<int64_t>(1, std::min<int64_t>(s.L(), budget / per_position));
+}
+
 // Every quantity is validated before anything is divided by it.
 DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight,
                                    const at::Tensor& offset, const at::Tensor& mask,
