@@ -18,7 +18,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -30,8 +29,16 @@ namespace {
 // Column-buffer elements per tile by default (512 KB of float32, within a core's L2).
 constexpr int64_t kTileBudget = int64_t(1) << 17;
 
-// Channel vectors of one tile's columns are laid out [position, group, K, C / groups]: a
-// weight group's columns are one block per position, so that each group is one GEMM.
+// The per-tile loops are compiled for AVX-512, AVX2 and the baseline, chosen at load time:
+// the extension is built for baseline x86-64, whose vectors hold 4 floats.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define RFE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RFE_VECTOR_CLONES
+#endif
+
+// A tile's columns are laid out [position, group, K, C / groups]: a weight group's columns
+// are one block per position, so that each group is one GEMM.
 struct Columns {
   int64_t K, Cg, width;  // width = C * K
   int64_t at(int64_t k, int64_t c) const { return (c / Cg) * K * Cg + k * Cg + c % Cg; }
@@ -43,9 +50,11 @@ struct ChannelRun {
   int64_t begin, end;
 };
 
-std::vector<std::vector<ChannelRun>> runs_per_offset_group(const DeformShape& s) {
+using ChannelRuns = std::vector<std::vector<ChannelRun>>;  // per offset group
+
+ChannelRuns runs_per_offset_group(const DeformShape& s) {
   const int64_t per_og = s.C / s.offset_groups, Cg = s.C / s.groups;
-  std::vector<std::vector<ChannelRun>> runs(s.offset_groups);
+  ChannelRuns runs(s.offset_groups);
   for (int64_t g = 0; g < s.offset_groups; ++g)
     for (int64_t c = g * per_og; c < (g + 1) * per_og;) {
       const int64_t end = std::min((g + 1) * per_og, (c / Cg + 1) * Cg);
@@ -55,78 +64,181 @@ std::vector<std::vector<ChannelRun>> runs_per_offset_group(const DeformShape& s)
   return runs;
 }
 
-// One sampling point: where its four neighbours' channel vectors start in the bordered
-// image, their bilinear weights and the weights' derivatives along y and x.
+// One sampling point. Its neighbours (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)
+// start at `at`, at + C, at + row and at + row + C in the bordered image; with
+// h = 1 - l their bilinear weights are hy hx, hy lx, ly hx, ly lx.
 template <typename T>
 struct Tap {
-  enum Kind { kInside, kOutside, kNonFinite } kind;
-  int64_t at[4];
-  T weight[4], dweight_dy[4], dweight_dx[4];
-  T modulation;
+  enum Kind : int32_t { kInside, kOutside, kNonFinite } kind;
+  int64_t at;
+  T ly, lx, modulation;
 };
 
+// floor(v) for a finite v in [-1, H): truncation, corrected below zero; exact, and
+// without the libm call that std::floor is on baseline x86-64.
 template <typename T>
-Tap<T> tap(const SamplePoints<T, T>& points, int64_t n, int64_t g, int64_t k, int64_t i, int64_t j) {
+inline int64_t floor_index(T v) {
+  const int64_t t = static_cast<int64_t>(v);
+  return t > v ? t - 1 : t;
+}
+
+// The taps of kernel point k, offset group g, for positions [l0, l0 + count) of image n.
+template <typename T>
+inline void taps(const SamplePoints<T, T>& points, int64_t n, int64_t g, int64_t k, int64_t l0, int64_t count,
+                 Tap<T>* out) {
   const DeformShape& s = points.s;
-  Tap<T> t;
-  T y, x;
-  points.point(n, g, k, i, j, &y, &x, &t.modulation);
-  if (!(is_finite(y) && is_finite(x))) return t.kind = Tap<T>::kNonFinite, t;
-  if (!touches_image(y, x, s.H, s.W)) return t.kind = Tap<T>::kOutside, t;
-  t.kind = Tap<T>::kInside;
-  const T fy = std::floor(y), fx = std::floor(x);
-  const int64_t y0 = static_cast<int64_t>(fy), x0 = static_cast<int64_t>(fx);
-  const T ly = y - fy, lx = x - fx, hy = T(1) - ly, hx = T(1) - lx;
-  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1}, xs[4] = {x0, x0 + 1, x0, x0 + 1};
-  const T wy[4] = {hy, hy, ly, ly}, wx[4] = {hx, lx, hx, lx};
-  const T dwy[4] = {T(-1), T(-1), T(1), T(1)}, dwx[4] = {T(-1), T(1), T(-1), T(1)};
-  for (int q = 0; q < 4; ++q) {
-    t.at[q] = ((ys[q] + 1) * (s.W + 2) + xs[q] + 1) * s.C;
-    t.weight[q] = wy[q] * wx[q];
-    t.dweight_dy[q] = dwy[q] * wx[q];
-    t.dweight_dx[q] = wy[q] * dwx[q];
+  const int64_t L = s.L(), channel = (n * s.offset_groups + g) * s.K() + k;
+  const T* offset_y = points.offset + channel * 2 * L;
+  const T* offset_x = offset_y + L;
+  const T* mask = points.mask ? points.mask + channel * L : nullptr;
+  const int64_t y_base = (k / s.kw) * s.dh - s.ph, x_base = (k % s.kw) * s.dw - s.pw;
+  int64_t i = l0 / s.Wo, j = l0 % s.Wo;
+  for (int64_t q = 0; q < count; ++q) {
+    const int64_t l = l0 + q;
+    Tap<T>& t = out[q];
+    const T y = T(i * s.sh + y_base) + offset_y[l];
+    const T x = T(j * s.sw + x_base) + offset_x[l];
+    if (++j == s.Wo) j = 0, ++i;
+    t.modulation = mask ? mask[l] : T(1);
+    if (!(is_finite(y) && is_finite(x))) {
+      t.kind = Tap<T>::kNonFinite;
+    } else if (!touches_image(y, x, s.H, s.W)) {
+      t.kind = Tap<T>::kOutside;
+    } else {
+      const int64_t y0 = floor_index(y), x0 = floor_index(x);
+      t.kind = Tap<T>::kInside;
+      t.at = ((y0 + 1) * (s.W + 2) + x0 + 1) * s.C;
+      t.ly = y - T(y0), t.lx = x - T(x0);
+    }
   }
-  return t;
 }
 
-// The modulated sample of n channels: column[c] = sum_q w[q] * neighbour_q[c].
+// The columns of a tap that samples nothing: 0 outside the image (NaN for a NaN mask, as
+// the reference), NaN for a non-finite coordinate.
 template <typename T>
-void sample(const T* p0, const T* p1, const T* p2, const T* p3, const T* w, int64_t n, T* column) {
-  const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+inline void fill_columns(const Tap<T>& p, const std::vector<ChannelRun>& runs, const Columns& layout, int64_t k,
+                         T* row) {
+  const T value = p.kind == Tap<T>::kNonFinite ? std::numeric_limits<T>::quiet_NaN() : T(0) * p.modulation;
+  for (const ChannelRun& run : runs) std::fill_n(row + layout.at(k, run.begin), run.end - run.begin, value);
+}
+
+// Samples the columns of positions [l0, l0 + count) of image n; `tap_buffer` holds count taps.
+template <typename T>
+RFE_VECTOR_CLONES void tile_columns(const T* image, const SamplePoints<T, T>& points, const ChannelRuns& runs,
+                                    const Columns& layout, int64_t n, int64_t l0, int64_t count, Tap<T>* tap_buffer,
+                                    T* columns) {
+  const DeformShape& s = points.s;
+  const int64_t row = (s.W + 2) * s.C;
+  for (int64_t k = 0; k < s.K(); ++k)
+    for (int64_t g = 0; g < s.offset_groups; ++g) {
+      taps(points, n, g, k, l0, count, tap_buffer);
+      for (int64_t t = 0; t < count; ++t) {
+        const Tap<T>& p = tap_buffer[t];
+        if (p.kind != Tap<T>::kInside) {
+          fill_columns(p, runs[g], layout, k, columns + t * layout.width);
+          continue;
+        }
+        const T hy = T(1) - p.ly, hx = T(1) - p.lx, m = p.modulation;
+        const T w0 = hy * hx * m, w1 = hy * p.lx * m, w2 = p.ly * hx * m, w3 = p.ly * p.lx * m;
+        for (const ChannelRun& run : runs[g]) {
+          const T* p0 = image + p.at + run.begin;
+          const T *p1 = p0 + s.C, *p2 = p0 + row, *p3 = p2 + s.C;
+          T* column = columns + t * layout.width + layout.at(k, run.begin);
 #pragma omp simd
-  for (int64_t c = 0; c < n; ++c) column[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
+          for (int64_t c = 0; c < run.end - run.begin; ++c)
+            column[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
+        }
+      }
+    }
 }
 
-// The backward at one sampling point for n channels with column gradient `grad`: scatters
-// w[q] * grad into the four neighbours' input gradients, re-forms the column, and returns
-// in dot[q] the dot product of grad with neighbour q.
+// a[0] + ... + a[15], pairwise: the compiler may not reorder a plain reduction, and in
+// order the final sum was 15 dependent additions per tap.
 template <typename T>
-void backprop(const T* grad, const T* p0, const T* p1, const T* p2, const T* p3, T* g0, T* g1, T* g2, T* g3,
-              const T* w, int64_t n, T* column, T* dot) {
-  const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
-  T d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-#pragma omp simd reduction(+ : d0, d1, d2, d3)
-  for (int64_t c = 0; c < n; ++c) {
-    const T gc = grad[c], v0 = p0[c], v1 = p1[c], v2 = p2[c], v3 = p3[c];
-    d0 += gc * v0, d1 += gc * v1, d2 += gc * v2, d3 += gc * v3;
-    g0[c] += w0 * gc, g1[c] += w1 * gc, g2[c] += w2 * gc, g3[c] += w3 * gc;
-    column[c] = w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
-  }
-  dot[0] = d0, dot[1] = d1, dot[2] = d2, dot[3] = d3;
+inline T pairwise_sum16(T* a) {
+  for (int v = 0; v < 8; ++v) a[v] += a[v + 8];
+  for (int v = 0; v < 4; ++v) a[v] += a[v + 4];
+  for (int v = 0; v < 2; ++v) a[v] += a[v + 2];
+  return a[0] + a[1];
+}
+
+// Where the offset and mask gradients of one tap go.
+template <typename T>
+struct TapGradients {
+  T *dy, *dx, *dmask;  // dmask is null without a mask
+};
+
+// The backward of positions [l0, l0 + count) of image n, given the tile's column
+// gradients: scatters into the bordered input gradient, writes the offset and mask
+// gradients, and re-forms the columns (for the weight gradient).
+template <typename T>
+RFE_VECTOR_CLONES void tile_backward(const T* image, const SamplePoints<T, T>& points, const ChannelRuns& runs,
+                                     const Columns& layout, int64_t n, int64_t l0, int64_t count,
+                                     Tap<T>* tap_buffer, const T* grad_columns, T* grad_image, T* columns,
+                                     T* grad_offset, T* grad_mask) {
+  const DeformShape& s = points.s;
+  const int64_t K = s.K(), L = s.L(), row = (s.W + 2) * s.C;
+  constexpr int kLanes = 16;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t g = 0; g < s.offset_groups; ++g) {
+      taps(points, n, g, k, l0, count, tap_buffer);
+      const int64_t channel = (n * s.offset_groups + g) * K + k;
+      T* grad_y = grad_offset + channel * 2 * L + l0;
+      T* grad_x = grad_y + L;
+      T* grad_m = grad_mask ? grad_mask + channel * L + l0 : nullptr;
+      for (int64_t t = 0; t < count; ++t) {
+        const Tap<T>& p = tap_buffer[t];
+        if (p.kind != Tap<T>::kInside) {  // a NaN or infinite offset: NaN gradients
+          const T value = p.kind == Tap<T>::kNonFinite ? std::numeric_limits<T>::quiet_NaN() : T(0);
+          grad_y[t] = grad_x[t] = value;
+          if (grad_m) grad_m[t] = value;
+          fill_columns(p, runs[g], layout, k, columns + t * layout.width);
+          continue;
+        }
+        const T ly = p.ly, lx = p.lx, hy = T(1) - ly, hx = T(1) - lx, m = p.modulation;
+        const T v0 = hy * hx, v1 = hy * lx, v2 = ly * hx, v3 = ly * lx;  // bilinear weights
+        const T w0 = v0 * m, w1 = v1 * m, w2 = v2 * m, w3 = v3 * m;      // times the mask
+        // per lane: grad * d sample / dy, grad * d sample / dx and grad * sample
+        T along_y[kLanes] = {}, along_x[kLanes] = {}, sampled[kLanes] = {};
+        for (const ChannelRun& run : runs[g]) {
+          const int64_t first = t * layout.width + layout.at(k, run.begin), width = run.end - run.begin;
+          const T* grad = grad_columns + first;
+          T* column = columns + first;
+          const T* p0 = image + p.at + run.begin;
+          const T *p1 = p0 + s.C, *p2 = p0 + row, *p3 = p2 + s.C;
+          T* g0 = grad_image + p.at + run.begin;
+          T *g1 = g0 + s.C, *g2 = g0 + row, *g3 = g2 + s.C;
+          for (int64_t start = 0; start < width; start += kLanes) {
+            const int lanes = static_cast<int>(std::min<int64_t>(kLanes, width - start));
+#pragma omp simd
+            for (int v = 0; v < lanes; ++v) {
+              const int64_t c = start + v;
+              const T gc = grad[c], a = p0[c], b = p1[c], d = p2[c], e = p3[c];
+              along_y[v] += gc * (hx * (d - a) + lx * (e - b));
+              along_x[v] += gc * (hy * (b - a) + ly * (e - d));
+              sampled[v] += gc * (v0 * a + v1 * b + v2 * d + v3 * e);
+              g0[c] += w0 * gc, g1[c] += w1 * gc, g2[c] += w2 * gc, g3[c] += w3 * gc;
+              column[c] = w0 * a + w1 * b + w2 * d + w3 * e;
+            }
+          }
+        }
+        grad_y[t] = pairwise_sum16(along_y) * m;
+        grad_x[t] = pairwise_sum16(along_x) * m;
+        if (grad_m) grad_m[t] = pairwise_sum16(sampled);
+      }
+    }
 }
 
 // The worker threads of at::parallel_for do not inherit the caller's dispatch state: the
 // GEMMs there would otherwise see the weight's requires_grad and refuse out= arguments.
 using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
-template <typename T>
-void fill(T* begin, int64_t n, T value) {
-  std::fill(begin, begin + n, value);
-}
-
 // [N, C, H, W] -> [N, H + 2, W + 2, C] with a zero border.
 at::Tensor bordered_channels_last(const at::Tensor& input) {
-  return at::constant_pad_nd(input, {1, 1, 1, 1}, 0).permute({0, 2, 3, 1}).contiguous();
+  at::Tensor bordered = at::zeros({input.size(0), input.size(2) + 2, input.size(3) + 2, input.size(1)},
+                                  input.options());
+  bordered.narrow(1, 1, input.size(2)).narrow(2, 1, input.size(3)).copy_(input.permute({0, 2, 3, 1}));
+  return bordered;
 }
 
 // weight [O, Cg, kh, kw] -> [groups, O / groups, K * Cg] in the columns' order.
@@ -134,35 +246,6 @@ at::Tensor weight_as_columns(const at::Tensor& weight, const DeformShape& s) {
   const int64_t Cg = s.C / s.groups;
   return weight.reshape({s.groups, s.O / s.groups, Cg, s.K()}).permute({0, 1, 3, 2}).reshape(
       {s.groups, s.O / s.groups, s.K() * Cg});
-}
-
-// Samples the columns of positions [l0, l0 + T) of image n.
-template <typename T>
-void tile_columns(const T* image, const SamplePoints<T, T>& points, const std::vector<std::vector<ChannelRun>>& runs,
-                  const Columns& layout, int64_t n, int64_t l0, int64_t T_, T* columns) {
-  const DeformShape& s = points.s;
-  for (int64_t k = 0; k < s.K(); ++k)
-    for (int64_t t = 0; t < T_; ++t) {
-      const int64_t l = l0 + t;
-      T* row = columns + t * layout.width;
-      for (int64_t g = 0; g < s.offset_groups; ++g) {
-        const Tap<T> p = tap(points, n, g, k, l / s.Wo, l % s.Wo);
-        for (const ChannelRun& run : runs[g]) {
-          T* column = row + layout.at(k, run.begin);
-          const int64_t width = run.end - run.begin;
-          if (p.kind == Tap<T>::kNonFinite) {
-            fill(column, width, std::numeric_limits<T>::quiet_NaN());
-          } else if (p.kind == Tap<T>::kOutside) {
-            fill(column, width, T(0) * p.modulation);  // NaN for a NaN mask, as the reference
-          } else {
-            const T w[4] = {p.weight[0] * p.modulation, p.weight[1] * p.modulation, p.weight[2] * p.modulation,
-                            p.weight[3] * p.modulation};
-            const T* c0 = image + run.begin;
-            sample(c0 + p.at[0], c0 + p.at[1], c0 + p.at[2], c0 + p.at[3], w, width, column);
-          }
-        }
-      }
-    }
 }
 
 at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
@@ -179,10 +262,10 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
   if (s.N == 0 || s.O == 0) return bias.defined() ? out.add_(bias.view({1, s.O, 1, 1})) : out;
   const at::Tensor input = bordered_channels_last(input_), offset = offset_.contiguous();
   const at::Tensor weight = weight_as_columns(weight_, s);
-  const int64_t L = s.L(), tile = positions_per_tile(s, kTileBudget), tiles = (L + tile - 1) / tile;
-  const int64_t Og = s.O / s.groups, Cg = s.C / s.groups;
-  const Columns layout{s.K(), Cg, s.C * s.K()};
-  const auto runs = runs_per_offset_group(s);
+  const int64_t K = s.K(), L = s.L(), Og = s.O / s.groups, Cg = s.C / s.groups;
+  const int64_t tile = positions_per_tile(s, kTileBudget), tiles = (L + tile - 1) / tile;
+  const Columns layout{K, Cg, s.C * K};
+  const ChannelRuns runs = runs_per_offset_group(s);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
     using T = scalar_t;
     const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
@@ -190,14 +273,16 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
     at::parallel_for(0, s.N * tiles, 1, [&](int64_t begin, int64_t end) {
       const BelowAutograd below_autograd;
       at::Tensor columns = at::empty({tile, layout.width}, input.options());
+      std::vector<Tap<T>> tap_buffer(tile);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / tiles, l0 = (item % tiles) * tile, T_ = std::min(tile, L - l0);
-        tile_columns(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, T_, columns.data_ptr<T>());
-        const at::Tensor cols = columns.narrow(0, 0, T_);
-        const at::Tensor result = out[n].view({s.O, L}).narrow(1, l0, T_);
-        for (int64_t G = 0; G < s.groups; ++G) {
+        const int64_t n = item / tiles, l0 = (item % tiles) * tile, count = std::min(tile, L - l0);
+        tile_columns(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count, tap_buffer.data(),
+                     columns.data_ptr<T>());
+        const at::Tensor cols = columns.narrow(0, 0, count);
+        const at::Tensor result = out[n].view({s.O, L}).narrow(1, l0, count);
+        for (int64_t G = 0; G < s.groups; ++G) {  // [O/g, K * Cg] x [K * Cg, count]
           at::Tensor part = result.narrow(0, G * Og, Og);
-          at::mm_out(part, weight[G], cols.narrow(1, G * s.K() * Cg, s.K() * Cg).t());
+          at::mm_out(part, weight[G], cols.narrow(1, G * K * Cg, K * Cg).t());
         }
       }
     });
@@ -220,13 +305,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
               "], got ", grad_out_.sizes());
   const at::Tensor offset = offset_.contiguous(), grad_out = grad_out_.contiguous();
   const at::Tensor input = bordered_channels_last(input_), weight = weight_as_columns(weight_, s);
-  const int64_t K = s.K(), L = s.L(), og = s.offset_groups, Og = s.O / s.groups, Cg = s.C / s.groups;
+  const int64_t K = s.K(), L = s.L(), Og = s.O / s.groups, Cg = s.C / s.groups;
   const int64_t tile = positions_per_tile(s, kTileBudget), tiles = (L + tile - 1) / tile;
   // Parts per image: enough work items for every thread even for a small batch.
-  const int64_t parts = std::min(tiles, std::max<int64_t>(1, (at::get_num_threads() + s.N - 1) / std::max<int64_t>(s.N, 1)));
+  const int64_t threads = at::get_num_threads(), images = std::max<int64_t>(s.N, 1);
+  const int64_t parts = std::min(tiles, (threads + images - 1) / images);
   const int64_t tiles_per_part = (tiles + parts - 1) / parts;
   const Columns layout{K, Cg, s.C * K};
-  const auto runs = runs_per_offset_group(s);
+  const ChannelRuns runs = runs_per_offset_group(s);
   at::Tensor grad_input_parts = at::zeros({s.N, parts, s.H + 2, s.W + 2, s.C}, input.options());
   at::Tensor grad_weight_parts = at::zeros({s.N * parts, s.groups, Og, K * Cg}, input.options());
   at::Tensor grad_offset = at::empty_like(offset);
@@ -236,83 +322,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     using T = scalar_t;
     const SamplePoints<T, T> points{s, offset.data_ptr<T>(), mask.defined() ? mask.data_ptr<T>() : nullptr};
     const int64_t image_size = (s.H + 2) * (s.W + 2) * s.C;
-    const T nan = std::numeric_limits<T>::quiet_NaN();
-    T* goff = grad_offset.data_ptr<T>();
-    T* gm = mask.defined() ? grad_mask.data_ptr<T>() : nullptr;
     at::parallel_for(0, s.N * parts, 1, [&](int64_t begin, int64_t end) {
       const BelowAutograd below_autograd;
       at::Tensor grad_columns = at::empty({tile, layout.width}, input.options());
       at::Tensor columns = at::empty({tile, layout.width}, input.options());
+      std::vector<Tap<T>> tap_buffer(tile);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / parts, part = item % parts;
-        const T* image = input.data_ptr<T>() + n * image_size;
-        T* grad_image = grad_input_parts.data_ptr<T>() + item * image_size;
-        for (int64_t tile_index = part * tiles_per_part; tile_index < std::min(tiles, (part + 1) * tiles_per_part);
-             ++tile_index) {
-          const int64_t l0 = tile_index * tile, T_ = std::min(tile, L - l0);
-          const at::Tensor go = grad_out[n].view({s.O, L}).narrow(1, l0, T_);
-          const at::Tensor gcols = grad_columns.narrow(0, 0, T_), cols = columns.narrow(0, 0, T_);
-          for (int64_t G = 0; G < s.groups; ++G) {  // [T, O/g] x [O/g, K * Cg]
-            at::Tensor part = gcols.narrow(1, G * K * Cg, K * Cg);
-            at::mm_out(part, go.narrow(0, G * Og, Og).t(), weight[G]);
+        at::Tensor grad_weight = grad_weight_parts[item];
+        for (int64_t index = part * tiles_per_part; index < std::min(tiles, (part + 1) * tiles_per_part); ++index) {
+          const int64_t l0 = index * tile, count = std::min(tile, L - l0);
+          const at::Tensor go = grad_out[n].view({s.O, L}).narrow(1, l0, count);
+          const at::Tensor gcols = grad_columns.narrow(0, 0, count), cols = columns.narrow(0, 0, count);
+          for (int64_t G = 0; G < s.groups; ++G) {  // [count, O/g] x [O/g, K * Cg]
+            at::Tensor part_columns = gcols.narrow(1, G * K * Cg, K * Cg);
+            at::mm_out(part_columns, go.narrow(0, G * Og, Og).t(), weight[G]);
           }
-          const T* gc = grad_columns.data_ptr<T>();
-          T* cc = columns.data_ptr<T>();
-          for (int64_t k = 0; k < K; ++k)
-            for (int64_t t = 0; t < T_; ++t) {
-              const int64_t l = l0 + t;
-              for (int64_t g = 0; g < og; ++g) {
-                const Tap<T> p = tap(points, n, g, k, l / s.Wo, l % s.Wo);
-                const int64_t channel = (n * og + g) * K + k;
-                T* dy = goff + channel * 2 * L + l;
-                T* dx = dy + L;
-                T* dm = gm ? gm + channel * L + l : nullptr;
-                if (p.kind != Tap<T>::kInside) {  // a NaN or infinite offset: NaN gradients
-                  const T value = p.kind == Tap<T>::kNonFinite ? nan : T(0);
-                  *dy = *dx = value;
-                  if (dm) *dm = value;
-                  for (const ChannelRun& run : runs[g])
-                    fill(cc + t * layout.width + layout.at(k, run.begin), run.end - run.begin,
-                         p.kind == Tap<T>::kNonFinite ? nan : T(0) * p.modulation);
-                  continue;
-                }
-                const T w[4] = {p.weight[0] * p.modulation, p.weight[1] * p.modulation,
-                                p.weight[2] * p.modulation, p.weight[3] * p.modulation};
-                T d_y = 0, d_x = 0, d_mask = 0;
-                for (const ChannelRun& run : runs[g]) {
-                  const int64_t column = t * layout.width + layout.at(k, run.begin);
-                  const T* c0 = image + run.begin;
-                  T* g0 = grad_image + run.begin;
-                  T dot[4];
-                  backprop(gc + column, c0 + p.at[0], c0 + p.at[1], c0 + p.at[2], c0 + p.at[3], g0 + p.at[0],
-                           g0 + p.at[1], g0 + p.at[2], g0 + p.at[3], w, run.end - run.begin, cc + column, dot);
-                  for (int q = 0; q < 4; ++q) {
-                    d_y += p.dweight_dy[q] * dot[q];
-                    d_x += p.dweight_dx[q] * dot[q];
-                    d_mask += p.weight[q] * dot[q];
-                  }
-                }
-                *dy = d_y * p.modulation, *dx = d_x * p.modulation;
-                if (dm) *dm = d_mask;
-              }
-            }
-          at::Tensor grad_weight = grad_weight_parts[item];
-          for (int64_t G = 0; G < s.groups; ++G)  // [O/g, T] x [T, K * Cg]
+          tile_backward(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count, tap_buffer.data(),
+                        grad_columns.data_ptr<T>(), grad_input_parts.data_ptr<T>() + item * image_size,
+                        columns.data_ptr<T>(), grad_offset.data_ptr<T>(),
+                        mask.defined() ? grad_mask.data_ptr<T>() : nullptr);
+          for (int64_t G = 0; G < s.groups; ++G)  // [O/g, count] x [count, K * Cg]
             grad_weight[G].addmm_(go.narrow(0, G * Og, Og), cols.narrow(1, G * K * Cg, K * Cg));
         }
       }
     });
   });
-  const at::Tensor grad_input = grad_input_parts.sum(1)
-                                    .narrow(1, 1, s.H)
-                                    .narrow(2, 1, s.W)
-                                    .permute({0, 3, 1, 2})
-                                    .contiguous();
-  const at::Tensor grad_weight = grad_weight_parts.sum(0)
-                                     .view({s.groups, Og, K, Cg})
-                                     .permute({0, 1, 3, 2})
-                                     .reshape(weight_.sizes())
-                                     .contiguous();
+  const at::Tensor grad_bordered = parts == 1 ? grad_input_parts.select(1, 0) : grad_input_parts.sum(1);
+  const at::Tensor grad_input = grad_bordered.narrow(1, 1, s.H).narrow(2, 1, s.W).permute({0, 3, 1, 2}).contiguous();
+  const at::Tensor grad_weight =
+      grad_weight_parts.sum(0).view({s.groups, Og, K, Cg}).permute({0, 1, 3, 2}).reshape(weight_.sizes()).contiguous();
   return {grad_input, grad_weight, grad_offset, grad_mask, grad_bias};
 }
 
