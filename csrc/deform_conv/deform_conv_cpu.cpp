@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "deform_conv/deform_conv.h"
@@ -84,7 +85,7 @@ inline int64_t floor_index(T v) {
 
 // The taps of kernel point k, offset group g, for positions [l0, l0 + count) of image n.
 template <typename T>
-inline void taps(const SamplePoints<T, T>& points, int64_t n, int64_t g, int64_t k, int64_t l0, int64_t count,
+__attribute__((always_inline)) inline void taps(const SamplePoints<T, T>& points, int64_t n, int64_t g, int64_t k, int64_t l0, int64_t count,
                  Tap<T>* out) {
   const DeformShape& s = points.s;
   const int64_t L = s.L(), channel = (n * s.offset_groups + g) * s.K() + k;
@@ -123,7 +124,8 @@ inline void fill_columns(const Tap<T>& p, const std::vector<ChannelRun>& runs, c
 }
 
 // Samples the columns of positions [l0, l0 + count) of image n; `tap_buffer` holds count taps.
-template <typename T>
+// kWidth > 0: every channel run is kWidth wide (see channel_width).
+template <typename T, int kWidth>
 RFE_VECTOR_CLONES void tile_columns(const T* image, const SamplePoints<T, T>& points, const ChannelRuns& runs,
                                     const Columns& layout, int64_t n, int64_t l0, int64_t count, Tap<T>* tap_buffer,
                                     T* columns) {
@@ -144,8 +146,9 @@ RFE_VECTOR_CLONES void tile_columns(const T* image, const SamplePoints<T, T>& po
           const T* p0 = image + p.at + run.begin;
           const T *p1 = p0 + s.C, *p2 = p0 + row, *p3 = p2 + s.C;
           T* column = columns + t * layout.width + layout.at(k, run.begin);
+          const int64_t width = kWidth > 0 ? kWidth : run.end - run.begin;
 #pragma omp simd
-          for (int64_t c = 0; c < run.end - run.begin; ++c)
+          for (int64_t c = 0; c < width; ++c)
             column[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
         }
       }
@@ -155,11 +158,12 @@ RFE_VECTOR_CLONES void tile_columns(const T* image, const SamplePoints<T, T>& po
 // a[0] + ... + a[15], pairwise: the compiler may not reorder a plain reduction, and in
 // order the final sum was 15 dependent additions per tap.
 template <typename T>
-inline T pairwise_sum16(T* a) {
+__attribute__((always_inline)) inline T pairwise_sum16(T* a) {
+#pragma GCC unroll 8
   for (int v = 0; v < 8; ++v) a[v] += a[v + 8];
+#pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) a[v] += a[v + 4];
-  for (int v = 0; v < 2; ++v) a[v] += a[v + 2];
-  return a[0] + a[1];
+  return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
 // Where the offset and mask gradients of one tap go.
@@ -170,8 +174,8 @@ struct TapGradients {
 
 // The backward of positions [l0, l0 + count) of image n, given the tile's column
 // gradients: scatters into the bordered input gradient, writes the offset and mask
-// gradients, and re-forms the columns (for the weight gradient).
-template <typename T>
+// gradients, and re-forms the columns (for the weight gradient). kWidth as tile_columns.
+template <typename T, int kWidth>
 RFE_VECTOR_CLONES void tile_backward(const T* image, const SamplePoints<T, T>& points, const ChannelRuns& runs,
                                      const Columns& layout, int64_t n, int64_t l0, int64_t count,
                                      Tap<T>* tap_buffer, const T* grad_columns, T* grad_image, T* columns,
@@ -201,7 +205,8 @@ RFE_VECTOR_CLONES void tile_backward(const T* image, const SamplePoints<T, T>& p
         // per lane: grad * d sample / dy, grad * d sample / dx and grad * sample
         T along_y[kLanes] = {}, along_x[kLanes] = {}, sampled[kLanes] = {};
         for (const ChannelRun& run : runs[g]) {
-          const int64_t first = t * layout.width + layout.at(k, run.begin), width = run.end - run.begin;
+          const int64_t first = t * layout.width + layout.at(k, run.begin);
+          const int64_t width = kWidth > 0 ? kWidth : run.end - run.begin;
           const T* grad = grad_columns + first;
           T* column = columns + first;
           const T* p0 = image + p.at + run.begin;
@@ -227,6 +232,19 @@ RFE_VECTOR_CLONES void tile_backward(const T* image, const SamplePoints<T, T>& p
         if (grad_m) grad_m[t] = pairwise_sum16(sampled);
       }
     }
+}
+
+// Calls f(std::integral_constant<int, width>) with the channel runs' common width where it
+// is one the per-tile loops are compiled for (one run of 16, 32 or 64 channels: the
+// compiler then keeps a tap's partial sums in registers), else with 0 (any runs).
+template <typename F>
+void with_channel_width(const DeformShape& s, F&& f) {
+  if (s.groups == 1 && s.offset_groups == 1) {
+    if (s.C == 16) return f(std::integral_constant<int, 16>{});
+    if (s.C == 32) return f(std::integral_constant<int, 32>{});
+    if (s.C == 64) return f(std::integral_constant<int, 64>{});
+  }
+  f(std::integral_constant<int, 0>{});
 }
 
 // The worker threads of at::parallel_for do not inherit the caller's dispatch state: the
@@ -276,8 +294,10 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
       std::vector<Tap<T>> tap_buffer(tile);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / tiles, l0 = (item % tiles) * tile, count = std::min(tile, L - l0);
-        tile_columns(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count, tap_buffer.data(),
-                     columns.data_ptr<T>());
+        with_channel_width(s, [&](auto width) {
+          tile_columns<T, width>(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count,
+                                 tap_buffer.data(), columns.data_ptr<T>());
+        });
         const at::Tensor cols = columns.narrow(0, 0, count);
         const at::Tensor result = out[n].view({s.O, L}).narrow(1, l0, count);
         for (int64_t G = 0; G < s.groups; ++G) {  // [O/g, K * Cg] x [K * Cg, count]
@@ -338,10 +358,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
             at::Tensor part_columns = gcols.narrow(1, G * K * Cg, K * Cg);
             at::mm_out(part_columns, go.narrow(0, G * Og, Og).t(), weight[G]);
           }
-          tile_backward(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count, tap_buffer.data(),
-                        grad_columns.data_ptr<T>(), grad_input_parts.data_ptr<T>() + item * image_size,
-                        columns.data_ptr<T>(), grad_offset.data_ptr<T>(),
-                        mask.defined() ? grad_mask.data_ptr<T>() : nullptr);
+          with_channel_width(s, [&](auto width) {
+            tile_backward<T, width>(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count,
+                                    tap_buffer.data(), grad_columns.data_ptr<T>(),
+                                    grad_input_parts.data_ptr<T>() + item * image_size, columns.data_ptr<T>(),
+                                    grad_offset.data_ptr<T>(), mask.defined() ? grad_mask.data_ptr<T>() : nullptr);
+          });
           for (int64_t G = 0; G < s.groups; ++G)  // [O/g, count] x [count, K * Cg]
             grad_weight[G].addmm_(go.narrow(0, G * Og, Og), cols.narrow(1, G * K * Cg, K * Cg));
         }
