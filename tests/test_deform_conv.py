@@ -129,6 +129,22 @@ def test_non_contiguous_inputs_and_empty_batch():
     assert ops.deform_conv2d(**empty, **options).shape == (0, 6, 7, 7)
 
 
+@pytest.mark.parametrize("layout", ["sliced from one prediction", "transposed"])
+def test_offsets_and_mask_that_are_views_give_the_reference_and_its_gradients(layout):
+    """DeformConv2d slices offsets and mask out of one prediction: the CPU kernel reads
+    each image's part where it lies; other strides are copied first."""
+    args, options = make_case(3, 4, 6, 5, 6, (3, 3), 1, 1, 1, 1, 2, True, True, dtype=torch.float32)
+    offset, mask = args["offset"], args["mask"]
+    if layout == "transposed":
+        args["offset"] = offset.transpose(-1, -2).contiguous().transpose(-1, -2)
+        args["mask"] = mask.transpose(-1, -2).contiguous().transpose(-1, -2)
+    else:
+        prediction = torch.cat([offset, mask, torch.full_like(mask[:, :1], float("nan"))], 1)
+        args["offset"], args["mask"] = prediction[:, :offset.shape[1]], prediction[:, offset.shape[1]:-1]
+    assert not args["offset"].is_contiguous() and not args["mask"].is_contiguous()
+    assert_same(reference.deform_conv2d, ops.deform_conv2d, args, options)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
