@@ -2,8 +2,10 @@
 MobileNet-0.25 checkpoint: our Detector against Pytorch_Retinaface's detect.py pipeline
 (transcribed in tests/seed_reference.py), against a path built from
 ``retinaface_ext.ops.reference`` (unfused decode, reference NMS, no folding), and,
-where installed, against onnxruntime running the same folded network. The forward pass
-and the post-processing of the Detector are also timed alone.
+where installed, the Detector's onnxruntime engine against onnxruntime's bare forward of
+the same exported graph. The Detector's pre-processing, forward pass and
+post-processing are also timed alone: what ``detect`` costs beyond them is per-call
+overhead. ``bench_export`` times ``to_onnx`` and reports the file's size.
 
     pytest --benchmark benchmarks/bench_detect.py
 
@@ -13,17 +15,13 @@ MALLOC_TRIM_THRESHOLD_=1073741824 (what ``retinaface_ext.runtime.reuse_freed_mem
 sets) to see the numbers without them.
 """
 
-import io
 import pathlib
-import warnings
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
 from retinaface_ext import Detector, RetinaFace
-from retinaface_ext.models import InferenceRetinaFace
 from retinaface_ext.ops import reference
 from retinaface_ext.priors import prior_boxes
 from seed_reference import pytorch_retinaface_detect
@@ -34,8 +32,8 @@ CROWD = SHARED / "images" / "widerface_crowd.jpg"
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 SIZES = {"1024x624": None, "640x480": (640, 480)}
-IMPLEMENTATIONS = ["detect", "forward", "postprocess", "eager_forward", "pytorch_retinaface",
-                   "reference_path", "onnxruntime_forward"]
+IMPLEMENTATIONS = ["detect", "prepare", "forward", "postprocess", "eager_forward", "pytorch_retinaface",
+                   "reference_path", "detect_onnxruntime", "onnxruntime_forward"]
 
 
 @pytest.fixture(scope="module")
@@ -66,24 +64,21 @@ def reference_path(model, image, device, threshold=0.02, top_k=5000, nms_thresho
         return boxes[order][keep], scores[order][keep], points[order][keep]
 
 
-def onnx_session(model, example):
-    ort = pytest.importorskip("onnxruntime")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["images"])
-        except Exception as error:  # the exporter's dependencies are optional
-            pytest.skip(f"ONNX export unavailable: {type(error).__name__}: {error}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+@pytest.fixture(scope="module")
+def onnx_network(eager_model, tmp_path_factory):
+    """The network exported as the onnxruntime engine exports it (dynamic sizes)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from retinaface_ext.export import to_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "mobilenet0.25.onnx"
+    to_onnx(eager_model, path, check=False)
+    return path
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("size", list(SIZES))
-def bench_detect(benchmark, synchronized, device, eager_model, size, impl):
+def bench_detect(benchmark, request, synchronized, device, eager_model, size, impl):
     image = crowd_image(size)
     benchmark.group = f"detect {device} mobilenet0.25 {size}"
     benchmark.extra_info["threads"] = torch.get_num_threads()
@@ -91,6 +86,8 @@ def bench_detect(benchmark, synchronized, device, eager_model, size, impl):
     prepared = detector._prepare(image, "image")[0][None].contiguous(memory_format=torch.channels_last)
     if impl == "detect":
         fn = lambda: detector.detect(image)  # noqa: E731
+    elif impl == "prepare":
+        fn = lambda: detector._prepare(image, "image")  # noqa: E731
     elif impl == "forward":
         fn = lambda: detector.model(prepared)  # noqa: E731
     elif impl == "postprocess":
@@ -107,11 +104,31 @@ def bench_detect(benchmark, synchronized, device, eager_model, size, impl):
         pytest.skip(f"{impl} runs on the CPU only")
     elif impl == "pytorch_retinaface":
         fn = lambda: pytorch_retinaface_detect(eager_model, image)  # noqa: E731
-    else:
-        plain = prepared.contiguous()
-        session = onnx_session(InferenceRetinaFace(eager_model, channels_last=False, fuse_activations=False), plain)
-        feed = {"images": plain.numpy()}
+    elif impl == "detect_onnxruntime":
+        engine = Detector(str(request.getfixturevalue("onnx_network")))
+        fn = lambda: engine.detect(image)  # noqa: E731
+    else:  # onnxruntime_forward: the engine's session alone, on the engine's input
+        from retinaface_ext.onnx_engine import OnnxRuntimeNetwork
+
+        session = OnnxRuntimeNetwork(request.getfixturevalue("onnx_network")).session
+        feed = {"images": prepared.contiguous().numpy()}
         fn = lambda: session.run(None, feed)  # noqa: E731
     with torch.inference_mode():
         result = benchmark(synchronized(fn, device))
     assert result is not None
+
+
+@pytest.mark.parametrize("graph", ["network", "network+dcn", "network+postprocess"])
+def bench_export(benchmark, eager_model, tmp_path, graph):
+    """to_onnx with dynamic sizes, checked by onnxruntime where installed; the file size
+    is in extra_info (``--benchmark-json``) and printed."""
+    pytest.importorskip("onnxscript")
+    from retinaface_ext.export import to_onnx
+
+    benchmark.group = "to_onnx mobilenet0.25 (dynamic sizes)"
+    model = RetinaFace.from_checkpoint(WEIGHTS, dcn=True) if graph == "network+dcn" else eager_model
+    path = tmp_path / "model.onnx"
+    report = benchmark.pedantic(lambda: to_onnx(model, path, postprocess=graph.endswith("postprocess")),
+                                rounds=2, iterations=1)
+    benchmark.extra_info["size_bytes"] = report.size_bytes
+    print(f"\n{graph}: {report}")

@@ -151,6 +151,7 @@ def command_detect(args) -> int:
                 raise UserError(f"--out {args.out}: the annotated copy of {path} would overwrite it; "
                                 f"choose another folder")
             outputs[path] = (image_out, image_out + ".json")
+    crops = _align_outputs(args.align, files, root) if args.align else {}
     detector = _detector(args, target_size=args.target_size, max_size=args.max_size)
     with _progress(len(files), "detect", enabled=bool(args.out)) as progress:
         for chunk in _batches(files, args.batch_size):
@@ -167,10 +168,43 @@ def command_detect(args) -> int:
                         atomic_write_text(json_out, json.dumps(record, indent=1) + "\n")
                 elif args.json:
                     print(json.dumps(record))
+                if args.align:
+                    _write_crops(image, faces, crops[path])
                 if not args.json or args.out:
                     progress.write(f"{path}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout)
                 progress.update()
     return 0
+
+
+def _align_outputs(folder, files, root):
+    """Per input, the pattern of its crops under ``folder``: its path relative to the
+    input folder, without extension, plus ``_face<k>`` and its extension. Refused before
+    anything is written when a crop could overwrite an input."""
+    import re
+
+    _output_folder(folder, "--align")
+    inputs = {os.path.realpath(f) for f in files}
+    outputs = {}
+    for path in files:
+        stem, extension = os.path.splitext(os.path.relpath(path, root))
+        prefix = os.path.join(folder, stem + "_face")
+        outputs[path] = (prefix, extension)
+        taken = re.compile(re.escape(os.path.realpath(prefix)) + r"\d+" + re.escape(extension) + "$")
+        clash = next((other for other in inputs if taken.match(other)), None)
+        if clash:
+            raise UserError(f"--align {folder}: a crop of {path} would overwrite the input {clash}; "
+                            f"choose another folder")
+    return outputs
+
+
+def _write_crops(image, faces, names):
+    from .align import align_faces
+    from .files import write_image
+
+    prefix, extension = names
+    if len(faces):
+        for k, crop in enumerate(align_faces(image, faces.landmarks).crops):
+            write_image(f"{prefix}{k}{extension}", crop)
 
 
 def _check_origin_size(args):
@@ -325,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="write <image>.json per image (stdout without --out)")
     detect.add_argument("--no-draw", action="store_true", help="with --out: do not write annotated images")
     detect.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    detect.add_argument("--align", metavar="DIR", default=None,
+                        help="write one aligned 112x112 crop per face (ArcFace template) into DIR")
     _add_size_options(detect, "cap the long side at this (alone: shrink only larger images)")
     detect.set_defaults(run=command_detect)
 
@@ -361,10 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=command_bench)
 
     from .cli_data import add_data_commands
+    from .cli_export import add_export_command
     from .cli_train import add_train_command
 
     add_data_commands(commands)
     add_train_command(commands)
+    add_export_command(commands)
     return parser
 
 

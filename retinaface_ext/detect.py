@@ -21,6 +21,7 @@ from .models.checkpoint import check_finite
 from .priors import cached_prior_boxes, feature_map_size
 
 MEAN_BGR = (104.0, 117.0, 123.0)
+ENGINES = ("torch", "onnxruntime")
 #: Images share a padded forward pass only while the pass costs at most this many times
 #: their own pixels; the rest run in other passes (groups of similar sizes).
 MAX_PADDING_FACTOR = 2.0
@@ -111,6 +112,15 @@ class Detector:
         batch_size: images per forward pass in :meth:`detect`; images share a pass only
             when the padding costs at most ``MAX_PADDING_FACTOR`` times their pixels.
         clip_boxes: clip the boxes to the image (default False, as Pytorch_Retinaface).
+        engine: ``"torch"`` (the default) or ``"onnxruntime"``: the network exported to
+            ONNX (once per weights, into the cache; see :mod:`retinaface_ext.onnx_engine`)
+            and run by onnxruntime on the CPU, with this Detector's pre- and
+            post-processing around it. Only equally sized images share a forward pass
+            there. An ``.onnx`` file (``to_onnx(..., postprocess=False)``) as
+            ``weights_or_model`` selects it too (pass ``backbone`` for a ResNet-50 one:
+            it names the preset; both presets have the same priors).
+        half: run the network in float16 (CUDA only); the post-processing stays float32.
+        compile: ``torch.compile`` the network and the post-processing (torch engine).
     """
 
     def __init__(self, weights_or_model: Union[str, os.PathLike, dict, RetinaFace],
@@ -118,12 +128,35 @@ class Detector:
                  nms_threshold: float = 0.4, top_k: int = 5000, keep_top_k: int = 750,
                  target_size: Optional[float] = None, max_size: Optional[float] = None,
                  fold_batchnorm: bool = True, channels_last: bool = True, batch_size: int = 8,
-                 clip_boxes: bool = False):
+                 clip_boxes: bool = False, engine: Optional[str] = None, half: bool = False,
+                 compile: bool = False):
         self.top_k, self.keep_top_k = _count(top_k, "top_k"), _count(keep_top_k, "keep_top_k")
         self.batch_size = _count(batch_size, "batch_size")
         self.confidence_threshold = _fraction(confidence_threshold, "confidence_threshold")
         self.nms_threshold = _fraction(nms_threshold, "nms_threshold")
         self.target_size, self.max_size = check_size(target_size, "target_size"), check_size(max_size, "max_size")
+        onnx_file = isinstance(weights_or_model, (str, os.PathLike)) and \
+            os.fspath(weights_or_model).lower().endswith(".onnx")
+        self.engine = engine = ("onnxruntime" if onnx_file else "torch") if engine is None else engine
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if engine == "torch" and onnx_file:
+            raise ValueError(f"{os.fspath(weights_or_model)}: an ONNX file runs with engine='onnxruntime'")
+        self.half, self.compiled = bool(half), bool(compile)
+        if engine == "onnxruntime":
+            if self.half or self.compiled:
+                raise ValueError("half and compile apply to engine='torch'; onnxruntime runs the float32 graph")
+            self._init_onnxruntime(weights_or_model, onnx_file, backbone, device)
+        else:
+            self._init_torch(weights_or_model, backbone, device, fold_batchnorm, channels_last)
+        self.clip_boxes = bool(clip_boxes)
+        self._mean = torch.tensor(MEAN_BGR, device=self.device).reshape(3, 1, 1)
+        self._decode, self._select = decode_candidates, select_detections
+        if self.compiled:
+            self.model, self._decode, self._select = (_compiled(f) for f in (self.model, decode_candidates,
+                                                                               select_detections))
+
+    def _load_model(self, weights_or_model, backbone, device):
         if isinstance(weights_or_model, torch.nn.Module):
             if not isinstance(weights_or_model, RetinaFace):
                 raise TypeError(f"weights_or_model: expected a RetinaFace or a checkpoint, "
@@ -136,11 +169,30 @@ class Detector:
             model = RetinaFace.from_checkpoint(weights_or_model, backbone=backbone)
         if backbone is not None and model.config.backbone != config_for(backbone).backbone:
             raise ValueError(f"backbone={backbone!r} but the model is {model.config.backbone}")
+        return model, device
+
+    def _init_torch(self, weights_or_model, backbone, device, fold_batchnorm, channels_last):
+        model, device = self._load_model(weights_or_model, backbone, device)
         self.device = resolve_device(device)
+        if self.half and self.device.type != "cuda":
+            raise ValueError(f"half=True needs a CUDA device, got {self.device}")
         model = InferenceRetinaFace(model, fold_batchnorm, channels_last).to(self.device)
-        self.model, self.config = model, model.config
-        self.channels_last, self.clip_boxes = channels_last, bool(clip_boxes)
-        self._mean = torch.tensor(MEAN_BGR, device=self.device).reshape(3, 1, 1)
+        self.model = model.half() if self.half else model
+        self.config, self.channels_last = model.config, channels_last
+
+    def _init_onnxruntime(self, weights_or_model, onnx_file, backbone, device):
+        from .onnx_engine import OnnxRuntimeNetwork, cached_export, import_onnxruntime
+
+        self.device = resolve_device("cpu" if device is None else device)
+        if self.device.type != "cpu":
+            raise ValueError(f"engine='onnxruntime' runs on the CPU, got device {self.device}")
+        import_onnxruntime()
+        if onnx_file:
+            path, self.config = os.fspath(weights_or_model), config_for(backbone or "mobilenet0.25")
+        else:
+            model, _ = self._load_model(weights_or_model, backbone, device)
+            path, self.config = cached_export(model), model.config
+        self.model, self.channels_last = OnnxRuntimeNetwork(path), False
 
     def __call__(self, images, color: str = "bgr"):
         return self.detect(images, color)
@@ -195,9 +247,23 @@ class Detector:
         return Prepared(tensor, factor, (int(height), int(width)))
 
     def _subtract_mean(self, image: torch.Tensor) -> torch.Tensor:
-        """Float32 ``image - mean`` in one pass. For an HWC array seen as ``[3, H, W]`` the
-        mean is laid along whole rows, so that the loop runs over rows, not triples."""
+        """Float32 ``image - mean`` in one pass, in the layout the network reads: for an
+        HWC array seen as ``[3, H, W]``, channels-last (the mean laid along whole rows, so
+        that the loop runs over rows, not triples) or, for a network that reads NCHW
+        (the onnxruntime engine), written straight into planes."""
         _, height, width = image.shape
+        if not self.channels_last:
+            planes = torch.empty(3, height, width, dtype=torch.float32, device=image.device)
+            if image.device.type == "cpu" and image.dtype == torch.uint8 and image.stride() == (1, 3 * width, 3):
+                # OpenCV, one plane at a time on this thread: torch's parallel loop here
+                # measurably slowed the onnxruntime forward right after it (shared cores).
+                import cv2
+
+                hwc, out = image.permute(1, 2, 0).numpy(), planes.numpy()
+                for channel, plane in enumerate(cv2.split(hwc)):
+                    cv2.subtract(plane, MEAN_BGR[channel], dst=out[channel], dtype=cv2.CV_32F)
+                return planes
+            return torch.sub(image, self._mean, out=planes)
         if image.stride() == (1, 3 * width, 3):
             rows = image.permute(1, 2, 0).reshape(height, 3 * width)
             centred = torch.sub(rows, self._mean.reshape(1, 3).repeat(1, width))
@@ -207,7 +273,8 @@ class Detector:
     def _detect_prepared(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Detections]:
         results: List[Optional[Detections]] = [None] * len(prepared)
         sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
-        for group in padding_groups(sizes, self.batch_size):
+        max_padding = 1.0 if self.engine == "onnxruntime" else MAX_PADDING_FACTOR  # no padding mask there
+        for group in padding_groups(sizes, self.batch_size, max_padding):
             for i, detections in zip(group, self._forward_group([prepared[i] for i in group], [names[i] for i in group])):
                 results[i] = detections
         return results
@@ -223,7 +290,7 @@ class Detector:
             for slot, p in zip(inputs, prepared):
                 slot[:, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
         padding_mask = None if all(size == canvas for size in sizes) else PaddingMask(sizes, canvas)
-        outputs = self.model(inputs, padding_mask)
+        outputs = self.model(inputs.half() if self.half else inputs, padding_mask)
         return self.postprocess(*outputs, canvas, sizes, [p.factor for p in prepared], names,
                                 [p.image_size for p in prepared])
 
@@ -235,29 +302,22 @@ class Detector:
         batch = loc.shape[0]
         sizes = sizes or [tuple(canvas)] * batch
         names = names or [f"images[{b}]" for b in range(batch)]
+        if loc.dtype in (torch.float16, torch.bfloat16):  # a half network: post-processing in float32
+            loc, logits, landmarks = loc.float(), logits.float(), landmarks.float()
         priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
                                     dtype=loc.dtype)
-        # The face probability of the two-class softmax, sigmoid(face - background) being
-        # the same function; softmax over a dimension of 2 costs 25x more on the CPU.
-        face = torch.sigmoid(logits[..., 1] - logits[..., 0])
+        inside = None
         if any(tuple(size) != tuple(canvas) for size in sizes):
-            face = face * inside_priors(self.config, sizes, canvas, loc.device)
-        conf = torch.stack([1 - face, face], dim=-1)
-        boxes, scores, points, image_index, _ = ops.decode_detections(
-            loc, conf, landmarks, priors, self.config.variances, self.confidence_threshold)
+            inside = inside_priors(self.config, sizes, canvas, loc.device)
+        face, boxes, scores, points, image_index = self._decode(
+            loc, logits, landmarks, priors, inside, self.config.variances, self.confidence_threshold)
         _check_finite(face, boxes, points, image_index, names)
-        height, width = canvas
-        boxes = boxes * torch.tensor([width, height] * 2, device=boxes.device, dtype=boxes.dtype)
-        points = points * torch.tensor([width, height] * 5, device=boxes.device, dtype=boxes.dtype)
+        factor = None
         if factors is not None and any(f != 1.0 for f in factors):
-            factor = torch.tensor(factors, device=boxes.device, dtype=boxes.dtype)[image_index, None]
-            boxes, points = boxes / factor, points / factor
-        if boxes.shape[0] > self.top_k:
-            best = _top_k_per_image(scores, image_index, batch, self.top_k)
-            boxes, scores, points, image_index = boxes[best], scores[best], points[best], image_index[best]
-        keep = ops.batched_nms(boxes, scores, image_index, self.nms_threshold)
-        keep = keep[torch.argsort(image_index[keep], stable=True)]  # by image, each by score
-        counts = torch.bincount(image_index[keep], minlength=batch).tolist()
+            factor = torch.tensor(factors, device=boxes.device, dtype=boxes.dtype)
+        boxes, scores, points, image_index, keep = self._select(
+            boxes, scores, points, image_index, tuple(canvas), factor, batch, self.top_k, self.nms_threshold)
+        counts = _count_per_image(image_index[keep], batch).tolist()
         image_sizes = image_sizes or [tuple(size) for size in sizes]
         results = []
         for indices, image_size in zip(torch.split(keep, counts), image_sizes):
@@ -285,6 +345,55 @@ def inside_priors(config, sizes, canvas, device=None) -> torch.Tensor:
     return torch.stack(masks)
 
 
+def decode_candidates(loc, logits, landmarks, priors, inside, variances, threshold):
+    """The post-processing up to the candidates: face scores ``[B, P]`` (0 on priors
+    outside an image, where ``inside`` says so) and the decoded candidates above
+    ``threshold`` (:func:`retinaface_ext.ops.decode_detections`)."""
+    # The face probability of the two-class softmax, sigmoid(face - background) being
+    # the same function; softmax over a dimension of 2 costs 25x more on the CPU.
+    face = torch.sigmoid(logits[..., 1] - logits[..., 0])
+    if inside is not None:
+        face = face * inside
+    conf = torch.stack([1 - face, face], dim=-1)
+    boxes, scores, points, image_index, _ = ops.decode_detections(loc, conf, landmarks, priors, variances, threshold)
+    return face, boxes, scores, points, image_index
+
+
+def select_detections(boxes, scores, points, image_index, canvas, factor, batch, top_k, nms_threshold):
+    """The rest: candidates in pixels of their images (``factor [B]``: each image's resize
+    factor, or None), the ``top_k`` best of each image, NMS per image; returns them and
+    the kept indices, by image, each by score."""
+    height, width = canvas
+    boxes = boxes * boxes.new_tensor([width, height] * 2)
+    points = points * points.new_tensor([width, height] * 5)
+    if factor is not None:
+        boxes, points = boxes / factor[image_index, None], points / factor[image_index, None]
+    if torch.compiler.is_compiling() or boxes.shape[0] > top_k:  # compiled: no branch on a data size
+        best = _top_k_per_image(scores, image_index, batch, top_k)
+        boxes, scores, points, image_index = boxes[best], scores[best], points[best], image_index[best]
+    keep = ops.batched_nms(boxes, scores, image_index, nms_threshold)
+    keep = keep[torch.argsort(image_index[keep], stable=True)]  # by image, each by score
+    return boxes, scores, points, image_index, keep
+
+
+def _compiled(fn):
+    """``torch.compile(fn)``, traced with the sizes our ops and the selections produce
+    captured as symbols (else dynamo would break the graph at each of them)."""
+    compiled = torch.compile(fn, dynamic=None)
+
+    def run(*args, **kwargs):
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
+def _count_per_image(image_index: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[batch]`` int64: how often each image occurs (bincount with a size known in advance)."""
+    return torch.zeros(batch, dtype=torch.long, device=image_index.device).index_add_(
+        0, image_index, torch.ones_like(image_index))
+
+
 def _check_finite(face: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, image_index: torch.Tensor,
                   names: Sequence[str]) -> None:
     """Raise ValueError naming the first image whose face scores ``[B, P]`` or decoded
@@ -307,7 +416,7 @@ def _top_k_per_image(scores, image_index, batch, k) -> torch.Tensor:
     """Indices of the ``k`` best candidates of every image."""
     order = torch.argsort(scores, descending=True, stable=True)
     order = order[torch.argsort(image_index[order], stable=True)]
-    counts = torch.bincount(image_index, minlength=batch)
+    counts = _count_per_image(image_index, batch)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(order.shape[0], device=order.device) - starts[image_index[order]]
     return order[rank < k]

@@ -49,3 +49,11 @@ def write_image(path: PathLike, image) -> None:
     if not ok:
         raise OSError(f"cannot encode an image as {extension!r} for {path}")
     atomic_write_bytes(path, encoded.tobytes())
+
+
+def cache_root() -> str:
+    """Where retinaface_ext keeps what it makes once and reuses (the synthetic face set,
+    exported ONNX graphs): ``$RETINAFACE_EXT_CACHE``, else ``$XDG_CACHE_HOME/retinaface_ext``
+    or ``~/.cache/retinaface_ext``."""
+    return os.environ.get("RETINAFACE_EXT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "retinaface_ext")

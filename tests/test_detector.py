@@ -1,7 +1,6 @@
 """The Detector end to end: parity with Pytorch_Retinaface, batching, inputs, errors."""
 
 import json
-import pathlib
 import struct
 import subprocess
 import sys
@@ -17,10 +16,8 @@ import retinaface_ext
 from retinaface_ext import Detections, Detector, RetinaFace, draw_detections
 from retinaface_ext.ops.reference import box_iou
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
-CROWD = SHARED / "images" / "widerface_crowd.jpg"
-EXPECTED = SHARED / "expected" / "widerface_crowd.mobilenet0.25.json"
+from shared_data import CROWD, EXPECTED, WEIGHTS, assert_reproduces_the_pipeline
+
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 
@@ -34,28 +31,9 @@ def crowd():
     return cv2.imread(str(CROWD))
 
 
-def match_one_to_one(expected, ours, min_score=0.1):
-    """Pairs (expected row, our index) by best IoU for every expected detection with score
-    >= min_score; asserts the pairing is one to one and that ours has nothing else there."""
-    expected = expected[expected[:, 4] >= min_score]
-    mine = ours.scores >= min_score
-    iou = box_iou(torch.as_tensor(expected[:, :4], dtype=torch.float64), ours.boxes.double())
-    best = iou.argmax(1)
-    assert len(set(best.tolist())) == len(best), "two expected detections matched one of ours"
-    assert int(mine.sum()) == len(expected), f"{int(mine.sum())} of ours >= {min_score}, {len(expected)} expected"
-    assert bool(mine[best].all())
-    return expected, best, iou.max(1).values
-
-
 def test_reproduces_the_pytorch_retinaface_pipeline(detector, crowd):
-    expected = np.array(json.loads(EXPECTED.read_text())["detections"], dtype=np.float64)
     ours = detector.detect(crowd)
-    expected, best, iou = match_one_to_one(expected, ours)
-    assert len(expected) == 48
-    assert float(iou.min()) >= 0.99
-    np.testing.assert_allclose(ours.scores[best].numpy(), expected[:, 4], atol=1e-3)
-    landmarks = ours.landmarks[best].reshape(-1, 10).numpy()
-    assert np.abs(landmarks - expected[:, 5:]).max() <= 1.0
+    assert_reproduces_the_pipeline(ours)
     # Decreasing scores, landmarks in (x, y) pairs inside their faces.
     assert bool((ours.scores[1:] <= ours.scores[:-1]).all())
     confident = ours.above(0.5)

@@ -48,7 +48,8 @@ def batched_nms(
         check_tensors("batched_nms", boxes=boxes, scores=scores, idxs=idxs)
         if idxs.is_floating_point() or idxs.is_complex():
             raise TypeError(f"batched_nms: idxs must hold integer categories, got {idxs.dtype}")
-    if boxes.numel() == 0:
+    # (Not while compiling: there the count may be symbolic, and the kernel takes [0, 4].)
+    if not torch.compiler.is_compiling() and boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if idxs.dtype != torch.int64:
         idxs = idxs.to(torch.int64)

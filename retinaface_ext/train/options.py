@@ -128,10 +128,9 @@ def synthetic_cache_dir() -> str:
     """Where ``--data synthetic`` draws its set: ``$RETINAFACE_EXT_CACHE`` or
     ``~/.cache/retinaface_ext``, then ``synthetic-v<version>``."""
     from ..data.synthetic import VERSION
+    from ..files import cache_root
 
-    root = os.environ.get("RETINAFACE_EXT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "retinaface_ext")
-    return os.path.join(root, f"synthetic-v{VERSION}")
+    return os.path.join(cache_root(), f"synthetic-v{VERSION}")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, positive_int, non_negative_int, positive_number) -> None:

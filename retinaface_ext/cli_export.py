@@ -1,0 +1,54 @@
+"""``retinaface export``: a checkpoint to ONNX (:func:`retinaface_ext.export.to_onnx`)."""
+
+import os
+
+from .cli import UserError, fraction, positive_int
+
+
+def command_export(args) -> int:
+    from .export import to_onnx
+
+    if not os.path.isfile(args.weights):
+        raise UserError(f"checkpoint not found: {args.weights}")
+    if os.path.isdir(args.onnx):
+        raise UserError(f"--onnx {args.onnx}: is a folder, not a file")
+    if os.path.exists(args.onnx) and not args.overwrite:
+        raise UserError(f"--onnx {args.onnx}: the file exists (add --overwrite to replace it)")
+    if os.path.realpath(args.onnx) == os.path.realpath(args.weights):
+        raise UserError(f"--onnx {args.onnx}: that is the checkpoint itself")
+    dynamic = args.dynamic or args.size is None
+    size = tuple(args.size) if args.size else (640, 640)
+    report = to_onnx(args.weights, args.onnx, dynamic=dynamic, opset=args.opset, postprocess=args.postprocess,
+                     size=size, batch=args.batch, exporter=args.exporter, check=not args.no_check,
+                     confidence_threshold=args.confidence, nms_threshold=args.nms, keep_top_k=args.keep_top_k)
+    print(report)
+    print(f"input: {', '.join(report.inputs)}; outputs: {', '.join(report.outputs)}")
+    return 0
+
+
+def add_export_command(commands) -> None:
+    parser = commands.add_parser(
+        "export", help="export a checkpoint to ONNX (any input size, DCN included)",
+        description="Export the network (BatchNorm folded, heads merged) to ONNX; with --postprocess, the "
+                    "whole detector (priors, decoding, NonMaxSuppression) so that a deployment needs no Python. "
+                    "Batch, height and width are dynamic unless --size is given alone. Deformable "
+                    "convolutions become ONNX DeformConv (opset 19+). The file is checked with onnxruntime "
+                    "when it is installed. See the README for the graphs' inputs and outputs.")
+    parser.add_argument("--weights", required=True, help="checkpoint (Pytorch_Retinaface's or ours)")
+    parser.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="dynamic batch, height and width (the default without --size)")
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
+                        help="the example input's height and width; alone: the graph's fixed size")
+    parser.add_argument("--batch", type=positive_int, default=1, help="the example (or fixed) batch (1)")
+    parser.add_argument("--postprocess", action="store_true", help="include decoding and NMS in the graph")
+    parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 19)")
+    parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                        help="torch's exporter: torch.export-based (default) or TorchScript (network only)")
+    parser.add_argument("--confidence", type=fraction, default=0.02, help="with --postprocess: score threshold (0.02)")
+    parser.add_argument("--nms", type=fraction, default=0.4, help="with --postprocess: NMS IoU threshold (0.4)")
+    parser.add_argument("--keep-top-k", type=positive_int, default=750,
+                        help="with --postprocess: detections kept per image (750)")
+    parser.add_argument("--no-check", action="store_true", help="do not run the file with onnxruntime")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.set_defaults(run=command_export)

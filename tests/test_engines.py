@@ -1,0 +1,165 @@
+"""The Detector's other ways to run: the onnxruntime engine, half precision on CUDA, and
+torch.compile (whole graphs, no breaks at our ops)."""
+
+import cv2
+import pytest
+import torch
+import torch._dynamo
+
+import retinaface_ext.onnx_engine as onnx_engine
+from retinaface_ext import Detector, RetinaFace
+from retinaface_ext.detect import decode_candidates, select_detections
+from retinaface_ext.export import to_onnx
+from retinaface_ext.models import InferenceRetinaFace
+from retinaface_ext.ops import box_iou
+from retinaface_ext.priors import prior_boxes
+from shared_data import CROWD, HAVE_SHARED, WEIGHTS, assert_reproduces_the_pipeline
+
+pytestmark = pytest.mark.skipif(not HAVE_SHARED, reason="../shared missing")
+
+
+@pytest.fixture(scope="module")
+def crowd():
+    return cv2.imread(str(CROWD))
+
+
+@pytest.fixture(scope="module")
+def torch_detector():
+    return Detector(WEIGHTS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_detector(cache):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETINAFACE_EXT_CACHE", str(cache))
+        return Detector(WEIGHTS, engine="onnxruntime")
+
+
+def assert_same_faces(a, b, min_iou=0.999, score_tolerance=1e-4):
+    assert len(a) == len(b)
+    assert float(box_iou(a.boxes, b.boxes).diagonal().min()) >= min_iou
+    assert float((a.scores - b.scores).abs().max()) <= score_tolerance
+    assert float((a.landmarks - b.landmarks).abs().max()) <= 0.05
+
+
+def test_onnxruntime_reproduces_the_pipeline_as_the_torch_engine_does(onnx_detector, torch_detector, crowd):
+    ours = onnx_detector.detect(crowd)
+    assert_reproduces_the_pipeline(ours)
+    assert_same_faces(ours, torch_detector.detect(crowd))
+
+
+def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, torch_detector, crowd, cache,
+                                                          monkeypatch):
+    images = [crowd, cv2.resize(crowd, (640, 480)), crowd, crowd[:300, :500]]
+    for a, b in zip(onnx_detector.detect(images), torch_detector.detect(images)):
+        assert_same_faces(a, b)
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 1
+    monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(cache))
+    monkeypatch.setattr("retinaface_ext.export.to_onnx", lambda *a, **k: pytest.fail("exported again"))
+    again = Detector(WEIGHTS, engine="onnxruntime", target_size=400)
+    resized = torch_detector.__class__(WEIGHTS, device="cpu", target_size=400)
+    assert_same_faces(again.detect(crowd), resized.detect(crowd))
+
+
+def test_an_onnx_file_is_a_detector(tmp_path, torch_detector, crowd):
+    pytest.importorskip("onnxruntime")
+    model = RetinaFace.from_checkpoint(WEIGHTS)
+    to_onnx(model, tmp_path / "net.onnx", check=False)
+    detector = Detector(str(tmp_path / "net.onnx"))
+    assert detector.engine == "onnxruntime"
+    assert_same_faces(detector.detect(crowd), torch_detector.detect(crowd))
+    to_onnx(model, tmp_path / "detect.onnx", postprocess=True, check=False)
+    with pytest.raises(ValueError, match="not an exported RetinaFace network"):
+        Detector(str(tmp_path / "detect.onnx"))
+    with pytest.raises(ValueError, match="an ONNX file runs with engine='onnxruntime'"):
+        Detector(str(tmp_path / "net.onnx"), engine="torch")
+
+
+def test_engine_errors_are_one_line_and_name_the_fix(monkeypatch):
+    with pytest.raises(ValueError, match="engine must be one of torch, onnxruntime"):
+        Detector(WEIGHTS, engine="tensorrt")
+    with pytest.raises(ValueError, match="half and compile apply to engine='torch'"):
+        Detector(WEIGHTS, engine="onnxruntime", half=True)
+    with pytest.raises(ValueError, match="half=True needs a CUDA device"):
+        Detector(WEIGHTS, device="cpu", half=True)
+
+    def missing():
+        raise ImportError("engine='onnxruntime' needs onnxruntime (No module named 'onnxruntime'): "
+                          + onnx_engine.INSTALL_HINT)
+
+    monkeypatch.setattr(onnx_engine, "import_onnxruntime", missing)
+    with pytest.raises(ImportError, match=r"pip install onnxruntime \(or pip install \"retinaface_ext\[onnx\]\"\)"):
+        Detector(WEIGHTS, engine="onnxruntime")
+
+
+def test_the_missing_onnxruntime_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(ImportError, match="needs onnxruntime .*: pip install onnxruntime"):
+        onnx_engine.import_onnxruntime()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+@pytest.mark.parametrize("dcn", [False, True], ids=["plain", "dcn"])
+def test_half_precision_on_cuda_finds_the_same_faces(crowd, dcn):
+    model = RetinaFace.from_checkpoint(WEIGHTS, dcn=dcn)
+    full = Detector(model, device="cuda").detect(crowd)
+    half = Detector(model, device="cuda", half=True).detect(crowd)
+    assert half.boxes.dtype == torch.float32
+    confident_full, confident_half = full.above(0.5), half.above(0.5)
+    assert abs(len(confident_full) - len(confident_half)) <= 1
+    iou = box_iou(confident_full.boxes, confident_half.boxes)
+    assert float(iou.max(1).values.min()) >= 0.95
+
+
+@pytest.mark.parametrize("dcn", [False, True], ids=["plain", "dcn"])
+def test_the_network_compiles_to_one_graph(dcn):
+    model = InferenceRetinaFace(RetinaFace("mobilenet0.25", dcn=dcn).eval())
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(torch.randn(1, 3, 96, 128).contiguous(
+            memory_format=torch.channels_last))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    if dcn:
+        targets = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
+        assert any(t.startswith("retinaface_ext.deform_conv2d") for t in targets)
+
+
+def test_the_post_processing_compiles_without_breaks_at_our_ops(torch_detector, crowd):
+    x = torch_detector._prepare(crowd, "image").tensor[None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True,
+                                                            capture_scalar_outputs=True):
+        loc, logits, landmarks = torch_detector.model(x)
+        priors = prior_boxes(tuple(x.shape[-2:]))
+        decode = torch._dynamo.explain(decode_candidates)(loc, logits, landmarks, priors, None, (0.1, 0.2), 0.02)
+        _, boxes, scores, points, image_index = decode_candidates(loc, logits, landmarks, priors, None,
+                                                                  (0.1, 0.2), 0.02)
+        select = torch._dynamo.explain(select_detections)(boxes, scores, points, image_index, tuple(x.shape[-2:]),
+                                                          None, 1, 5000, 0.4)
+    for explained, op in ((decode, "decode_detections"), (select, "batched_nms")):
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        targets = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
+        assert any(t.startswith(f"retinaface_ext.{op}") for t in targets), targets
+
+
+def test_a_compiled_detector_gives_the_eager_faces(torch_detector, crowd):
+    compiled = Detector(WEIGHTS, device="cpu", compile=True)
+    assert_same_faces(compiled.detect(crowd), torch_detector.detect(crowd), score_tolerance=1e-5)
+    padded = [crowd, crowd[:500, :900]]  # a padded batch: the padding mask and per-image priors
+    for a, b in zip(compiled.detect(padded), torch_detector.detect(padded)):
+        assert_same_faces(a, b, score_tolerance=1e-5)
