@@ -117,7 +117,8 @@ def _detector(args, **overrides):
     if not os.path.isfile(args.weights):
         raise UserError(f"checkpoint not found: {args.weights}")
     settings = dict(backbone=args.backbone, device=args.device, confidence_threshold=args.confidence,
-                    nms_threshold=args.nms, keep_top_k=args.keep_top_k, batch_size=args.batch_size)
+                    nms_threshold=args.nms, keep_top_k=args.keep_top_k, batch_size=args.batch_size,
+                    engine=args.engine)
     settings.update(overrides)
     return Detector(args.weights, **settings)
 
@@ -299,7 +300,8 @@ def command_bench(args) -> int:
 
     detector = _detector(args, target_size=args.target_size, max_size=args.max_size)
     image = detector.read_image(args.image)
-    prepared = detector._prepare(image, "image").tensor[None].contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if detector.channels_last else torch.contiguous_format
+    prepared = detector._prepare(image, "image").tensor[None].contiguous(memory_format=layout)
     with torch.inference_mode():
         outputs = detector.model(prepared)
         size = tuple(prepared.shape[-2:])
@@ -312,7 +314,8 @@ def command_bench(args) -> int:
             for _ in range(3):
                 fn()
         print(f"{args.image}: {image.shape[1]}x{image.shape[0]}, network input {size[1]}x{size[0]}, "
-              f"{detector.config.backbone} on {detector.device} ({torch.get_num_threads()} threads), {args.runs} runs")
+              f"{detector.config.backbone} with {detector.engine} on {detector.device} ({torch.get_num_threads()} "
+              f"threads), {args.runs} runs")
         for name, fn in stages.items():
             median, best = _timed(fn, args.runs, detector.device)
             print(f"  {name:13s} median {median:8.2f} ms   min {best:8.2f} ms")
@@ -322,7 +325,8 @@ def command_bench(args) -> int:
 # ---------------------------------------------------------------- the parser
 
 def _add_detector_options(parser, batch_size=1):
-    parser.add_argument("--weights", required=True, help="Pytorch_Retinaface checkpoint (.pth)")
+    parser.add_argument("--weights", required=True,
+                        help="Pytorch_Retinaface checkpoint (.pth), or a network exported by 'retinaface export'")
     parser.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default=None,
                         help="insist on a backbone (default: read from the checkpoint)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -331,6 +335,9 @@ def _add_detector_options(parser, batch_size=1):
     parser.add_argument("--keep-top-k", type=positive_int, default=750, help="detections kept per image (750)")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                         help=f"images per forward pass; similar sizes share one ({batch_size})")
+    parser.add_argument("--engine", choices=["torch", "onnxruntime"], default=None,
+                        help="run the network with PyTorch or onnxruntime (CPU; exported once, cached); default: "
+                             "torch, onnxruntime for an .onnx file")
 
 
 def _add_size_options(parser, max_size_help):

@@ -74,15 +74,7 @@ class OnnxRuntimeNetwork:
             raise ValueError(f"{self.path}: not an exported RetinaFace network: inputs {list(inputs)}, outputs "
                              f"{list(outputs)} (expected {list(NETWORK_INPUTS)} and {list(NETWORK_OUTPUTS)}; "
                              f"export with retinaface_ext.export.to_onnx(..., postprocess=False))")
-        self.dcn = any(node == "DeformConv" for node in self._operators())
         self.version = onnxruntime.__version__
-
-    def _operators(self):
-        try:
-            import onnx
-        except ImportError:
-            return []
-        return [node.op_type for node in onnx.load(self.path, load_external_data=False).graph.node]
 
     def __call__(self, images: torch.Tensor, padding_mask=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if padding_mask is not None:

@@ -386,15 +386,15 @@ def test_detections_are_iterable_indexable_and_clippable(detector, crowd):
 
 
 def test_nan_face_scores_name_their_image():
-    from retinaface_ext.detect import _check_finite
+    from retinaface_ext.postprocess import check_finite_detections
 
     face = torch.rand(3, 50)
     boxes, points, image_index = torch.rand(4, 4), torch.rand(4, 10), torch.tensor([0, 0, 2, 2])
-    _check_finite(face, boxes, points, image_index, ["a", "b", "c"])
+    check_finite_detections(face, boxes, points, image_index, ["a", "b", "c"])
     face[1, 7] = float("nan")  # a NaN score is never above the threshold: the face would vanish
     with pytest.raises(ValueError, match="^b: the network's face scores are not finite"):
-        _check_finite(face, boxes, points, image_index, ["a", "b", "c"])
+        check_finite_detections(face, boxes, points, image_index, ["a", "b", "c"])
     face[1, 7], boxes[3, 0] = 0.5, float("inf")
     with pytest.raises(ValueError, match="^c: the network's decoded boxes are not finite"):
-        _check_finite(face, boxes, points, image_index, ["a", "b", "c"])
-    _check_finite(face, torch.full((4, 4), 3e38), points, image_index, ["a", "b", "c"])  # the sum overflows: fine
+        check_finite_detections(face, boxes, points, image_index, ["a", "b", "c"])
+    check_finite_detections(face, torch.full((4, 4), 3e38), points, image_index, ["a", "b", "c"])  # the sum overflows: fine

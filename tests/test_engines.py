@@ -8,7 +8,7 @@ import torch._dynamo
 
 import retinaface_ext.onnx_engine as onnx_engine
 from retinaface_ext import Detector, RetinaFace
-from retinaface_ext.detect import decode_candidates, select_detections
+from retinaface_ext.postprocess import decode_candidates, select_detections
 from retinaface_ext.export import to_onnx
 from retinaface_ext.models import InferenceRetinaFace
 from retinaface_ext.ops import box_iou
@@ -163,3 +163,21 @@ def test_a_compiled_detector_gives_the_eager_faces(torch_detector, crowd):
     padded = [crowd, crowd[:500, :900]]  # a padded batch: the padding mask and per-image priors
     for a, b in zip(compiled.detect(padded), torch_detector.detect(padded)):
         assert_same_faces(a, b, score_tolerance=1e-5)
+
+
+def test_the_commands_take_the_engine(tmp_path, capsys, cache, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from cli_run import run_cli
+
+    monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(cache))
+    counts = []
+    for engine in ("torch", "onnxruntime"):
+        code, out, _ = run_cli(capsys, "detect", CROWD, "--weights", WEIGHTS, "--engine", engine)
+        assert code == 0
+        counts.append(out)
+    assert counts[0] == counts[1] and "faces" in counts[0]
+    code, out, _ = run_cli(capsys, "bench", CROWD, "--weights", WEIGHTS, "--engine", "onnxruntime", "--runs", "2")
+    assert code == 0 and "with onnxruntime on cpu" in out
+    code, _, error = run_cli(capsys, "detect", CROWD, "--weights", WEIGHTS, "--engine", "onnxruntime", "--device",
+                             "cuda")
+    assert code == 2 and ("engine='onnxruntime' runs on the CPU" in error or "CUDA is not available" in error)
