@@ -18,9 +18,12 @@ def command_export(args) -> int:
         raise UserError(f"--onnx {args.onnx}: that is the checkpoint itself")
     dynamic = args.dynamic or args.size is None
     size = tuple(args.size) if args.size else (640, 640)
-    report = to_onnx(args.weights, args.onnx, dynamic=dynamic, opset=args.opset, postprocess=args.postprocess,
-                     size=size, batch=args.batch, exporter=args.exporter, check=not args.no_check,
-                     confidence_threshold=args.confidence, nms_threshold=args.nms, keep_top_k=args.keep_top_k)
+    try:
+        report = to_onnx(args.weights, args.onnx, dynamic=dynamic, opset=args.opset, postprocess=args.postprocess,
+                         size=size, batch=args.batch, exporter=args.exporter, check=not args.no_check,
+                         confidence_threshold=args.confidence, nms_threshold=args.nms, keep_top_k=args.keep_top_k)
+    except RuntimeError as error:  # the check with onnxruntime failed; nothing was written
+        raise UserError(f"{error} (nothing written; --no-check writes it anyway)") from None
     print(report)
     print(f"input: {', '.join(report.inputs)}; outputs: {', '.join(report.outputs)}")
     return 0

@@ -250,3 +250,25 @@ def test_the_export_command(tmp_path, capsys):
     assert out.read_bytes() == before
     code, _, error = run_cli(capsys, "export", "--weights", tmp_path / "none.pth", "--onnx", tmp_path / "x.onnx")
     assert code == 2 and "checkpoint not found" in error
+
+
+def test_a_failed_check_writes_nothing(tmp_path, monkeypatch, capsys):
+    """onnxruntime disagreeing with PyTorch is an error, before the file is written."""
+    model = RetinaFace("mobilenet0.25").eval()
+    real = ort.InferenceSession
+
+    class Wrong:
+        def __init__(self, *args, **kwargs):
+            self.session = real(*args, **kwargs)
+
+        def run(self, names, feed):
+            return [out + 1 for out in self.session.run(names, feed)]
+
+    monkeypatch.setattr(ort, "InferenceSession", Wrong)
+    with pytest.raises(RuntimeError, match=r"differs from PyTorch by 1 in loc"):
+        to_onnx(model, tmp_path / "m.onnx", dynamic=False, size=(64, 64))
+    assert not (tmp_path / "m.onnx").exists()
+    if HAVE_SHARED:
+        code, _, error = run_cli(capsys, "export", "--weights", WEIGHTS, "--onnx", tmp_path / "m.onnx", "--size",
+                                 "64", "64")
+        assert code == 2 and "nothing written" in error and not (tmp_path / "m.onnx").exists()
