@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _extension
+from . import _extension, ops
 from .detections import LANDMARK_NAMES, Detections, Face  # noqa: F401 (re-exported)
 from .images import (MAX_DECODED_PIXELS, MAX_PIXELS, ImageLike, check_size, image_file_size, read_image,
                      resize_factor, resized_shape, to_bgr_tensor)
@@ -252,20 +252,14 @@ class Detector:
         """Float32 ``image - mean`` in one pass, in the layout the network reads: for an
         HWC array seen as ``[3, H, W]``, channels-last (the mean laid along whole rows, so
         that the loop runs over rows, not triples) or, for a network that reads NCHW
-        (the onnxruntime engine), written straight into planes."""
+        (the onnxruntime engine), written straight into planes by
+        :func:`~retinaface_ext.ops.image_planes`, serially: torch's parallel loops here
+        measurably slowed the onnxruntime forward right after them (shared cores)."""
         _, height, width = image.shape
         if not self.channels_last:
-            planes = torch.empty(3, height, width, dtype=torch.float32, device=image.device)
-            if image.device.type == "cpu" and image.dtype == torch.uint8 and image.stride() == (1, 3 * width, 3):
-                # OpenCV, one plane at a time on this thread: torch's parallel loop here
-                # measurably slowed the onnxruntime forward right after it (shared cores).
-                import cv2
-
-                hwc, out = image.permute(1, 2, 0).numpy(), planes.numpy()
-                for channel, plane in enumerate(cv2.split(hwc)):
-                    cv2.subtract(plane, MEAN_BGR[channel], dst=out[channel], dtype=cv2.CV_32F)
-                return planes
-            return torch.sub(image, self._mean, out=planes)
+            if image.stride() == (1, 3 * width, 3):  # HWC memory: our one-pass kernel, on this thread
+                return ops.image_planes(image.permute(1, 2, 0), MEAN_BGR)
+            return torch.sub(image, self._mean).to(torch.float32).contiguous()
         if image.stride() == (1, 3 * width, 3):
             rows = image.permute(1, 2, 0).reshape(height, 3 * width)
             centred = torch.sub(rows, self._mean.reshape(1, 3).repeat(1, width))

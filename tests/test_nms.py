@@ -63,6 +63,20 @@ def test_exact_score_ties_keep_lower_index_first(boxes_factory, device):
         assert torch.equal(same, same.sort().values)
 
 
+@pytest.mark.parametrize("n", [40, 3000])  # the comparison sort and the radix sort of the CPU kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_score_order_over_signs_zeros_and_magnitudes(boxes_factory, device, n, dtype):
+    boxes, _ = boxes_factory("crowd", n, seed=5, dtype=dtype, device=device)
+    tiny = torch.finfo(dtype).tiny
+    values = torch.tensor([-0.0, 0.0, -1.5, 2.25, tiny / 4, -tiny / 4, 1e30, -1e30, 7.0], dtype=dtype)
+    scores = values[torch.randint(0, len(values), (n,), generator=torch.Generator().manual_seed(n))].to(device)
+    kernel_reference_torchvision(boxes, scores, 0.5)
+    # -0 and +0 are one score: between duplicates the lower index wins, whatever its sign.
+    duplicates = torch.tensor([[0.0, 0.0, 10.0, 10.0]], dtype=dtype, device=device).repeat(n, 1)
+    signed_zeros = torch.tensor([-0.0, 0.0], dtype=dtype, device=device).repeat(n // 2)
+    assert kernel_reference_torchvision(duplicates, signed_zeros, 0.5).tolist() == [0]
+
+
 def test_all_equal_scores_and_duplicate_boxes(device):
     boxes = torch.tensor([[1.0, 2.0, 30.0, 40.0]], device=device).repeat(500, 1)
     scores = torch.ones(500, device=device)

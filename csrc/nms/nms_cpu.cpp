@@ -17,14 +17,19 @@
 #include <numeric>
 #include <vector>
 
+#include "common/radix_sort.h"
 #include "nms/nms.h"
 
 namespace rfe {
 namespace {
 
+template <typename scalar_t>
 void check_finite(const at::Tensor& t, const char* op_name, const char* arg) {
-  TORCH_CHECK(at::isfinite(t).all().item<bool>(), op_name, ": ", arg,
-              " contains NaN or inf; NMS needs finite values");
+  const at::Tensor values = t.contiguous();
+  const scalar_t* data = values.data_ptr<scalar_t>();
+  bool finite = true;
+  for (int64_t i = 0, n = values.numel(); i < n; ++i) finite &= std::isfinite(data[i]);
+  TORCH_CHECK(finite, op_name, ": ", arg, " contains NaN or inf; NMS needs finite values");
 }
 
 // Parallel scans only pay off over this many boxes.
@@ -95,13 +100,13 @@ RankedBoxes<scalar_t> make_ranked(const SweepBoxes<scalar_t>& sweep, const int64
 template <typename scalar_t>
 SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
                                 const int64_t* order, int64_t n) {
-  std::vector<int64_t> by_x(n);
-  std::iota(by_x.begin(), by_x.end(), 0);
+  std::vector<scalar_t> x1(n);
+  for (int64_t i = 0; i < n; ++i) x1[i] = boxes[4 * i];
+  std::vector<int64_t> by_x = stable_order(x1.data(), n, /*descending=*/false);
   auto class_of = [&](int64_t i) { return classes ? classes[i] : int64_t(0); };
-  std::sort(by_x.begin(), by_x.end(), [&](int64_t a, int64_t b) {
-    const int64_t ca = class_of(a), cb = class_of(b);
-    return ca != cb ? ca < cb : boxes[4 * a] < boxes[4 * b];
-  });
+  if (classes && std::any_of(classes, classes + n, [&](int64_t c) { return c != classes[0]; })) {
+    std::stable_sort(by_x.begin(), by_x.end(), [&](int64_t a, int64_t b) { return classes[a] < classes[b]; });
+  }
 
   SweepBoxes<scalar_t> s;
   for (auto* v : {&s.x1, &s.y1, &s.x2, &s.y2, &s.area}) v->resize(n);
@@ -145,14 +150,14 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
   const int64_t n = boxes_in.size(0);
   const at::Tensor boxes = boxes_in.contiguous();
   const at::Tensor idxs = idxs_in.defined() ? idxs_in.contiguous() : idxs_in;
-  const at::Tensor order =
-      std::get<1>(scores_in.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
+  const at::Tensor scores = scores_in.contiguous();
+  const std::vector<int64_t> order = stable_order(scores.data_ptr<scalar_t>(), n, /*descending=*/true);
   const SweepBoxes<scalar_t> s =
       make_sweep(boxes.data_ptr<scalar_t>(), idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
-                 order.data_ptr<int64_t>(), n);
-  const RankedBoxes<scalar_t> ranked = make_ranked(s, order.data_ptr<int64_t>(), n);
+                 order.data(), n);
+  const RankedBoxes<scalar_t> ranked = make_ranked(s, order.data(), n);
   const scalar_t threshold = threshold_as<scalar_t>(iou_threshold);
-  const int64_t* order_ptr = order.data_ptr<int64_t>();
+  const int64_t* order_ptr = order.data();
 
   std::vector<uint8_t> removed_by_position(n, 0), removed_by_rank(n, 0);
   std::vector<int64_t> keep;
@@ -198,9 +203,9 @@ at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores, const
   TORCH_CHECK(boxes.size(0) < std::numeric_limits<int32_t>::max(), op_name,
               ": at most 2^31 - 2 boxes, got ", boxes.size(0));
   if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
-  check_finite(boxes, op_name, "boxes");
-  check_finite(scores, op_name, "scores");
   return AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
+    check_finite<scalar_t>(boxes, op_name, "boxes");
+    check_finite<scalar_t>(scores, op_name, "scores");
     return nms_kernel<scalar_t>(boxes, scores, idxs, iou_threshold);
   });
 }

@@ -6,6 +6,7 @@ Each op has a pure-PyTorch twin of the same signature in ``retinaface_ext.ops.re
 from . import reference
 from .box_coder import decode, decode_detections, decode_landm, encode, encode_landm
 from .deform_conv import deform_conv2d
+from .image import image_planes
 from .match import box_iou, match
 from .nms import batched_nms, nms
 
@@ -20,5 +21,6 @@ __all__ = [
     "decode_landm",
     "decode_detections",
     "deform_conv2d",
+    "image_planes",
     "reference",
 ]

@@ -162,6 +162,12 @@ def decode_detections(loc, conf, landm, priors, variances=(0.1, 0.2), score_thre
     return boxes[image, prior], scores[image, prior], landmarks[image, prior], image, prior
 
 
+def image_planes(image, mean):
+    """Channels-last pixels [..., H, W, C] -> float32 planes [..., C, H, W] minus ``mean`` [C]."""
+    planes = image.movedim(-1, -3).to(torch.float32)
+    return planes - torch.tensor(mean, dtype=torch.float32, device=image.device)[:, None, None]
+
+
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
