@@ -24,6 +24,10 @@ TORCH_LIBRARY(retinaface_ext, m) {
       "Tensor? mask, Tensor? bias, int stride_h, int stride_w, int pad_h, int pad_w, "
       "int dilation_h, int dilation_w) -> (Tensor grad_input, Tensor grad_weight, "
       "Tensor grad_offset, Tensor grad_mask, Tensor grad_bias)");
+  m.def(
+      "detect_faces(Tensor loc, Tensor logits, Tensor landm, Tensor priors, Tensor? inside, Tensor? factor, "
+      "int canvas_height, int canvas_width, float[] variances, float score_threshold, int top_k, "
+      "float nms_threshold, int keep_top_k) -> (Tensor boxes, Tensor scores, Tensor landmarks, Tensor counts)");
   m.def("image_planes(Tensor image, float[] mean) -> Tensor");
   // Elements of deform_conv2d's column buffer (0: the backend's default); returns the
   // previous setting. A process-wide knob, for tests of the multi-chunk path.

@@ -18,8 +18,7 @@ from .images import (MAX_DECODED_PIXELS, MAX_PIXELS, ImageLike, check_size, imag
                      resize_factor, resized_shape, to_bgr_tensor)
 from .models import InferenceRetinaFace, PaddingMask, RetinaFace, config_for
 from .models.checkpoint import check_finite
-from .postprocess import (check_finite_detections, compile_stage, count_per_image, decode_candidates, inside_priors,
-                          select_detections)
+from .postprocess import check_counts, compile_stage, inside_priors
 from .priors import cached_prior_boxes
 
 MEAN_BGR = (104.0, 117.0, 123.0)
@@ -153,10 +152,9 @@ class Detector:
             self._init_torch(weights_or_model, backbone, device, fold_batchnorm, channels_last)
         self.clip_boxes = bool(clip_boxes)
         self._mean = torch.tensor(MEAN_BGR, device=self.device).reshape(3, 1, 1)
-        self._decode, self._select = decode_candidates, select_detections
+        self._detect_faces = ops.detect_faces
         if self.compiled:
-            self.model, self._decode, self._select = (compile_stage(f) for f in (self.model, decode_candidates,
-                                                                               select_detections))
+            self.model, self._detect_faces = compile_stage(self.model), compile_stage(ops.detect_faces)
 
     def _load_model(self, weights_or_model, backbone, device):
         if isinstance(weights_or_model, torch.nn.Module):
@@ -305,20 +303,18 @@ class Detector:
         inside = None
         if any(tuple(size) != tuple(canvas) for size in sizes):
             inside = inside_priors(self.config, sizes, canvas, loc.device)
-        face, boxes, scores, points, image_index = self._decode(
-            loc, logits, landmarks, priors, inside, self.config.variances, self.confidence_threshold)
-        check_finite_detections(face, boxes, points, image_index, names)
         factor = None
         if factors is not None and any(f != 1.0 for f in factors):
-            factor = torch.tensor(factors, device=boxes.device, dtype=boxes.dtype)
-        boxes, scores, points, image_index, keep = self._select(
-            boxes, scores, points, image_index, tuple(canvas), factor, batch, self.top_k, self.nms_threshold)
-        counts = count_per_image(image_index[keep], batch).tolist()
+            factor = torch.tensor(factors, device=loc.device, dtype=loc.dtype)
+        boxes, scores, points, counts = self._detect_faces(
+            loc, logits, landmarks, priors, tuple(canvas), inside, factor, self.config.variances,
+            self.confidence_threshold, self.top_k, self.nms_threshold, self.keep_top_k)
+        counts = counts.tolist()
+        check_counts(counts, names)
         image_sizes = image_sizes or [tuple(size) for size in sizes]
         results = []
-        for indices, image_size in zip(torch.split(keep, counts), image_sizes):
-            indices = indices[: self.keep_top_k]
-            detections = Detections(boxes[indices], scores[indices], points[indices].reshape(-1, 5, 2),
-                                    tuple(image_size))
+        for image_boxes, image_scores, image_points, image_size in zip(
+                boxes.split(counts), scores.split(counts), points.split(counts), image_sizes):
+            detections = Detections(image_boxes, image_scores, image_points.reshape(-1, 5, 2), tuple(image_size))
             results.append(detections.clipped() if self.clip_boxes else detections)
         return results

@@ -15,6 +15,7 @@ import torch
 import retinaface_ext
 from retinaface_ext import Detections, Detector, RetinaFace, draw_detections
 from retinaface_ext.ops.reference import box_iou
+from retinaface_ext.priors import prior_boxes
 
 from shared_data import CROWD, EXPECTED, WEIGHTS, assert_reproduces_the_pipeline
 
@@ -385,16 +386,24 @@ def test_detections_are_iterable_indexable_and_clippable(detector, crowd):
     assert float(clipping.boxes[:, 2].max()) <= 1024 and float(clipping.boxes.min()) >= 0
 
 
-def test_nan_face_scores_name_their_image():
-    from retinaface_ext.postprocess import check_finite_detections
-
-    face = torch.rand(3, 50)
-    boxes, points, image_index = torch.rand(4, 4), torch.rand(4, 10), torch.tensor([0, 0, 2, 2])
-    check_finite_detections(face, boxes, points, image_index, ["a", "b", "c"])
-    face[1, 7] = float("nan")  # a NaN score is never above the threshold: the face would vanish
+def test_non_finite_outputs_name_their_image():
+    detector = Detector(WEIGHTS, device="cpu")
+    canvas = (64, 96)
+    priors = prior_boxes(canvas)
+    g = torch.Generator().manual_seed(0)
+    loc, logits, landm = (torch.randn(3, len(priors), k, generator=g) for k in (4, 2, 10))
+    names = ["a", "b", "c"]
+    assert len(detector.postprocess(loc, logits, landm, canvas, names=names)) == 3
+    bad = logits.clone()
+    bad[1, 7, 0] = float("nan")  # a NaN score is never above the threshold: the face would vanish
     with pytest.raises(ValueError, match="^b: the network's face scores are not finite"):
-        check_finite_detections(face, boxes, points, image_index, ["a", "b", "c"])
-    face[1, 7], boxes[3, 0] = 0.5, float("inf")
+        detector.postprocess(loc, bad, landm, canvas, names=names)
+    logits[2, 5] = torch.tensor([-10.0, 10.0])  # a sure candidate, whose box overflows
+    bad = loc.clone()
+    bad[2, 5, 2] = 1e4
     with pytest.raises(ValueError, match="^c: the network's decoded boxes are not finite"):
-        check_finite_detections(face, boxes, points, image_index, ["a", "b", "c"])
-    check_finite_detections(face, torch.full((4, 4), 3e38), points, image_index, ["a", "b", "c"])  # the sum overflows: fine
+        detector.postprocess(bad, logits, landm, canvas, names=names)
+    bad[2, 5, 2] = 0.0
+    bad[0, 3] = 1e4  # not a candidate: its overflow does not matter
+    logits[0, 3] = torch.tensor([10.0, -10.0])
+    assert len(detector.postprocess(bad, logits, landm, canvas, names=names)) == 3

@@ -8,9 +8,9 @@ import torch._dynamo
 
 import retinaface_ext.onnx_engine as onnx_engine
 from retinaface_ext import Detector, RetinaFace
-from retinaface_ext.postprocess import decode_candidates, select_detections
 from retinaface_ext.export import to_onnx
 from retinaface_ext.models import InferenceRetinaFace
+from retinaface_ext import ops
 from retinaface_ext.ops import box_iou
 from retinaface_ext.priors import prior_boxes
 from shared_data import CROWD, HAVE_SHARED, WEIGHTS, assert_reproduces_the_pipeline
@@ -146,15 +146,10 @@ def test_the_post_processing_compiles_without_breaks_at_our_ops(torch_detector, 
                                                             capture_scalar_outputs=True):
         loc, logits, landmarks = torch_detector.model(x)
         priors = prior_boxes(tuple(x.shape[-2:]))
-        decode = torch._dynamo.explain(decode_candidates)(loc, logits, landmarks, priors, None, (0.1, 0.2), 0.02)
-        _, boxes, scores, points, image_index = decode_candidates(loc, logits, landmarks, priors, None,
-                                                                  (0.1, 0.2), 0.02)
-        select = torch._dynamo.explain(select_detections)(boxes, scores, points, image_index, tuple(x.shape[-2:]),
-                                                          None, 1, 5000, 0.4)
-    for explained, op in ((decode, "decode_detections"), (select, "batched_nms")):
-        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-        targets = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
-        assert any(t.startswith(f"retinaface_ext.{op}") for t in targets), targets
+        explained = torch._dynamo.explain(ops.detect_faces)(loc, logits, landmarks, priors, tuple(x.shape[-2:]))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    targets = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
+    assert any(t.startswith("retinaface_ext.detect_faces") for t in targets), targets
 
 
 def test_a_compiled_detector_gives_the_eager_faces(torch_detector, crowd):

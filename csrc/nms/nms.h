@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/box_math.h"
 
@@ -29,6 +30,14 @@ inline T threshold_as(double iou_threshold) {
 // `idxs` is undefined for plain NMS.
 void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                     double iou_threshold, const char* op_name);
+
+// NMS over n boxes [n, 4] on the CPU, for kernels that run it on their own buffers:
+// the kept indices in decreasing score order (equal scores: lower index first); boxes
+// only suppress boxes of their own class (classes [n], or nullptr for one class).
+// Values must be finite.
+template <typename scalar_t>
+std::vector<int64_t> nms_keep_cpu(const scalar_t* boxes, const scalar_t* scores, const int64_t* classes, int64_t n,
+                                  double iou_threshold);
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,

@@ -144,17 +144,13 @@ SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
   return s;
 }
 
+}  // namespace
+
 template <typename scalar_t>
-at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
-                      const at::Tensor& idxs_in, double iou_threshold) {
-  const int64_t n = boxes_in.size(0);
-  const at::Tensor boxes = boxes_in.contiguous();
-  const at::Tensor idxs = idxs_in.defined() ? idxs_in.contiguous() : idxs_in;
-  const at::Tensor scores = scores_in.contiguous();
-  const std::vector<int64_t> order = stable_order(scores.data_ptr<scalar_t>(), n, /*descending=*/true);
-  const SweepBoxes<scalar_t> s =
-      make_sweep(boxes.data_ptr<scalar_t>(), idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr,
-                 order.data(), n);
+std::vector<int64_t> nms_keep_cpu(const scalar_t* boxes, const scalar_t* scores, const int64_t* classes, int64_t n,
+                                  double iou_threshold) {
+  const std::vector<int64_t> order = stable_order(scores, n, /*descending=*/true);
+  const SweepBoxes<scalar_t> s = make_sweep(boxes, classes, order.data(), n);
   const RankedBoxes<scalar_t> ranked = make_ranked(s, order.data(), n);
   const scalar_t threshold = threshold_as<scalar_t>(iou_threshold);
   const int64_t* order_ptr = order.data();
@@ -192,6 +188,22 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in,
       });
     }
   }
+  return keep;
+}
+
+template std::vector<int64_t> nms_keep_cpu<float>(const float*, const float*, const int64_t*, int64_t, double);
+template std::vector<int64_t> nms_keep_cpu<double>(const double*, const double*, const int64_t*, int64_t, double);
+
+namespace {
+
+template <typename scalar_t>
+at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor& idxs_in,
+                      double iou_threshold) {
+  const at::Tensor boxes = boxes_in.contiguous(), scores = scores_in.contiguous();
+  const at::Tensor idxs = idxs_in.defined() ? idxs_in.contiguous() : idxs_in;
+  std::vector<int64_t> keep = nms_keep_cpu(boxes.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(),
+                                           idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr, boxes.size(0),
+                                           iou_threshold);
   return at::from_blob(keep.data(), {static_cast<int64_t>(keep.size())}, at::kLong).clone();
 }
 

@@ -6,6 +6,7 @@ Each op has a pure-PyTorch twin of the same signature in ``retinaface_ext.ops.re
 from . import reference
 from .box_coder import decode, decode_detections, decode_landm, encode, encode_landm
 from .deform_conv import deform_conv2d
+from .detect_faces import detect_faces
 from .image import image_planes
 from .match import box_iou, match
 from .nms import batched_nms, nms
@@ -20,6 +21,7 @@ __all__ = [
     "encode_landm",
     "decode_landm",
     "decode_detections",
+    "detect_faces",
     "deform_conv2d",
     "image_planes",
     "reference",

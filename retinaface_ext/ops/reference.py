@@ -162,6 +162,43 @@ def decode_detections(loc, conf, landm, priors, variances=(0.1, 0.2), score_thre
     return boxes[image, prior], scores[image, prior], landmarks[image, prior], image, prior
 
 
+def detect_faces(loc, logits, landm, priors, canvas_size, inside=None, factor=None, variances=(0.1, 0.2),
+                 score_threshold=0.02, top_k=5000, nms_threshold=0.4, keep_top_k=750):
+    """The faces of a batch, image by image: softmax face scores, candidates above the
+    threshold decoded into pixels (times the canvas size, divided by ``factor[b]``), the
+    ``top_k`` best through NMS, the first ``keep_top_k`` kept. Returns boxes [K, 4],
+    scores [K], landmarks [K, 10] by image then score, and counts [B] (-1: face scores
+    not finite, -2: a candidate not finite; such an image keeps nothing)."""
+    height, width = canvas_size
+    face = torch.sigmoid(logits[..., 1] - logits[..., 0])  # = softmax(logits)[..., 1]
+    face = face if inside is None else face * inside
+    conf = torch.stack([1 - face, face], dim=-1)
+    out = {"boxes": [loc.new_zeros((0, 4))], "scores": [loc.new_zeros((0,))], "landmarks": [loc.new_zeros((0, 10))],
+           "counts": []}
+    for b in range(loc.shape[0]):
+        boxes, scores, points, _, _ = decode_detections(loc[b:b + 1], conf[b:b + 1], landm[b:b + 1], priors,
+                                                        variances, score_threshold)
+        boxes = boxes * torch.tensor([width, height] * 2, dtype=boxes.dtype, device=boxes.device)
+        points = points * torch.tensor([width, height] * 5, dtype=points.dtype, device=points.device)
+        if factor is not None:
+            boxes, points = boxes / factor[b], points / factor[b]
+        if not bool(torch.isfinite(face[b]).all()):
+            count, keep = -1, []
+        elif not (bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(points).all())):
+            count, keep = -2, []
+        else:
+            best = torch.sort(scores, descending=True, stable=True).indices[:top_k]
+            keep = best[nms(boxes[best], scores[best], nms_threshold)][:keep_top_k]
+            count = len(keep)
+        keep = torch.as_tensor(keep, dtype=torch.long, device=loc.device)
+        out["boxes"].append(boxes[keep])
+        out["scores"].append(scores[keep])
+        out["landmarks"].append(points[keep])
+        out["counts"].append(count)
+    counts = torch.tensor(out["counts"], dtype=torch.long, device=loc.device)
+    return torch.cat(out["boxes"]), torch.cat(out["scores"]), torch.cat(out["landmarks"]), counts
+
+
 def image_planes(image, mean):
     """Channels-last pixels [..., H, W, C] -> float32 planes [..., C, H, W] minus ``mean`` [C]."""
     planes = image.movedim(-1, -3).to(torch.float32)
