@@ -313,8 +313,9 @@ class Detector:
         check_counts(counts, names)
         image_sizes = image_sizes or [tuple(size) for size in sizes]
         results = []
-        for image_boxes, image_scores, image_points, image_size in zip(
-                boxes.split(counts), scores.split(counts), points.split(counts), image_sizes):
+        per_image = zip(boxes.split(counts), scores.split(counts), points.split(counts)) if batch > 1 else \
+            [(boxes, scores, points)]
+        for (image_boxes, image_scores, image_points), image_size in zip(per_image, image_sizes):
             detections = Detections(image_boxes, image_scores, image_points.reshape(-1, 5, 2), tuple(image_size))
             results.append(detections.clipped() if self.clip_boxes else detections)
         return results

@@ -3,6 +3,8 @@
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
+
 namespace rfe {
 
 // counts[b] of detect_faces for an image whose detections cannot be computed.
@@ -17,8 +19,14 @@ void check_detect_faces_args(const at::Tensor& loc, const at::Tensor& logits, co
                              double nms_threshold, int64_t keep_top_k);
 
 // The face probabilities [B, P]: sigmoid(face - background) (the two-class softmax),
-// times inside where given. ATen ops on both backends, so that the scores are the bits
-// that PyTorch computes.
+// times inside where given, as ATen computes them (CUDA).
 at::Tensor face_scores(const at::Tensor& logits, const c10::optional<at::Tensor>& inside);
+
+// One face probability from its logits, as ATen's scalar sigmoid computes it (its
+// vectorised loop may differ in the last bit).
+template <typename T>
+inline T face_score(T background, T face) {
+  return T(1) / (T(1) + std::exp(-(face - background)));
+}
 
 }  // namespace rfe
