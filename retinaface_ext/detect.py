@@ -153,6 +153,7 @@ class Detector:
         self.clip_boxes = bool(clip_boxes)
         self._mean = torch.tensor(MEAN_BGR, device=self.device).reshape(3, 1, 1)
         self._detect_faces = ops.detect_faces
+        self._priors = {}
         if self.compiled:
             self.model, self._detect_faces = compile_stage(self.model), compile_stage(ops.detect_faces)
 
@@ -227,8 +228,11 @@ class Detector:
         return read_image(path, MAX_DECODED_PIXELS)
 
     def _check_input_size(self, height: int, width: int, name: str) -> Tuple[float, Tuple[int, int]]:
-        factor = resize_factor(height, width, self.target_size, self.max_size)
-        size = resized_shape(height, width, factor)
+        if self.target_size is None and self.max_size is None:
+            factor, size = 1.0, (int(height), int(width))
+        else:
+            factor = resize_factor(height, width, self.target_size, self.max_size)
+            size = resized_shape(height, width, factor)
         if size[0] * size[1] > MAX_PIXELS:
             raise ValueError(f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
                              f"({MAX_PIXELS}); pass max_size to shrink large images")
@@ -298,8 +302,12 @@ class Detector:
         names = names or [f"images[{b}]" for b in range(batch)]
         if loc.dtype in (torch.float16, torch.bfloat16):  # a half network: post-processing in float32
             loc, logits, landmarks = loc.float(), logits.float(), landmarks.float()
-        priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
-                                    dtype=loc.dtype)
+        key = (tuple(canvas), loc.device, loc.dtype)
+        priors = self._priors.get(key)
+        if priors is None:  # the shared cache, plus a plain dict lookup per call after the first
+            priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
+                                        dtype=loc.dtype)
+            self._priors = {**self._priors, key: priors} if len(self._priors) < 32 else {key: priors}
         inside = None
         if any(tuple(size) != tuple(canvas) for size in sizes):
             inside = inside_priors(self.config, sizes, canvas, loc.device)

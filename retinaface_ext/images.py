@@ -114,7 +114,7 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str
             tensor = tensor.float()
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{name}: the image holds NaN or infinite values")
-    return tensor.to(device, non_blocking=True)
+    return tensor if device is None or tensor.device == torch.device(device) else tensor.to(device, non_blocking=True)
 
 
 def check_size(value, name: str) -> Optional[float]:
