@@ -74,7 +74,7 @@ def bench_detect_faces(benchmark, synchronized, device, crowd_outputs, batch, im
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference", "opencv", "torch_sub"])
-@pytest.mark.parametrize("size", [(1024, 624), (640, 480)])
+@pytest.mark.parametrize("size", [(1024, 624), (640, 480)], ids=["1024x624", "640x480"])
 def bench_image_planes(benchmark, synchronized, device, size, impl):
     image = cv2.resize(cv2.imread(str(CROWD)), size, interpolation=cv2.INTER_LINEAR)
     pixels = torch.from_numpy(image).to(device)
