@@ -153,7 +153,6 @@ class Detector:
         self.clip_boxes = bool(clip_boxes)
         self._mean = torch.tensor(MEAN_BGR, device=self.device).reshape(3, 1, 1)
         self._detect_faces = ops.detect_faces
-        self._priors = {}
         if self.compiled:
             self.model, self._detect_faces = compile_stage(self.model), compile_stage(ops.detect_faces)
 
@@ -302,12 +301,8 @@ class Detector:
         names = names or [f"images[{b}]" for b in range(batch)]
         if loc.dtype in (torch.float16, torch.bfloat16):  # a half network: post-processing in float32
             loc, logits, landmarks = loc.float(), logits.float(), landmarks.float()
-        key = (tuple(canvas), loc.device, loc.dtype)
-        priors = self._priors.get(key)
-        if priors is None:  # the shared cache, plus a plain dict lookup per call after the first
-            priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
-                                        dtype=loc.dtype)
-            self._priors = {**self._priors, key: priors} if len(self._priors) < 32 else {key: priors}
+        priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
+                                    dtype=loc.dtype)
         inside = None
         if any(tuple(size) != tuple(canvas) for size in sizes):
             inside = inside_priors(self.config, sizes, canvas, loc.device)

@@ -182,6 +182,11 @@ def test_bad_input_names_the_argument(changes, message):
         ops.detect_faces(**args)
 
 
+def test_a_bad_canvas_size_is_named():
+    with pytest.raises(ValueError, match=r"canvas_size must be \(height, width\), got \(64, 96, 3\)"):
+        ops.detect_faces(**arguments(canvas_size=(64, 96, 3)))
+
+
 def test_integer_outputs_are_refused_and_named():
     with pytest.raises(RuntimeError, match="detect_faces: loc must be float32 or float64, got Long"):
         ops.detect_faces(**arguments(loc=torch.zeros(2, len(prior_boxes(CANVAS)), 4, dtype=torch.long)))

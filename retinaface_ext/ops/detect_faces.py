@@ -50,6 +50,8 @@ def detect_faces(
         values are not finite (which keeps none). Not differentiable.
     """
     check_tensors("detect_faces", loc=loc, logits=logits, landm=landm, priors=priors, inside=inside, factor=factor)
+    if not (isinstance(canvas_size, (tuple, list, torch.Size)) and len(canvas_size) == 2):
+        raise ValueError(f"detect_faces: canvas_size must be (height, width), got {canvas_size!r}")
     height, width = (int(v) for v in canvas_size)
     return torch.ops.retinaface_ext.detect_faces(
         loc, logits, landm, priors, inside, factor, height, width, [float(v) for v in variances],

@@ -32,11 +32,7 @@ if _extension.is_available():
         torch._check(image.dim() in (3, 4), lambda: "image_planes: image must be [H, W, C] or [B, H, W, C]")
         return image.new_empty((*image.shape[:-3], image.shape[-1], *image.shape[-3:-1]), dtype=torch.float32)
 
-    def _image_planes_setup_context(ctx, inputs, output):
-        pass
-
     def _image_planes_backward(ctx, grad):
         return grad.movedim(-3, -1), None
 
-    torch.library.register_autograd(
-        "retinaface_ext::image_planes", _image_planes_backward, setup_context=_image_planes_setup_context)
+    torch.library.register_autograd("retinaface_ext::image_planes", _image_planes_backward)
