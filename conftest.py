@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import retinaface_ext
+from device_guard import DeviceGuard
 
 def pytest_addoption(parser):
     parser.addoption(
@@ -45,10 +46,16 @@ def pytest_configure(config):
     ]
 )
 def device(request):
-    """Runs a test on the CPU, and on CUDA where a GPU is visible."""
-    if request.param == "cuda" and "cuda" not in retinaface_ext.compiled_backends():
-        pytest.fail("a GPU is visible but retinaface_ext was built without CUDA")
-    return request.param
+    """Runs a test on the CPU, and on CUDA where a GPU is visible. On the CPU the test runs
+    under tests/device_guard.py, which fails it where it leaves a tensor on the host
+    beside the device's tensors, as CUDA would."""
+    if request.param == "cuda":
+        if "cuda" not in retinaface_ext.compiled_backends():
+            pytest.fail("a GPU is visible but retinaface_ext was built without CUDA")
+        yield request.param
+        return
+    with DeviceGuard() as guard:
+        yield guard.device
 
 
 def make_boxes(kind, n, seed=0, dtype=torch.float32, device="cpu"):

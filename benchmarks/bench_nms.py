@@ -33,7 +33,7 @@ def run_nms(impl, boxes, scores, threshold):
         return lambda: torchvision.ops.nms(boxes, scores, threshold)
     if boxes.is_cuda:
         pytest.skip("numpy runs on the CPU only")
-    dets = np.hstack([boxes.numpy(), scores.numpy()[:, None]])
+    dets = np.hstack([boxes.cpu().numpy(), scores.cpu().numpy()[:, None]])
     return lambda: py_cpu_nms(dets, threshold)
 
 

@@ -34,7 +34,7 @@ def make_case(N, C, H, W, O, kernel, stride, padding, dilation, groups, offset_g
 def outputs_and_gradients(fn, args, options):
     leaves = {k: v.clone().requires_grad_() for k, v in args.items() if v is not None}
     out = fn(**{**args, **leaves}, **options)
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
     grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
     return out, dict(zip(leaves, grads))
 

@@ -51,7 +51,7 @@ def test_views_of_other_memory(device):
     same_as_reference(image.flip(-1))
     same_as_reference(image.permute(2, 0, 1).contiguous().permute(1, 2, 0))  # planar memory
     if device == "cpu":
-        array = np.ascontiguousarray(image.numpy()[:, ::-1])
+        array = np.ascontiguousarray(image.cpu().numpy()[:, ::-1])
         same_as_reference(torch.from_numpy(array))
 
 
