@@ -280,6 +280,17 @@ class TestCUDA:
         boxes, scores = boxes_factory("crowd", 5000, seed=1, dtype=dtype, device="cuda")
         kernel_reference_torchvision(boxes, scores, 0.5)
 
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("kind", ["crowd", "sparse"])
+    def test_half_precision_equals_float32_of_the_rounded_boxes(self, boxes_factory, dtype, kind):
+        """A deliberate difference from torchvision, which computes half IoUs in half (and
+        its batched NMS offsets half boxes by category, beyond what float16 holds)."""
+        boxes, scores = boxes_factory(kind, 5000, seed=2, dtype=dtype, device="cuda")
+        idxs = torch.randint(0, 20, (5000,), generator=torch.Generator().manual_seed(2)).to("cuda")
+        torch.testing.assert_close(ops.nms(boxes, scores, 0.4), ops.nms(boxes.float(), scores.float(), 0.4))
+        torch.testing.assert_close(ops.batched_nms(boxes, scores, idxs, 0.4),
+                                   ops.batched_nms(boxes.float(), scores.float(), idxs, 0.4))
+
     def test_mismatched_devices(self):
         with pytest.raises(RuntimeError, match="scores must be on the device of boxes"):
             ops.nms(BOXES.cuda(), SCORES, 0.5)
