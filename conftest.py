@@ -7,12 +7,21 @@ so this folder is not put on sys.path).
 """
 
 import math
+import os
 
 import pytest
 import torch
 
 import retinaface_ext
 from device_guard import DeviceGuard
+
+#: Timing of the CUDA rows: a warm-up, then 0.1 s of rounds (at least 5). A GPU op's median
+#: settles within a few hundred rounds, and ``pytest --benchmark -k cuda`` then takes about
+#: three minutes rather than one second per row. ``--benchmark-max-time`` or
+#: ``--benchmark-warmup`` on the command line win; benchmarks with their own rounds
+#: (``benchmark.pedantic``) keep them.
+CUDA_BENCHMARK = dict(max_time=0.1, warmup=True, warmup_iterations=10)
+
 
 def pytest_addoption(parser):
     parser.addoption(
@@ -34,6 +43,46 @@ def pytest_configure(config):
             retinaface_ext._extension.require()
         except ImportError as error:
             raise pytest.UsageError(f"the tests need the compiled kernels: {error}") from None
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--benchmark"):
+        return
+    options = dict(CUDA_BENCHMARK)
+    if float(config.getoption("benchmark_max_time")) != 1.0:  # given on the command line
+        del options["max_time"]
+    if config.getoption("benchmark_warmup"):
+        del options["warmup"], options["warmup_iterations"]
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda" and options:
+            item.add_marker(pytest.mark.benchmark(**options))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """With RETINAFACE_EXT_BENCHMARK_ROWS=file, each timed row is appended to the file as it
+    finishes (group, name, median ms, rounds): a run cut short by a deadline keeps its rows."""
+    yield
+    path = os.environ.get("RETINAFACE_EXT_BENCHMARK_ROWS")
+    fixture = getattr(item, "funcargs", {}).get("benchmark")
+    stats = getattr(getattr(fixture, "stats", None), "stats", None)
+    if path and stats is not None and stats.rounds:
+        with open(path, "a") as rows:
+            rows.write(f"{fixture.group}\t{item.name}\t{stats.median * 1e3:.4f} ms\t{stats.rounds} rounds\n")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    """Throughput of the benchmarks that say how many images a call detects
+    (``benchmark.extra_info["images"]``), from their median."""
+    session = getattr(config, "_benchmarksession", None)
+    rows = [bench for bench in getattr(session, "benchmarks", []) if "images" in bench.extra_info]
+    if rows:
+        terminalreporter.section("throughput: images per second (images per call / median)")
+        for bench in rows:
+            rate = bench.extra_info["images"] / bench.stats.median
+            terminalreporter.write_line(f"{bench.name:70s} {rate:10,.1f} images/s")
 
 
 @pytest.fixture(

@@ -1,6 +1,8 @@
 """Deformable convolution: our kernel vs the gather reference vs torchvision, with conv2d
 and an unfold + matmul convolution (no deformation: the floor of an im2col approach) of
 the same shape. Forward, and forward + backward. One table per shape.
+``bench_deform_conv2d_half``: float16 on CUDA at every SSH shape of MobileNet-0.25 at a
+640x640 training batch of 32, ours vs torchvision vs conv2d.
 
     pytest --benchmark benchmarks/bench_deform_conv.py
 """
@@ -32,7 +34,12 @@ SHAPES = [
 SLOW_REFERENCE = {"r50 256->128 80x80 b8"}  # the gather reference needs several GB there
 
 
-def make(batch, cin, cout, height, width, device, grad):
+# MobileNet-0.25's SSH convolutions (64->32, 64->16, 16->16) at strides 8, 16, 32 of 640x640
+HALF_SHAPES = [(f"mnet {cin}->{cout} {side}x{side} b32", 32, cin, cout, side, side)
+               for side in (80, 40, 20) for cin, cout in ((64, 32), (64, 16), (16, 16))]
+
+
+def make(batch, cin, cout, height, width, device, grad, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     tensors = dict(
         input=torch.randn(batch, cin, height, width, generator=g),
@@ -41,7 +48,7 @@ def make(batch, cin, cout, height, width, device, grad):
         bias=torch.randn(cout, generator=g),
         mask=torch.rand(batch, 9, height, width, generator=g),
     )
-    return {k: v.to(device).requires_grad_(grad) for k, v in tensors.items()}
+    return {k: v.to(device=device, dtype=dtype).requires_grad_(grad) for k, v in tensors.items()}
 
 
 def implementation(impl, t):
@@ -74,3 +81,17 @@ def bench_deform_conv2d(benchmark, synchronized, device, shape, backward, impl):
         benchmark.pedantic(synchronized(fn, device), rounds=2, iterations=1)  # seconds per call
     else:
         benchmark(synchronized(fn, device))
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torchvision", "conv2d"])
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward_backward"])
+@pytest.mark.parametrize("shape", HALF_SHAPES, ids=[s[0] for s in HALF_SHAPES])
+def bench_deform_conv2d_half(benchmark, synchronized, device, shape, backward, impl):
+    if device != "cuda":
+        pytest.skip("float16 on CUDA only (the CPU kernel is float32 / float64)")
+    name, *dims = shape
+    benchmark.group = f"deform_conv2d {device} float16 {name} {'forward + backward' if backward else 'forward'}"
+    t = make(*dims, device=device, grad=backward, dtype=torch.float16)
+    forward = implementation(impl, t)
+    fn = (lambda: forward().sum().backward()) if backward else forward
+    benchmark(synchronized(fn, device))

@@ -5,7 +5,10 @@ MobileNet-0.25 checkpoint: our Detector against Pytorch_Retinaface's detect.py p
 where installed, the Detector's onnxruntime engine against onnxruntime's bare forward of
 the same exported graph. The Detector's pre-processing, forward pass and
 post-processing are also timed alone: what ``detect`` costs beyond them is per-call
-overhead. ``bench_export`` times ``to_onnx`` and reports the file's size.
+overhead. On CUDA the Detector also runs in half precision and compiled.
+``bench_detect_throughput`` detects a batch of 640x480 images in one call (32 on CUDA,
+8 on the CPU) and prints images per second. ``bench_export`` times ``to_onnx`` and
+reports the file's size.
 
     pytest --benchmark benchmarks/bench_detect.py
 
@@ -15,9 +18,11 @@ MALLOC_TRIM_THRESHOLD_=1073741824 (what ``retinaface_ext.runtime.reuse_freed_mem
 sets) to see the numbers without them.
 """
 
+import copy
 import pathlib
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -32,13 +37,24 @@ CROWD = SHARED / "images" / "widerface_crowd.jpg"
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 SIZES = {"1024x624": None, "640x480": (640, 480)}
-IMPLEMENTATIONS = ["detect", "prepare", "forward", "postprocess", "eager_forward", "pytorch_retinaface",
-                   "reference_path", "detect_onnxruntime", "onnxruntime_forward"]
+IMPLEMENTATIONS = ["detect", "detect_half", "detect_compiled", "prepare", "forward", "postprocess", "eager_forward",
+                   "pytorch_retinaface", "reference_path", "detect_onnxruntime", "onnxruntime_forward"]
+CUDA_ONLY = {"detect_half": "half precision runs on CUDA",
+             "detect_compiled": "compiled on CUDA only (the CPU compile is tested once, in test_engines)"}
+CPU_ONLY = {"detect_onnxruntime", "onnxruntime_forward"}
+THROUGHPUT_IMAGES = {"cpu": 8, "cuda": 32}
 
 
 @pytest.fixture(scope="module")
 def eager_model():
     return RetinaFace.from_checkpoint(WEIGHTS).eval()
+
+
+@pytest.fixture(scope="module")
+def eager_models(eager_model):
+    """The eager model on each device, copied once (the fixture's own stays on the CPU)."""
+    copies = {}
+    return lambda device: copies.setdefault(str(device), copy.deepcopy(eager_model).to(device))
 
 
 def crowd_image(size):
@@ -78,7 +94,13 @@ def onnx_network(eager_model, tmp_path_factory):
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("size", list(SIZES))
-def bench_detect(benchmark, request, synchronized, device, eager_model, size, impl):
+def bench_detect(benchmark, request, synchronized, device, eager_model, eager_models, size, impl):
+    if impl in CUDA_ONLY and device != "cuda":
+        pytest.skip(CUDA_ONLY[impl])
+    if impl == "detect_compiled" and size != "1024x624":
+        pytest.skip("compiled at one size (each size is a compile)")
+    if impl in CPU_ONLY and device != "cpu":
+        pytest.skip(f"{impl} runs on the CPU only")
     image = crowd_image(size)
     benchmark.group = f"detect {device} mobilenet0.25 {size}"
     benchmark.extra_info["threads"] = torch.get_num_threads()
@@ -86,6 +108,9 @@ def bench_detect(benchmark, request, synchronized, device, eager_model, size, im
     prepared = detector._prepare(image, "image")[0][None].contiguous(memory_format=torch.channels_last)
     if impl == "detect":
         fn = lambda: detector.detect(image)  # noqa: E731
+    elif impl in ("detect_half", "detect_compiled"):
+        variant = Detector(eager_model, device=device, half=impl == "detect_half", compile=impl == "detect_compiled")
+        fn = lambda: variant.detect(image)  # noqa: E731
     elif impl == "prepare":
         fn = lambda: detector._prepare(image, "image")  # noqa: E731
     elif impl == "forward":
@@ -95,15 +120,14 @@ def bench_detect(benchmark, request, synchronized, device, eager_model, size, im
             outputs = detector.model(prepared)
         fn = lambda: detector.postprocess(*outputs, tuple(image.shape[:2]))  # noqa: E731
     elif impl == "eager_forward":
-        model, plain = eager_model.to(device), prepared.contiguous()
+        model, plain = eager_models(device), prepared.contiguous()
         fn = lambda: model(plain)  # noqa: E731
     elif impl == "reference_path":
-        model = eager_model.to(device)
+        model = eager_models(device)
         fn = lambda: reference_path(model, image, device)  # noqa: E731
-    elif device != "cpu":
-        pytest.skip(f"{impl} runs on the CPU only")
     elif impl == "pytorch_retinaface":
-        fn = lambda: pytorch_retinaface_detect(eager_model, image)  # noqa: E731
+        model = eager_models(device)
+        fn = lambda: pytorch_retinaface_detect(model, image)  # noqa: E731
     elif impl == "detect_onnxruntime":
         engine = Detector(str(request.getfixturevalue("onnx_network")))
         fn = lambda: engine.detect(image)  # noqa: E731
@@ -116,6 +140,32 @@ def bench_detect(benchmark, request, synchronized, device, eager_model, size, im
     with torch.inference_mode():
         result = benchmark(synchronized(fn, device))
     assert result is not None
+
+
+@pytest.mark.parametrize("impl", ["batched", "batched_half", "one_by_one", "pytorch_retinaface"])
+def bench_detect_throughput(benchmark, synchronized, device, eager_model, eager_models, impl):
+    """Many 640x480 images in one ``detect`` call (ours batched, in float32 and half) against
+    the same images one by one (ours with batch_size=1; Pytorch_Retinaface's pipeline)."""
+    if impl == "batched_half" and device != "cuda":
+        pytest.skip("half precision runs on CUDA")
+    count = THROUGHPUT_IMAGES[str(device)]
+    image = crowd_image("640x480")
+    images = [np.ascontiguousarray(np.roll(image, 20 * i, axis=1)) for i in range(count)]  # each its own
+    benchmark.group = f"detect throughput {device} mobilenet0.25, {count} images of 640x480 per call"
+    benchmark.extra_info["images"] = count
+    if impl == "pytorch_retinaface":
+        model = eager_models(device)
+        fn = lambda: [pytorch_retinaface_detect(model, im) for im in images]  # noqa: E731
+    else:
+        detector = Detector(eager_model, device=device, half=impl == "batched_half",
+                            batch_size=1 if impl == "one_by_one" else count)
+        fn = lambda: detector.detect(images)  # noqa: E731
+    with torch.inference_mode():
+        if impl == "pytorch_retinaface" and device == "cuda":  # seconds per call: fewer rounds
+            found = benchmark.pedantic(synchronized(fn, device), rounds=3, iterations=1, warmup_rounds=1)
+        else:
+            found = benchmark(synchronized(fn, device))
+    assert len(found) == count
 
 
 @pytest.mark.parametrize("graph", ["network", "network+dcn", "network+postprocess"])

@@ -1,11 +1,14 @@
-"""A training step (forward, loss, backward, SGD step) of MobileNet-0.25 at 640x640,
-batch 8, with and without DCN: ours (MultiBoxLoss on one batched match; our deformable
-convolution) vs the reference (the seed's MultiBoxLoss with its per-image match loop;
-torchvision's deform_conv2d for DCN). And the loss alone (matching included), with 8
-and with 100 faces per image.
+"""A training step (forward, loss, backward, SGD step) of MobileNet-0.25 at 640x640, with
+and without DCN: ours (MultiBoxLoss on one batched match; our deformable convolution) vs
+the reference (the seed's MultiBoxLoss with its per-image match loop; torchvision's
+deform_conv2d for DCN). Batch 8 on the CPU, 32 on CUDA, where bf16 autocast rows stand
+beside the float32 ones (the forward under autocast, the loss in float32). And the loss
+alone (matching included), with 8 and with 100 faces per image.
 
     pytest --benchmark benchmarks/bench_train.py
 """
+
+import contextlib
 
 import pytest
 import torch
@@ -16,15 +19,17 @@ from retinaface_ext.loss import MultiBoxLoss
 from retinaface_ext.priors import prior_boxes
 from seed_reference import SeedMultiBoxLoss
 
-SIZE, BATCH = 640, 8
+SIZE = 640
+BATCH = {"cpu": 8, "cuda": 32}
+PRECISIONS = ["float32", "bf16_autocast"]
 
 
-def face_targets(faces, seed=0):
+def face_targets(faces, batch, seed=0):
     """Per image [faces, 15]: faces of 8 to 200 px at 640, landmarks inside, a quarter
     without landmarks."""
     g = torch.Generator().manual_seed(seed)
     targets = []
-    for _ in range(BATCH):
+    for _ in range(batch):
         side = (8 + torch.rand(faces, 1, generator=g) ** 2 * 192) / SIZE
         corner = torch.rand(faces, 2, generator=g) * (1 - side)
         landms = corner.repeat(1, 5) + torch.rand(faces, 10, generator=g) * side.repeat(1, 10)
@@ -33,17 +38,21 @@ def face_targets(faces, seed=0):
     return targets
 
 
-def training_step(dcn, impl):
+def training_step(dcn, impl, device, precision="float32"):
     torch.manual_seed(0)
-    model = RetinaFace("mobilenet0.25", dcn=dcn).train()
+    batch = BATCH[device]
+    model = RetinaFace("mobilenet0.25", dcn=dcn).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    priors = prior_boxes((SIZE, SIZE))
-    images = torch.randn(BATCH, 3, SIZE, SIZE) * 50
-    targets = face_targets(8)
+    priors = prior_boxes((SIZE, SIZE), device=device)
+    images = (torch.randn(batch, 3, SIZE, SIZE) * 50).to(device)
+    targets = [t.to(device) for t in face_targets(8, batch)]
     criterion = MultiBoxLoss() if impl == "ours" else SeedMultiBoxLoss()
+    autocast = precision == "bf16_autocast"
 
     def step():
-        loss_l, loss_c, loss_landm = criterion(model(images), priors, targets)
+        with torch.autocast("cuda", torch.bfloat16) if autocast else contextlib.nullcontext():
+            predictions = model(images)
+        loss_l, loss_c, loss_landm = criterion([p.float() for p in predictions], priors, targets)
         loss = 2.0 * loss_l + loss_c + loss_landm
         optimizer.zero_grad()
         loss.backward()
@@ -52,31 +61,42 @@ def training_step(dcn, impl):
     return step
 
 
+def rounds(device, cpu, cuda):
+    return dict(rounds=cpu if device == "cpu" else cuda, iterations=1, warmup_rounds=1 if device == "cpu" else 3)
+
+
 @pytest.mark.parametrize("impl", ["ours", "reference"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("dcn", [False, True], ids=["plain", "dcn"])
-def bench_training_step(benchmark, monkeypatch, dcn, impl):
-    benchmark.group = f"training step MobileNet-0.25{' + DCN' if dcn else ''}, batch {BATCH}, {SIZE}x{SIZE}, 8 faces/image"
+def bench_training_step(benchmark, monkeypatch, synchronized, device, dcn, precision, impl):
+    if precision != "float32" and device == "cpu":
+        pytest.skip("autocast rows on CUDA only (the CPU kernels are float32 / float64)")
+    benchmark.group = (f"training step {device} MobileNet-0.25{' + DCN' if dcn else ''}, batch {BATCH[device]}, "
+                       f"{SIZE}x{SIZE}, 8 faces/image, {precision}")
     if impl == "reference" and dcn:
         torchvision_ops = pytest.importorskip("torchvision.ops")
         monkeypatch.setattr(retinaface_nn, "deform_conv2d", torchvision_ops.deform_conv2d)
-    benchmark.pedantic(training_step(dcn, impl), rounds=3, iterations=1, warmup_rounds=1)
+    step = training_step(dcn, impl, device, precision)
+    benchmark.pedantic(synchronized(step, device), **rounds(device, cpu=3, cuda=10))
 
 
 @pytest.mark.parametrize("dcn", [False, True], ids=["plain", "dcn"])
-def bench_dcn_cost(benchmark, dcn):
+def bench_dcn_cost(benchmark, synchronized, device, dcn):
     """Our step with and without DCN side by side, more rounds: what DCN costs."""
-    benchmark.group = f"ours: training step MobileNet-0.25 with and without DCN, batch {BATCH}, {SIZE}x{SIZE}"
-    benchmark.pedantic(training_step(dcn, "ours"), rounds=8, iterations=1, warmup_rounds=1)
+    benchmark.group = f"ours: training step {device} MobileNet-0.25 with and without DCN, batch {BATCH[device]}, {SIZE}x{SIZE}"
+    step = training_step(dcn, "ours", device)
+    benchmark.pedantic(synchronized(step, device), **rounds(device, cpu=8, cuda=20))
 
 
 @pytest.mark.parametrize("impl", ["ours", "seed"])
 @pytest.mark.parametrize("faces", [8, 100])
 def bench_loss(benchmark, faces, impl):
-    benchmark.group = f"MultiBoxLoss forward + backward, batch {BATCH}, {SIZE}x{SIZE}, {faces} faces/image"
+    batch = BATCH["cpu"]
+    benchmark.group = f"MultiBoxLoss forward + backward, batch {batch}, {SIZE}x{SIZE}, {faces} faces/image"
     priors = prior_boxes((SIZE, SIZE))
     g = torch.Generator().manual_seed(1)
-    predictions = [torch.randn(BATCH, len(priors), k, generator=g).requires_grad_() for k in (4, 2, 10)]
-    targets = face_targets(faces)
+    predictions = [torch.randn(batch, len(priors), k, generator=g).requires_grad_() for k in (4, 2, 10)]
+    targets = face_targets(faces, batch)
     criterion = MultiBoxLoss() if impl == "ours" else SeedMultiBoxLoss()
 
     def loss():

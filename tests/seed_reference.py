@@ -160,23 +160,27 @@ def py_cpu_nms(dets, thresh):
 def pytorch_retinaface_detect(net, img_raw, confidence_threshold=0.02, top_k=5000, nms_threshold=0.4,
                               keep_top_k=750, resize=1):
     """Pytorch_Retinaface's detect.py for one image, from the decoded BGR array to the
-    ``[K, 15]`` rows (box, score, landmarks). ``net`` returns (loc, logits, landmarks)."""
+    ``[K, 15]`` rows (box, score, landmarks), on the device of ``net`` as detect.py's
+    ``.to(device)`` calls put it. ``net`` returns (loc, logits, landmarks)."""
+    device = next(net.parameters()).device
     img = np.float32(img_raw)
     im_height, im_width, _ = img.shape
     scale = torch.Tensor([img.shape[1], img.shape[0], img.shape[1], img.shape[0]])
     img -= (104, 117, 123)
     img = img.transpose(2, 0, 1)
     img = torch.from_numpy(img).unsqueeze(0)
+    img = img.to(device)
+    scale = scale.to(device)
     with torch.no_grad():
         loc, conf, landms = net(img)
         conf = torch.nn.functional.softmax(conf, dim=-1)
-    prior_data = prior_box_oracle((im_height, im_width))
+    prior_data = prior_box_oracle((im_height, im_width)).to(device)
     boxes = seed_decode(loc.data.squeeze(0), prior_data, VARIANCES)
     boxes = boxes * scale / resize
     boxes = boxes.cpu().numpy()
     scores = conf.squeeze(0).data.cpu().numpy()[:, 1]
     landms = seed_decode_landm(landms.data.squeeze(0), prior_data, VARIANCES)
-    scale1 = torch.Tensor([img.shape[3], img.shape[2]] * 5)
+    scale1 = torch.Tensor([img.shape[3], img.shape[2]] * 5).to(device)
     landms = (landms * scale1 / resize).cpu().numpy()
     inds = np.where(scores > confidence_threshold)[0]
     boxes, landms, scores = boxes[inds], landms[inds], scores[inds]
@@ -279,8 +283,9 @@ def seed_log_sum_exp(x):
 
 
 class SeedMultiBoxLoss(torch.nn.Module):
-    """The seed's MultiBoxLoss.forward, on the CPU (its ``.cuda()`` calls left out), with
-    its per-image ``match`` loop; ``landm_t`` starts at zero instead of uninitialised."""
+    """The seed's MultiBoxLoss.forward, with its per-image ``match`` loop; its ``.cuda()``
+    calls move the targets to the predictions' device; ``landm_t`` starts at zero instead of
+    uninitialised."""
 
     def __init__(self, num_classes=2, overlap_thresh=0.35, neg_pos=7):
         super().__init__()
@@ -304,7 +309,11 @@ class SeedMultiBoxLoss(torch.nn.Module):
             landms = targets[idx][:, 4:14].data
             defaults = priors.data
             seed_match(self.threshold, truths, defaults, self.variance, labels, landms, loc_t, conf_t, landm_t, idx)
-        zeros = torch.tensor(0)
+        device = loc_data.device
+        loc_t = loc_t.to(device)
+        conf_t = conf_t.to(device)
+        landm_t = landm_t.to(device)
+        zeros = torch.tensor(0, device=device)
         pos1 = conf_t > zeros
         num_pos_landm = pos1.long().sum(1, keepdim=True)
         N1 = max(num_pos_landm.data.sum().float(), 1)
