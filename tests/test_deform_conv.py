@@ -367,3 +367,50 @@ def test_one_image_split_across_threads_on_the_cpu(threads):
     torch.testing.assert_close(out, expected)
     for name in expected_grads:
         torch.testing.assert_close(grads[name], expected_grads[name], msg=lambda m: f"grad {name}: {m}")
+
+
+def _refusals():
+    """(name, op arguments) the kernels refuse, each one check of deform_conv_checks.cpp."""
+    def case(**changes):
+        args = dict(input=torch.randn(2, 4, 6, 6), weight=torch.randn(6, 2, 3, 3), offset=torch.randn(2, 18, 6, 6),
+                    mask=torch.rand(2, 9, 6, 6), bias=torch.randn(6))
+        args.update(changes)
+        return [args[k] for k in ("input", "weight", "offset", "mask", "bias")] + [1, 1, 1, 1, 1, 1]
+
+    return {
+        "empty image": case(input=torch.randn(2, 4, 0, 6)),
+        "groups do not divide the outputs": case(weight=torch.randn(5, 2, 3, 3), bias=torch.randn(5)),
+        "offset of another size": case(offset=torch.randn(2, 18, 5, 6)),
+        "offset groups do not divide the channels": case(offset=torch.randn(2, 54, 6, 6), mask=torch.rand(2, 27, 6, 6)),
+        "mask of the wrong channels": case(mask=torch.rand(2, 8, 6, 6)),
+        "bias of the wrong length": case(bias=torch.randn(5)),
+        "weight of another dtype": case(weight=torch.randn(6, 2, 3, 3, dtype=torch.float64)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_refusals()))
+def test_the_fake_kernel_refuses_what_the_kernels_refuse(name):
+    """So that torch.compile and torch.export refuse, with the same message, what eager
+    calls refuse, instead of tracing a shape the kernels never produce."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _refusals()[name]
+    with pytest.raises(RuntimeError, match="deform_conv2d") as eager:
+        torch.ops.retinaface_ext.deform_conv2d(*args)
+    message = str(eager.value).split("(")[0]  # the rest prints dtypes and sizes in C++'s words
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError) as traced:
+            torch.ops.retinaface_ext.deform_conv2d(*fake)
+        assert message in str(traced.value)
+        grad_out = torch.empty(2, 6, 5, 6, device="meta")  # one row short
+        if name == "empty image":
+            with pytest.raises(RuntimeError, match="deform_conv2d: input must have a non-empty image"):
+                torch.ops.retinaface_ext.deform_conv2d_backward(mode.from_tensor(torch.zeros(2, 6, 6, 6)), *fake)
+    good = _refusals()["empty image"]
+    good[0] = torch.randn(2, 4, 6, 6)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape \[2, 6, 6, 6\]"):
+        torch.ops.retinaface_ext.deform_conv2d_backward(torch.zeros(2, 6, 5, 6), *good)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=r"grad_out must have shape \[2, 6, 6, 6\]"):
+        torch.ops.retinaface_ext.deform_conv2d_backward(
+            *[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in [torch.zeros(2, 6, 5, 6), *good]])

@@ -133,6 +133,8 @@ def test_opcheck():
         (lambda a: a["landms"].__setitem__((0, 2, 5), float("inf")), r"landms\[0, 2\] is not finite"),
         (lambda a: a["priors"].__setitem__((7, 2), 0.0), r"priors\[7\] = .* must be finite with w > 0"),
         (lambda a: a.update(variances=[0.1]), "variances must hold 2 numbers"),
+        (lambda a: a.update(threshold=float("nan")), r"threshold must be an IoU in \[0, 1\], got nan"),
+        (lambda a: a.update(threshold=-0.1), r"threshold must be an IoU in \[0, 1\], got -0.1"),
     ],
 )
 def test_bad_input_names_the_argument(change, message):
@@ -144,7 +146,7 @@ def test_bad_input_names_the_argument(change, message):
     change(args)
     with pytest.raises(RuntimeError, match=message):
         ops.match(**args)
-    if "shape" in message or "dtype" in message or "int64" in message or "variances" in message or "float32" in message:
+    if any(word in message for word in ("shape", "dtype", "int64", "variances", "float32", "threshold")):
         return
     # The same value check, as the wrapper runs it before the CUDA kernel.
     with pytest.raises(RuntimeError, match=message):

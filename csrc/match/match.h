@@ -12,10 +12,11 @@ constexpr double kMinForcedOverlap = 0.2;
 // Overlap given to a truth's forced best prior, so that no threshold drops it.
 constexpr double kForcedOverlap = 2.0;
 
-// Shapes, dtypes, devices and variances of match's arguments; returns {B, G, P}.
+// Shapes, dtypes, devices, threshold and variances of match's arguments; returns {B, G, P}.
 std::tuple<int64_t, int64_t, int64_t> check_match_args(
     const at::Tensor& truths, const at::Tensor& labels, const at::Tensor& landms,
-    const at::Tensor& num_truths, const at::Tensor& priors, at::ArrayRef<double> variances);
+    const at::Tensor& num_truths, const at::Tensor& priors, double threshold,
+    at::ArrayRef<double> variances);
 
 // Allocates (uninitialised) loc_t [B, P, 4], conf_t [B, P] int64, landm_t [B, P, 10].
 std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_targets(const at::Tensor& truths,

@@ -6,7 +6,8 @@ namespace rfe {
 
 std::tuple<int64_t, int64_t, int64_t> check_match_args(
     const at::Tensor& truths, const at::Tensor& labels, const at::Tensor& landms,
-    const at::Tensor& num_truths, const at::Tensor& priors, at::ArrayRef<double> variances) {
+    const at::Tensor& num_truths, const at::Tensor& priors, double threshold,
+    at::ArrayRef<double> variances) {
   TORCH_CHECK(truths.dim() == 3 && truths.size(2) == 4,
               "match: truths must have shape [B, G, 4] (x1, y1, x2, y2), got ", truths.sizes());
   const int64_t B = truths.size(0), G = truths.size(1);
@@ -35,6 +36,8 @@ std::tuple<int64_t, int64_t, int64_t> check_match_args(
     TORCH_CHECK(t.device() == truths.device(), "match: ", name,
                 " must be on the device of truths (", truths.device(), "), got ", t.device());
   }
+  // NaN fails both comparisons; a negative threshold would make every prior a face.
+  TORCH_CHECK(threshold >= 0.0 && threshold <= 1.0, "match: threshold must be an IoU in [0, 1], got ", threshold);
   TORCH_CHECK(variances.size() == 2, "match: variances must hold 2 numbers, got ",
               variances.size());
   TORCH_CHECK(variances[0] > 0 && variances[1] > 0, "match: variances must be positive, got (",

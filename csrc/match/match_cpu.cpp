@@ -263,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cpu(
     const at::Tensor& truths, const at::Tensor& labels, const at::Tensor& landms,
     const at::Tensor& num_truths, const at::Tensor& priors, double threshold,
     at::ArrayRef<double> variances) {
-  const auto [B, G, P] = check_match_args(truths, labels, landms, num_truths, priors, variances);
+  const auto [B, G, P] = check_match_args(truths, labels, landms, num_truths, priors, threshold, variances);
   const at::Tensor counts = num_truths.contiguous();
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = counts.data_ptr<int64_t>()[b];

@@ -139,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
     const at::Tensor& num_truths_in, const at::Tensor& priors_in, double threshold,
     at::ArrayRef<double> variances) {
   const auto [B, G, P] = check_match_args(truths_in, labels_in, landms_in, num_truths_in, priors_in,
-                                          variances);
+                                          threshold, variances);
   TORCH_CHECK(G <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " truths per image on CUDA, got G = ", G);
   c10::cuda::CUDAGuard guard(truths_in.device());
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_in, P);

@@ -50,7 +50,8 @@ def match(
         landms: ``[B, G, 10]``, five (x, y) points.
         num_truths: ``[B]`` int64, the number of real truths of each image.
         priors: ``[P, 4]`` cx, cy, w, h, as from :func:`retinaface_ext.priors.prior_boxes`.
-        threshold: priors whose overlap with their truth is below this are background.
+        threshold: priors whose overlap with their truth is below this are background
+            (an IoU in [0, 1]).
         variances: the box coding variances.
         check: on CUDA, validate the values (num_truths in range; finite, non-empty
             truths; finite landmarks; finite priors of positive size) first, at the cost
@@ -144,6 +145,7 @@ if _extension.is_available():
     @torch.library.register_fake("retinaface_ext::match")
     def _match_fake(truths, labels, landms, num_truths, priors, threshold, variances):
         torch._check(truths.dim() == 3 and priors.dim() == 2, lambda: "match: bad shapes")
+        torch._check(0.0 <= threshold <= 1.0, lambda: f"match: threshold must be an IoU in [0, 1], got {threshold}")
         B, P = truths.shape[0], priors.shape[0]
         return (
             truths.new_empty((B, P, 4)),
