@@ -157,7 +157,7 @@ def command_detect(args) -> int:
     with _progress(len(files), "detect", enabled=bool(args.out)) as progress:
         for chunk in _batches(files, args.batch_size):
             images = [detector.read_image(path) for path in chunk]
-            for path, image, faces in zip(chunk, images, detector.detect(images)):
+            for path, image, faces in zip(chunk, images, detector.detect(images, names=chunk)):
                 faces = faces.above(args.threshold)
                 record = {"image": path, "width": image.shape[1], "height": image.shape[0],
                           "faces": faces.to_list()}
@@ -247,7 +247,7 @@ def command_widerface_predict(args) -> int:
         with _progress(len(jobs), "widerface-predict") as progress:
             for chunk in _batches(jobs, args.batch_size):
                 images = [detector.read_image(path) for _, path in chunk]
-                for (event, path), faces in zip(chunk, detector.detect(images)):
+                for (event, path), faces in zip(chunk, detector.detect(images, names=[path for _, path in chunk])):
                     boxes, scores = faces.boxes.cpu().numpy(), faces.scores.cpu().numpy()
                     rows = [[x1, y1, x2 - x1, y2 - y1, s] for (x1, y1, x2, y2), s in zip(boxes, scores)]
                     name = os.path.splitext(os.path.basename(path))[0]

@@ -194,12 +194,12 @@ class Detector:
             path, self.config = cached_export(model), model.config
         self.model, self.channels_last = OnnxRuntimeNetwork(path), False
 
-    def __call__(self, images, color: str = "bgr"):
-        return self.detect(images, color)
+    def __call__(self, images, color: str = "bgr", names: Optional[Sequence[str]] = None):
+        return self.detect(images, color, names)
 
     @torch.inference_mode()
-    def detect(self, images: Union[ImageLike, Sequence[ImageLike]],
-               color: str = "bgr") -> Union[Detections, List[Detections]]:
+    def detect(self, images: Union[ImageLike, Sequence[ImageLike]], color: str = "bgr",
+               names: Optional[Sequence[str]] = None) -> Union[Detections, List[Detections]]:
         """Detect faces in one image (returns :class:`Detections`) or in a list of images
         (returns a list).
 
@@ -207,15 +207,22 @@ class Detector:
         0..255) or PIL images; a ``[B, 3, H, W]`` tensor is a list of B images. Arrays
         and tensors are BGR, as OpenCV reads them; pass ``color="rgb"`` for RGB ones (from
         PIL, ``torchvision.io.decode_image``, matplotlib). PIL images are always RGB.
+        ``names`` (one per image; a string for one image) is what errors call the images,
+        such as the files they came from; by default ``image`` or ``images[i]``.
         """
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
         batch = [images] if single else list(images)
+        if names is None:
+            names = ["image"] if single else [f"images[{i}]" for i in range(len(batch))]
+        elif single and isinstance(names, str):
+            names = [names]
+        elif isinstance(names, str) or len(names) != len(batch):
+            raise ValueError(f"names must hold one name per image ({len(batch)}), got {names!r}")
         results = []
         for start in range(0, len(batch), self.batch_size):
-            chunk = batch[start:start + self.batch_size]
-            names = ["image"] if single else [f"images[{start + i}]" for i in range(len(chunk))]
-            prepared = [self._prepare(image, name, color) for image, name in zip(chunk, names)]
-            results.extend(self._detect_prepared(prepared, names))
+            chunk, chunk_names = batch[start:start + self.batch_size], names[start:start + self.batch_size]
+            prepared = [self._prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
+            results.extend(self._detect_prepared(prepared, chunk_names))
         return results[0] if single else results
 
     def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> np.ndarray:

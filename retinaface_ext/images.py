@@ -21,21 +21,49 @@ COLOR_ORDERS = ("bgr", "rgb")
 
 
 def image_file_size(path: Union[str, os.PathLike]) -> Optional[Tuple[int, int]]:
-    """(height, width) of an image file from its header, without decoding the pixels;
-    None when the format is not one Pillow knows (OpenCV may still decode it). A file
-    beyond Pillow's decompression-bomb limit (above ours) raises ValueError."""
+    """(height, width) of an image file from its header, without decoding the pixels:
+    Pillow reads the headers of most formats, and the Radiance HDR and PFM headers, which
+    OpenCV decodes and Pillow does not, are read here. None when OpenCV cannot decode the
+    file either. ValueError for a file beyond Pillow's decompression-bomb limit (above
+    ours), and for one that OpenCV would decode but whose size cannot be read: its header
+    could declare any number of pixels."""
     from PIL import Image
 
+    path = os.fspath(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
+        return height, width
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{os.fspath(path)}: too many pixels to decode ({error})") from None
-    except Exception:  # unknown to Pillow, or broken: OpenCV decides
+        raise ValueError(f"{path}: too many pixels to decode ({error})") from None
+    except Exception:  # unknown to Pillow, or broken
+        pass
+    size = _radiance_or_pfm_size(path)
+    if size is None and cv2.haveImageReader(path):
+        raise ValueError(f"{path}: its format does not tell its size in a header read here, so it is not "
+                         f"decoded; save it as PNG or JPEG")
+    return size
+
+
+def _radiance_or_pfm_size(path: str) -> Optional[Tuple[int, int]]:
+    """(height, width) from a Radiance HDR header (``#?...`` lines, a blank line, then
+    ``-Y H +X W`` or another axis order) or a PFM one (``PF``/``Pf``, ``W H``)."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if head.startswith((b"PF", b"Pf")):
+        fields = head[2:].split(maxsplit=2)[:2]
+        numbers = [int(f) for f in fields if f.isdigit()]
+        return (numbers[1], numbers[0]) if len(numbers) == 2 else None
+    if not head.startswith(b"#?"):
         return None
-    return height, width
+    end = head.find(b"\n\n")
+    fields = head[end + 2:].split(b"\n", 1)[0].split() if end >= 0 else []
+    if len(fields) != 4 or fields[0][1:] not in (b"X", b"Y") or not (fields[1].isdigit() and fields[3].isdigit()):
+        return None
+    first, second = int(fields[1]), int(fields[3])
+    return (first, second) if fields[0][1:] == b"Y" else (second, first)
 
 
 def read_image(path: Union[str, os.PathLike], max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
@@ -59,6 +87,20 @@ def _is_pil_image(image) -> bool:
     return type(image).__module__.startswith("PIL.") and hasattr(image, "convert") and hasattr(image, "mode")
 
 
+def _pil_pixels(image, name: str) -> np.ndarray:
+    """A PIL image as a writable uint8 array (RGB or gray). 16-bit gray images are
+    scaled to 8 bits as OpenCV reads 16-bit files (divided by 256); Pillow's own
+    conversion would saturate them at 255."""
+    if image.mode.startswith("I;16"):
+        return np.clip(np.rint(np.asarray(image).astype(np.float32) / 256), 0, 255).astype(np.uint8)
+    if image.mode in ("I", "F"):
+        raise ValueError(f"{name}: a PIL image of mode {image.mode!r} (32-bit values) has no set range; "
+                         f"convert it to 'L' or 'RGB' first")
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    return np.array(image)
+
+
 def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str = "bgr") -> torch.Tensor:
     """``[3, H, W]`` BGR values 0..255 on ``device`` (float32, or uint8 when the input is).
 
@@ -75,9 +117,7 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str
         image = read_image(image)
         color = "bgr"
     elif _is_pil_image(image):
-        if image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
-        image, color = np.array(image), "rgb"  # a writable copy
+        image, color = _pil_pixels(image, name), "rgb"
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
             raise ValueError(f"{name}: numpy images must be uint8 or floating point (0..255), "

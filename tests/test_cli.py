@@ -377,3 +377,18 @@ def test_eval_names_broken_prediction_files_and_ground_truth(tmp_path, capsys):
     savemat(gt / "wider_hard_val.mat", {"something_else": np.zeros(3)})
     code, _, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
     one_line_error(code, err, "wider_hard_val.mat: not the WIDER FACE val ground truth layout", "gt_list")
+
+
+def test_errors_about_an_image_name_its_file(tmp_path, capsys):
+    """Weights that overflow (finite, but 1e30 times too large) make the network's
+    outputs infinite: the error names the file, not images[0]."""
+    import torch
+
+    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    key = next(k for k in state if k.endswith("stage1.0.0.weight"))
+    state[key] = state[key] * 1e30
+    torch.save(state, tmp_path / "overflowing.pth")
+    shutil.copyfile(CROWD, tmp_path / "crowd.jpg")
+    code, _, err = run(capsys, "detect", tmp_path / "crowd.jpg", "--weights", tmp_path / "overflowing.pth",
+                       "--device", "cpu")
+    assert code == 2 and f"{tmp_path / 'crowd.jpg'}: the network's" in err and "images[" not in err, err
