@@ -86,6 +86,17 @@ def test_the_format_comes_from_the_content_not_the_name(tmp_path):
     ("a.jpg\n1\n1 2 3 4 0 0\n", 3, "expected 10 numbers"),
     ("a.jpg\n", 1, "no face count"),
     ("\n\n", 1, "no annotations"),
+    # Python's float() reads these, numpy's parser does not: once "could not parse" at line 2
+    (f"# a.jpg\n{FACE}\n{FACE.replace('542.089', '542_089')}\n", 3, "'542_089' is not a number"),
+    (f"# a.jpg\n{FACE}\n{FACE.replace('542.089', '٥٤٢')}\n", 3, "'٥٤٢' is not a number"),
+    ("a.jpg\n²\n", 2, "number of faces of a.jpg"),  # once int()'s message, with no file or line
+    # numbers that parse but cannot train: once a traceback from match, far from the file
+    (f"# a.jpg\n{FACE}\n100 50 1e-7 20 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 1\n", 3, "empty in float32"),
+    (f"# a.jpg\n1 2 3 4\n1e30 2 3 4\n", 3, "a coordinate beyond"),
+    (f"# a.jpg\n1e39 2 3 4\n", 2, "a coordinate beyond"),
+    (f"# a.jpg\n{FACE.replace('488.906', '1e39')}\n", 2, "a coordinate beyond"),
+    ("a.jpg\n1\n100 50 1e-7 20 0 0 0 0 0 0\n", 3, "empty in float32"),
+    ("a.jpg\n1\n1 2 3 1e30 0 0 0 0 0 0\n", 3, "a coordinate beyond"),
 ])
 def test_malformed_lines_name_the_file_and_line(tmp_path, text, line, message):
     path = write(tmp_path, text)
@@ -198,3 +209,39 @@ def test_check_lists_many_missing_images_briefly_and_missing_images_lists_all(tm
     assert len(dataset.missing_images()) == 50
     with pytest.raises(FileNotFoundError, match=r"(?s)50 of the 50 images.*and 30 more \(missing_images\(\) lists them all\)"):
         dataset.check()
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    import threading
+
+    fifo = tmp_path / "label.txt"
+    os.mkfifo(fifo)
+    refused = threading.Event()
+
+    def unblock():  # should the reader wait on the FIFO after all, end its wait: a failure, not a hang
+        if not refused.wait(10):
+            with open(fifo, "w"):
+                pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    with pytest.raises(ValueError, match="label.txt: not a regular file"):
+        read_annotations(fifo)
+    refused.set()
+
+
+@pytest.mark.parametrize("kind", ["numbers", "text"])
+def test_one_very_long_line_costs_a_few_times_its_size(tmp_path, kind):
+    """Once about 40 times the file's size (a 12 MB line took half a gigabyte)."""
+    import tracemalloc
+
+    line = " ".join(["123.456"] * 1_500_000) if kind == "numbers" else "x" * 12_000_000
+    path = write(tmp_path, f"# a.jpg\n{FACE}\n{line}\n")
+    size = os.path.getsize(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LabelFileError, match=r"label.txt:3: a line of \d+ bytes"):
+            read_annotations(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * size, (peak, size)

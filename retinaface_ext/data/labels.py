@@ -11,6 +11,8 @@ line that is wrong raises :class:`LabelFileError` naming the file and line.
 """
 
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -27,6 +29,15 @@ RETINAFACE_FIELDS = (20, 19, 4)
 #: x y w h blur expression illumination invalid occlusion pose
 WIDER_FIELDS = 10
 _LANDMARK_COLUMNS = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17]
+#: Coordinates beyond this many pixels are refused: no image is that large, and their
+#: products (areas, IoUs) would overflow float32 in training.
+MAX_COORDINATE = 1e6
+#: A line longer than this is refused before it is split: 20 numbers or an image path fit
+#: in far less, and splitting one line of megabytes takes tens of times its size.
+MAX_LINE = 4096
+#: What a number may look like (what numpy's parser reads; not Python's ``1_000`` or
+#: non-ASCII digits).
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 class LabelFileError(ValueError):
@@ -67,8 +78,11 @@ def read_annotations(path) -> Annotations:
     whether image lines start with ``#``). Faces of non-positive width or height are
     dropped, with one warning per file giving their count."""
     path = os.fspath(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+        raise ValueError(f"{path}: not a regular file")
     with open(path, "rb") as handle:
         data = handle.read()
+    _check_line_lengths(path, data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -89,6 +103,16 @@ def read_annotations(path) -> Annotations:
             stacklevel=2,
         )
     return annotations
+
+
+def _check_line_lengths(path: str, data: bytes) -> None:
+    """Refuses a line longer than MAX_LINE bytes before anything else reads the file."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    lengths = np.diff(ends, prepend=-1, append=len(data)) - 1  # without the newline
+    long = np.flatnonzero(lengths > MAX_LINE)
+    if len(long):
+        raise LabelFileError(path, int(long[0]) + 1, f"a line of {int(lengths[long[0]])} bytes (at most {MAX_LINE}: "
+                                                     f"an image path, or one face's numbers)")
 
 
 def _is_retinaface(lines: Sequence[str]) -> bool:
@@ -234,7 +258,7 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
         if at + 1 >= len(entries):
             raise LabelFileError(path, number, f"{name} has no face count line after it")
         count_number, count_text = entries[at + 1]
-        if not count_text.isdigit():
+        if not (count_text.isascii() and count_text.isdigit()):
             raise LabelFileError(path, count_number, f"expected the number of faces of {name}, got {count_text!r}")
         count = int(count_text)
         at += 2
@@ -265,11 +289,7 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(text) is not None
 
 
 def _parse_numbers(path: str, face_lines: List[str], face_numbers: List[int], expected_count: int) -> np.ndarray:
@@ -297,11 +317,30 @@ def _parse_numbers(path: str, face_lines: List[str], face_numbers: List[int], ex
 def _assemble(path: str, format: str, names: List[str], image_of_face: np.ndarray, targets: np.ndarray,
               sizes: np.ndarray, face_numbers: np.ndarray) -> Annotations:
     kept = (sizes > 0).all(axis=1)
+    _check_trainable(path, targets, kept, face_numbers)
     image_of_face = image_of_face[kept]
     counts = np.bincount(image_of_face, minlength=len(names))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Annotations(path, format, names, offsets, np.ascontiguousarray(targets[kept]),
                        face_numbers[kept], int((~kept).sum()))
+
+
+def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numbers: np.ndarray) -> None:
+    """Faces that parse but cannot train are errors naming their line: a coordinate
+    beyond MAX_COORDINATE (or infinite in float32), or a box of positive size in the file
+    that is empty in float32 (a width of 1e-7 at x = 100)."""
+    too_large = ~(np.abs(targets[:, :14]) <= MAX_COORDINATE).all(axis=1)
+    empty = kept & ~((targets[:, 2] > targets[:, 0]) & (targets[:, 3] > targets[:, 1]))
+    bad = np.flatnonzero(too_large | empty)
+    if len(bad):
+        row = int(bad[0])
+        if too_large[row]:
+            raise LabelFileError(path, int(face_numbers[row]),
+                                 f"a coordinate beyond {MAX_COORDINATE:.0e} pixels (in float32: "
+                                 f"{targets[row, :14].tolist()})")
+        raise LabelFileError(path, int(face_numbers[row]),
+                             f"the box is empty in float32 ({targets[row, :4].tolist()}): width or height too "
+                             f"small for its position")
 
 
 def format_face_line(target: Sequence[float], score: float = 1.0, decimals: int = 2) -> str:
