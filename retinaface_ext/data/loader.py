@@ -76,7 +76,21 @@ def seed_worker(worker_id: int) -> None:
 
 
 class FaceLoader(DataLoader):
-    """A DataLoader with :meth:`set_epoch`, made by :func:`make_loader`."""
+    """A DataLoader with :meth:`set_epoch`, made by :func:`make_loader`. A bad image or
+    label met in a worker process raises what it would raise in this one (the worker's
+    message without its traceback: "cannot decode image file: ..."), not torch's
+    "Caught ValueError in DataLoader worker process 0" and a traceback."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (ValueError, OSError) as error:
+                raise _without_worker_traceback(error) from error
+            yield batch
 
     def set_epoch(self, epoch: int) -> None:
         """Makes epoch ``epoch``'s order and augmentation depend on (seed, epoch, rank)
@@ -87,6 +101,19 @@ class FaceLoader(DataLoader):
             self.sampler.set_epoch(epoch)
         if self.num_workers == 0 and hasattr(self.dataset, "reseed"):
             self.dataset.reseed(seed)
+
+
+def _without_worker_traceback(error: Exception) -> Exception:
+    """The worker's own message of an error that torch re-raised from a worker process."""
+    text = str(error).rstrip()
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return error
+    last = text.splitlines()[-1]  # "ValueError: cannot decode image file: ..."
+    message = last.split(": ", 1)[1] if ": " in last else last
+    try:
+        return type(error)(message)
+    except Exception:  # an error type that takes other arguments
+        return ValueError(message)
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0, seed: int = 0,

@@ -79,8 +79,14 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
                             os.path.join(root, "val", "label.txt") if num_val else None)
     manifest_path = os.path.join(root, MANIFEST)
     if os.path.isfile(manifest_path):
-        with open(manifest_path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
+        try:
+            with open(manifest_path, encoding="utf-8") as handle:
+                recorded = json.load(handle)
+        except (OSError, ValueError) as error:
+            recorded = error
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{manifest_path}: not a synthetic set's manifest ({recorded}); delete {root} to "
+                             f"draw the set again")
         same = {k: recorded.get(k) for k in settings} == settings
         if same and recorded.get("complete"):
             return result

@@ -14,6 +14,18 @@ import torch
 from ..models.config import config_for
 
 BACKBONES = ("mobilenet0.25", "resnet50")
+#: The largest --image-size: a square crop of 64 megapixels, the Detector's limit too.
+MAX_IMAGE_SIZE = 8192
+#: Seeds are what torch.manual_seed takes: 64-bit unsigned.
+MAX_SEED = 2**64 - 1
+#: Flags a resumed run keeps from its checkpoint: they shape the weights, the data and the
+#: random draws. Not given again, the run's values apply; given with another value, they
+#: are refused (a run with another recipe starts from the checkpoint with --weights).
+KEPT_ON_RESUME = ("backbone", "dcn", "data", "images", "batch_size", "image_size", "lr", "momentum",
+                  "weight_decay", "warmup_epochs", "schedule", "clip_grad", "amp", "workers", "seed", "sync_bn",
+                  "synthetic")
+#: Flags that only start a run: the checkpoint holds the weights a resumed run continues.
+STARTING_ONLY = ("weights", "pretrained_backbone")
 SCHEDULES = ("step", "cosine")
 AMP_MODES = ("fp16", "bf16")
 #: The main job's data: drawn into this folder (under the user's cache) on first use.
@@ -89,6 +101,11 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
         if config.image_size % 32:
             raise ValueError(f"--image-size must be a multiple of 32 (the network's largest stride), got {config.image_size}")
+        if config.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"--image-size must be at most {MAX_IMAGE_SIZE} (a crop of 64 megapixels), "
+                             f"got {config.image_size}")
+        if not 0 <= config.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be in [0, 2**64 - 1], got {config.seed}")
         if config.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {config.workers}")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):
@@ -105,6 +122,13 @@ class TrainConfig:
             raise ValueError("--amp fp16 needs CUDA (its gradient scaler); on the CPU use --amp bf16")
         if (config.widerface_val is None) != (config.widerface_gt is None):
             raise ValueError("--widerface-val and --widerface-gt go together")
+        if config.widerface_val is not None:
+            if config.val_data is None and not (synthetic and config.synthetic.num_val > 0):
+                raise ValueError("--widerface-val and --widerface-gt need validation data (--val-data, or the "
+                                 "synthetic set's validation images): the WIDER FACE APs are taken when it runs")
+            for flag, folder in (("--widerface-val", config.widerface_val), ("--widerface-gt", config.widerface_gt)):
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(f"{flag} {folder}: no such folder")
         if not synthetic and not os.path.isfile(config.data):
             raise FileNotFoundError(f"--data {config.data}: no such label file (or say --data synthetic)")
         if config.val_data is not None and not os.path.isfile(config.val_data):
@@ -122,6 +146,34 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def resumed(config: TrainConfig, recorded: dict, path: str) -> Tuple[TrainConfig, list]:
+    """``config`` for continuing the run whose checkpoint (at ``path``) recorded the
+    settings ``recorded``: each flag of KEPT_ON_RESUME not given takes the run's value,
+    --epochs too (a longer run continues with the schedule of its new length). Returns
+    the config and a note per value taken from the run; ValueError for a kept flag given
+    with another value, or a starting-only flag given at all."""
+    defaults, changes, notes = TrainConfig(), {}, []
+    for name in STARTING_ONLY:
+        if getattr(config, name) is not None:
+            raise ValueError(f"--resume {path}: --{name.replace('_', '-')} starts a run; a resumed run continues "
+                             f"from the weights in its checkpoint")
+    for name in KEPT_ON_RESUME:
+        given, default, was = getattr(config, name), getattr(defaults, name), recorded[name]
+        if name == "synthetic":
+            given, default = dataclasses.asdict(given), dataclasses.asdict(default)
+        if given == was:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if given != default:
+            raise ValueError(f"--resume {path}: the run used {flag} {was}, this one says {given}; a resumed run "
+                             f"keeps its recipe (to change it, start a new run with --weights {path})")
+        changes[name] = SyntheticDefaults(**was) if name == "synthetic" else was
+        notes.append(f"{flag} {was}")
+    if config.epochs is None:
+        changes["epochs"] = recorded["epochs"]
+    return dataclasses.replace(config, **changes), notes
 
 
 def synthetic_cache_dir() -> str:

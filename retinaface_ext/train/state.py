@@ -50,9 +50,16 @@ def save_checkpoint(path: str, **content) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+#: What a training checkpoint holds, and the type of each part.
+PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "step": int,
+         "step_in_epoch": int, "best_ap": float, "metrics": dict, "rng": dict, "args": dict, "backbone": str,
+         "dcn": bool}
+RANDOM_STATES = ("python", "numpy", "torch", "cuda")
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """A training checkpoint written by :func:`save_checkpoint` (``weights_only=True``);
-    ValueError naming the file when it is not one."""
+    """A checkpoint written by :func:`save_checkpoint` (``weights_only=True``); ValueError
+    naming the file when it is not one."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -64,14 +71,33 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     return checkpoint
 
 
-def prepare_run_folder(out: str, exist_ok: bool, resuming: bool) -> str:
-    """``out``, created; an earlier run there is refused unless ``exist_ok`` or resuming."""
+def load_training_checkpoint(path: str, required_args=()) -> Dict[str, Any]:
+    """:func:`load_checkpoint`, with every part of PARTS of its type and ``required_args``
+    recorded; ValueError naming the file and the part otherwise."""
+    checkpoint = load_checkpoint(path)
+    for key, kind in PARTS.items():
+        value = checkpoint.get(key)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise ValueError(f"{path}: a damaged training checkpoint: {key!r} is "
+                             f"{'missing' if key not in checkpoint else type(value).__name__ + ' ' + repr(value)[:40]}, "
+                             f"expected {'a count' if kind is int else kind.__name__}")
+    missing = [f"rng.{key}" for key in RANDOM_STATES if key not in checkpoint["rng"]]
+    missing += [f"args.{key}" for key in required_args if key not in checkpoint["args"]]
+    if missing:
+        raise ValueError(f"{path}: a damaged training checkpoint: {', '.join(missing)} missing")
+    return checkpoint
+
+
+def prepare_run_folder(out: str, exist_ok: bool, continuing: bool) -> str:
+    """``out``, created; an earlier run there is refused unless ``exist_ok`` or
+    ``continuing`` it (resuming from a checkpoint in ``out`` itself: a checkpoint from
+    elsewhere does not make another run's files ours to write over)."""
     out = os.path.abspath(out)
     if os.path.isfile(out):
         raise FileExistsError(f"--out {out} is a file")
     earlier = os.path.isdir(out) and any(os.path.exists(os.path.join(out, name))
                                          for name in (LAST, BEST, "log.jsonl", "args.json"))
-    if earlier and not (exist_ok or resuming):
+    if earlier and not (exist_ok or continuing):
         raise FileExistsError(f"--out {out} holds an earlier run; pass --exist-ok to write into it, "
                               f"--resume auto to continue it, or choose another folder")
     os.makedirs(out, exist_ok=True)

@@ -21,11 +21,11 @@ from ..models import RetinaFace
 from ..models.config import config_for
 from ..priors import prior_boxes
 from .distributed import Distributed
-from .options import SYNTHETIC, TrainConfig, synthetic_cache_dir
+from .options import KEPT_ON_RESUME, SYNTHETIC, TrainConfig, resumed, synthetic_cache_dir
 from .pretrained import load_pretrained_backbone
 from .schedule import make_scheduler
-from .state import (BEST, LAST, JsonLog, load_checkpoint, prepare_run_folder, random_states, restore_random_states,
-                    save_checkpoint, write_args)
+from .state import (BEST, LAST, JsonLog, load_training_checkpoint, prepare_run_folder, random_states,
+                    restore_random_states, save_checkpoint, write_args)
 
 log = logging.getLogger("retinaface_ext.train")
 LOSS_PARTS = ("loss_l", "loss_c", "loss_landm")
@@ -49,21 +49,33 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, freeze_batchnorm: bool = False, show_progress: bool = True):
+        self.out = os.path.abspath(config.out)
+        checkpoint, self.resume_path, notes = None, None, []
+        if config.resume is not None:  # the run's recipe first: everything below depends on it
+            self.resume_path = os.path.join(self.out, LAST) if config.resume == "auto" else config.resume
+            checkpoint = load_training_checkpoint(self.resume_path, required_args=KEPT_ON_RESUME + ("epochs",))
+            config, notes = resumed(config, checkpoint["args"], self.resume_path)
         self.config = config = config.resolved()
         self.dist = Distributed.from_environment(config.device)
         self.device = self._device()
         self.is_main, self.show_progress = self.dist.is_main, show_progress
-        if config.batch_size % self.dist.world_size:
-            raise ValueError(f"--batch-size {config.batch_size} must be a multiple of the {self.dist.world_size} processes")
-        self.out = os.path.abspath(config.out)
-        resuming = config.resume is not None
+        self._check_batch()
+        continuing = checkpoint is not None and \
+            os.path.realpath(os.path.dirname(os.path.abspath(self.resume_path))) == os.path.realpath(self.out)
         if self.is_main:
-            prepare_run_folder(self.out, config.exist_ok, resuming)
+            prepare_run_folder(self.out, config.exist_ok, continuing)
+            for note in notes:
+                log.info("resuming with the run's %s", note)
         self.dist.barrier()
         self.preset = config_for(config.backbone)
-        self.train_set, self.val_set = self._datasets()
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._model().to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        if checkpoint is not None:  # a checkpoint that does not fit fails before the data are read
+            self._restore(checkpoint, "model", "optimizer", "rng")
+        self.train_set, self.val_set = self._datasets()
+        self.ground_truth = self._widerface_ground_truth()
         self.freeze_batchnorm = freeze_batchnorm
         self.net = self.model
         if self.dist.enabled:
@@ -77,22 +89,31 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_set)} training images make no batch of {config.batch_size}")
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, self.steps_per_epoch, config.epochs, config.warmup_epochs,
                                         config.schedule, config.decay_epochs())
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.epoch = self.step = self.step_in_epoch = 0
-        self.best_ap, self.metrics = -math.inf, {}
-        if resuming:
-            self._resume()
+        self.best_ap, self.metrics, self._validation_due = -math.inf, {}, False
+        if checkpoint is not None:
+            self._resume(checkpoint)
         self.log = JsonLog(os.path.join(self.out, "log.jsonl") if self.is_main else None)
         if self.is_main:
             write_args(self.out, config.as_dict())
         self._stop_requested: Optional[str] = None
 
     # ------------------------------------------------------------------ set-up
+
+    def _check_batch(self) -> None:
+        config, processes = self.config, self.dist.world_size
+        if config.batch_size % processes:
+            raise ValueError(f"--batch-size {config.batch_size} must be a multiple of the {processes} processes")
+        # BatchNorm needs two values per channel; the smallest feature map is 1/32 of the crop.
+        per_process, cells = config.batch_size // processes, (config.image_size // 32) ** 2
+        if per_process * cells < 2:
+            raise ValueError(f"--batch-size {config.batch_size} at --image-size {config.image_size} leaves "
+                             f"BatchNorm one value per channel at the network's coarsest level (1/32 of the crop, "
+                             f"per process); raise either")
 
     def _device(self) -> torch.device:
         if self.dist.enabled and torch.cuda.is_available() and (self.config.device in (None, "cuda")):
@@ -117,11 +138,28 @@ class Trainer:
             val_labels, val_images = config.val_data, config.val_images
         train = WiderFaceDataset(train_labels, images, transform=transform)
         val = WiderFaceDataset(val_labels, val_images) if val_labels else None
+        for flag, dataset in (("--data", train), ("--val-data", val)):
+            missing = dataset.missing_images() if dataset is not None else []
+            if missing:
+                raise FileNotFoundError(f"{flag} {dataset.label_file}: {len(missing)} of its {len(dataset)} images "
+                                        f"are missing, such as {missing[0]} (retinaface check-data lists them)")
         if self.is_main:
             log.info("training on %s", train)
             if val is not None:
                 log.info("validating on %s", val)
         return train, val
+
+    def _widerface_ground_truth(self):
+        """The WIDER FACE val ground truth, read now: broken .mat files are found before
+        the first step, not at the first validation."""
+        if self.config.widerface_gt is None or not self.is_main:
+            return None
+        from ..evaluation.widerface import load_ground_truth
+
+        try:
+            return load_ground_truth(self.config.widerface_gt)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"--widerface-gt {self.config.widerface_gt}: {error}") from error
 
     def _synthetic(self):
         settings = self.config.synthetic
@@ -151,14 +189,17 @@ class Trainer:
     def fit(self) -> Dict[str, float]:
         handlers = self._catch_signals()
         try:
+            if self._validation_due:  # the run stopped while validating its last epoch
+                self._validate_epoch()
             while self.epoch < self.config.epochs:
                 self._train_epoch()
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
                 last = self.epoch == self.config.epochs
-                validated = None
                 if self.val_set is not None and (last or self.epoch % self.config.val_every == 0):
-                    validated = self.metrics = self.validate()
-                self._save_epoch(validated)
+                    self._save(LAST, validation_due=True)  # the epoch is kept whatever the validation does
+                    self._validate_epoch()
+                else:
+                    self._save_epoch(None)
         finally:
             for number, handler in handlers.items():
                 signal.signal(number, handler)
@@ -270,7 +311,7 @@ class Trainer:
                 boxes, scores = found.boxes.cpu().numpy(), found.scores.cpu().numpy()
                 rows = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores[:, None]], 1)
                 predictions[os.path.splitext(name)[0]] = rows
-        result = evaluate(predictions, self.config.widerface_gt)
+        result = evaluate(predictions, self.ground_truth)
         return {setting: result.ap[setting] for setting in ("easy", "medium", "hard")}
 
     def draw_val_image(self, path: str, index: int = 0, threshold: float = 0.5) -> None:
@@ -292,6 +333,10 @@ class Trainer:
             rng=random_states(), args=self.config.as_dict(), backbone=self.config.backbone, dcn=self.config.dcn,
             **extra)
 
+    def _validate_epoch(self) -> None:
+        self.metrics = self.validate()
+        self._save_epoch(self.metrics)
+
     def _save_epoch(self, validated: Optional[Dict[str, float]]) -> None:
         """last.pt after every epoch; best.pt when the validation AP improves (without
         validation data: the final epoch's)."""
@@ -305,24 +350,32 @@ class Trainer:
             shutil.copyfile(os.path.join(self.out, LAST), temporary)
             os.replace(temporary, os.path.join(self.out, BEST))
 
-    def _resume(self) -> None:
-        path = os.path.join(self.out, LAST) if self.config.resume == "auto" else self.config.resume
-        checkpoint = load_checkpoint(path)
-        for key in ("backbone", "dcn"):
-            if checkpoint[key] != getattr(self.config, key):
-                raise ValueError(f"--resume {path}: the run was {key}={checkpoint[key]}, "
-                                 f"this one says {getattr(self.config, key)}")
-        for key in ("batch_size", "image_size"):
-            if checkpoint["args"][key] != getattr(self.config, key):
-                raise ValueError(f"--resume {path}: the run used --{key.replace('_', '-')} "
-                                 f"{checkpoint['args'][key]}, this one {getattr(self.config, key)}")
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+    def _restore(self, checkpoint, *parts: str) -> None:
+        """Loads ``parts`` of a checkpoint; ValueError in one line where they do not fit."""
+        path = self.resume_path
+        if (checkpoint["backbone"], checkpoint["dcn"]) != (self.config.backbone, self.config.dcn):
+            raise ValueError(f"--resume {path}: a damaged training checkpoint: it says {checkpoint['backbone']}, "
+                             f"dcn={checkpoint['dcn']}, its settings {self.config.backbone}, dcn={self.config.dcn}")
+        try:
+            for part in parts:
+                if part == "rng":
+                    restore_random_states(checkpoint["rng"])
+                else:
+                    getattr(self, part).load_state_dict(checkpoint[part])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"--resume {path}: the checkpoint does not fit the run it records "
+                             f"({type(error).__name__}: {first[:300]})") from error
+
+    def _resume(self, checkpoint) -> None:
+        """The rest of the run's state: its schedule, loss scaler, where it stopped, and
+        again the optimizer (whose learning rate the new scheduler set) and the random
+        draws (which reading the data may have used)."""
+        path = self.resume_path
+        self._restore(checkpoint, "scheduler", "optimizer", "scaler", "rng")
         self.epoch, self.step, self.step_in_epoch = checkpoint["epoch"], checkpoint["step"], checkpoint["step_in_epoch"]
         self.best_ap, self.metrics = checkpoint["best_ap"], checkpoint["metrics"]
-        restore_random_states(checkpoint["rng"])
+        self._validation_due = bool(checkpoint.get("validation_due", False)) and self.val_set is not None
         if self.is_main:
             log.info("resumed %s: epoch %d, step %d", path, self.epoch + (self.step_in_epoch > 0), self.step)
 
