@@ -181,18 +181,19 @@ class Detector:
         self.config, self.channels_last = model.config, channels_last
 
     def _init_onnxruntime(self, weights_or_model, onnx_file, backbone, device):
-        from .onnx_engine import OnnxRuntimeNetwork, cached_export, import_onnxruntime
+        from .onnx_engine import OnnxRuntimeNetwork, cached_network, import_onnxruntime
 
         self.device = resolve_device("cpu" if device is None else device)
         if self.device.type != "cpu":
             raise ValueError(f"engine='onnxruntime' runs on the CPU, got device {self.device}")
         import_onnxruntime()
         if onnx_file:
-            path, self.config = os.fspath(weights_or_model), config_for(backbone or "mobilenet0.25")
+            self.config = config_for(backbone or "mobilenet0.25")
+            self.model = OnnxRuntimeNetwork(weights_or_model)
         else:
             model, _ = self._load_model(weights_or_model, backbone, device)
-            path, self.config = cached_export(model), model.config
-        self.model, self.channels_last = OnnxRuntimeNetwork(path), False
+            self.config, self.model = model.config, cached_network(model)
+        self.channels_last = False
 
     def __call__(self, images, color: str = "bgr", names: Optional[Sequence[str]] = None):
         return self.detect(images, color, names)
@@ -310,6 +311,9 @@ class Detector:
             loc, logits, landmarks = loc.float(), logits.float(), landmarks.float()
         priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
                                     dtype=loc.dtype)
+        if loc.shape[1] != len(priors):  # a network of another layout (an .onnx file of another model)
+            raise ValueError(f"the network gives {loc.shape[1]} rows for a {canvas[0]}x{canvas[1]} canvas; the "
+                             f"{self.config.backbone} preset has {len(priors)} priors there")
         inside = None
         if any(tuple(size) != tuple(canvas) for size in sizes):
             inside = inside_priors(self.config, sizes, canvas, loc.device)

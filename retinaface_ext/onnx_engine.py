@@ -3,6 +3,7 @@ PyTorch network (``Detector(..., engine="onnxruntime")``): the same pre-processi
 batching and post-processing (our kernels) around onnxruntime's forward pass."""
 
 import hashlib
+import logging
 import os
 from typing import Optional, Tuple, Union
 
@@ -13,6 +14,9 @@ from .export.graph import NETWORK_INPUTS, NETWORK_OUTPUTS
 from .files import cache_root
 
 INSTALL_HINT = 'pip install onnxruntime (or pip install "retinaface_ext[onnx]")'
+#: The last dimension of each output: box offsets, the two class logits, five (x, y) points.
+OUTPUT_WIDTHS = (4, 2, 10)
+log = logging.getLogger("retinaface_ext.onnx_engine")
 
 
 def import_onnxruntime():
@@ -46,6 +50,20 @@ def cached_export(model: torch.nn.Module) -> str:
     return path
 
 
+def cached_network(model: torch.nn.Module) -> "OnnxRuntimeNetwork":
+    """The session of :func:`cached_export`'s file; a cache entry that onnxruntime cannot
+    load (damaged since it was written) is exported again."""
+    from .export import to_onnx
+
+    path = cached_export(model)
+    try:
+        return OnnxRuntimeNetwork(path)
+    except ValueError as error:
+        log.warning("%s; exporting it again", error)
+        to_onnx(model, path, dynamic=True, check=False)
+        return OnnxRuntimeNetwork(path)
+
+
 class OnnxRuntimeNetwork:
     """An onnxruntime session of an exported network, called like
     :class:`~retinaface_ext.models.InferenceRetinaFace`: ``images [B, 3, H, W]`` float32
@@ -71,10 +89,26 @@ class OnnxRuntimeNetwork:
         inputs = tuple(i.name for i in self.session.get_inputs())
         outputs = tuple(o.name for o in self.session.get_outputs())
         if inputs != NETWORK_INPUTS or outputs != NETWORK_OUTPUTS:
-            raise ValueError(f"{self.path}: not an exported RetinaFace network: inputs {list(inputs)}, outputs "
-                             f"{list(outputs)} (expected {list(NETWORK_INPUTS)} and {list(NETWORK_OUTPUTS)}; "
-                             f"export with retinaface_ext.export.to_onnx(..., postprocess=False))")
+            raise self._not_a_network(f"inputs {list(inputs)}, outputs {list(outputs)} (expected "
+                                      f"{list(NETWORK_INPUTS)} and {list(NETWORK_OUTPUTS)})")
+        self._check_declared_shapes()
         self.version = onnxruntime.__version__
+
+    def _not_a_network(self, what: str) -> ValueError:
+        return ValueError(f"{self.path}: not an exported RetinaFace network: {what}; export with "
+                          f"retinaface_ext.export.to_onnx(..., postprocess=False)")
+
+    def _check_declared_shapes(self) -> None:
+        """The shapes the graph declares, where it declares them: images [B, 3, H, W]
+        float, outputs [B, P, 4 / 2 / 10] float."""
+        expected = [(NETWORK_INPUTS[0], 4, {1: 3})] + [(name, 3, {2: width})
+                                                         for name, width in zip(NETWORK_OUTPUTS, OUTPUT_WIDTHS)]
+        for port, (name, rank, fixed) in zip([*self.session.get_inputs(), *self.session.get_outputs()], expected):
+            shape = port.shape
+            wrong = port.type != "tensor(float)" or (shape is not None and (
+                len(shape) != rank or any(isinstance(shape[d], int) and shape[d] != n for d, n in fixed.items())))
+            if wrong:
+                raise self._not_a_network(f"{name} is {port.type} of shape {shape}")
 
     def __call__(self, images: torch.Tensor, padding_mask=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if padding_mask is not None:
@@ -83,4 +117,10 @@ class OnnxRuntimeNetwork:
             raise ValueError(f"the onnxruntime engine takes float32 images on the CPU, got {images.dtype} on "
                              f"{images.device}")
         feed = {NETWORK_INPUTS[0]: images.contiguous().numpy()}
-        return tuple(torch.from_numpy(out) for out in self.session.run(list(NETWORK_OUTPUTS), feed))
+        outputs = self.session.run(list(NETWORK_OUTPUTS), feed)
+        # What the graph did not declare: one row per prior and image in each output.
+        shapes = [tuple(out.shape) for out in outputs]
+        if any(len(s) != 3 or s[:2] != shapes[0][:2] or s[2] != w for s, w in zip(shapes, OUTPUT_WIDTHS)) \
+                or shapes[0][0] != images.shape[0]:
+            raise self._not_a_network(f"for images {list(images.shape)} gives {', '.join(map(str, shapes))}")
+        return tuple(torch.from_numpy(out) for out in outputs)

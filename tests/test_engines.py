@@ -1,7 +1,10 @@
 """The Detector's other ways to run: the onnxruntime engine, half precision on CUDA, and
 torch.compile (whole graphs, no breaks at our ops)."""
 
+import pathlib
+
 import cv2
+import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -176,3 +179,56 @@ def test_the_commands_take_the_engine(tmp_path, capsys, cache, monkeypatch):
     code, _, error = run_cli(capsys, "detect", CROWD, "--weights", WEIGHTS, "--engine", "onnxruntime", "--device",
                              "cuda")
     assert code == 2 and ("engine='onnxruntime' runs on the CPU" in error or "CUDA is not available" in error)
+
+
+class OtherNetwork(torch.nn.Module):
+    """Outputs named as ours, of other shapes: [B, H*W, loc_width], [B, H*W, 2], [B, H*W, 10]."""
+
+    def __init__(self, loc_width):
+        super().__init__()
+        self.loc_width = loc_width
+
+    def forward(self, images):
+        rows = images.flatten(2).transpose(1, 2).repeat(1, 1, 4)  # [B, H*W, 12]
+        return rows[..., :self.loc_width], rows[..., :2], rows[..., :10]
+
+
+def other_onnx(path, loc_width):
+    torch.onnx.export(OtherNetwork(loc_width), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                      input_names=["images"], output_names=["loc", "logits", "landmarks"])
+    return path
+
+
+def test_an_onnx_file_with_our_names_and_other_shapes_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """Once a traceback from the post-processing."""
+    pytest.importorskip("onnxruntime")
+    from cli_run import run_cli
+
+    declared = other_onnx(tmp_path / "declared.onnx", loc_width=3)
+    with pytest.raises(ValueError, match=r"declared.onnx: not an exported RetinaFace network: loc is .* \[1, 1024, 3\]"):
+        Detector(str(declared))
+    image = torch.zeros(3, 32, 32)
+    with monkeypatch.context() as patch:  # a graph that does not declare its shapes: found when it runs
+        patch.setattr(onnx_engine.OnnxRuntimeNetwork, "_check_declared_shapes", lambda self: None)
+        with pytest.raises(ValueError, match=r"declared.onnx: not an exported .*: for images \[1, 3, 32, 32\] gives"):
+            Detector(str(declared)).detect(image)
+    with pytest.raises(ValueError, match="the network gives 1024 rows for a 32x32 canvas; the mobilenet0.25 preset "
+                                         "has 42 priors there"):
+        Detector(str(other_onnx(tmp_path / "rows.onnx", loc_width=4))).detect(image)
+    cv2.imwrite(str(tmp_path / "image.png"), np.zeros((32, 32, 3), np.uint8))
+    code, _, err = run_cli(capsys, "detect", tmp_path / "image.png", "--weights", declared)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "declared.onnx: not an exported" in err, err
+
+
+def test_a_damaged_cache_entry_is_exported_again(onnx_detector, cache, tmp_path, monkeypatch, crowd):
+    """Once named in the error of every later Detector, and never rebuilt."""
+    import shutil
+
+    (tmp_path / "onnx").mkdir()
+    (entry,) = [shutil.copy(path, tmp_path / "onnx") for path in (cache / "onnx").glob("*.onnx")]
+    entry = pathlib.Path(entry)
+    entry.write_bytes(b"damaged")
+    monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path))
+    again = Detector(WEIGHTS, engine="onnxruntime")
+    assert entry.stat().st_size > 1_000_000
+    assert_same_faces(again.detect(crowd), onnx_detector.detect(crowd), score_tolerance=0)

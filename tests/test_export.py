@@ -272,3 +272,14 @@ def test_a_failed_check_writes_nothing(tmp_path, monkeypatch, capsys):
         code, _, error = run_cli(capsys, "export", "--weights", WEIGHTS, "--onnx", tmp_path / "m.onnx", "--size",
                                  "64", "64")
         assert code == 2 and "nothing written" in error and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("opset, message", [
+    (999, r"opset must be in \[1, \d+\] \(the opsets onnx .* knows\), got 999"),
+    (1, "opset 1 was asked for, but torch's dynamo exporter wrote opset 18"),  # once reported as opset 1
+])
+def test_an_opset_the_exporter_cannot_write_is_refused(tmp_path, opset, message):
+    with pytest.raises(ValueError, match=message):
+        to_onnx(RetinaFace("mobilenet0.25").eval(), tmp_path / "m.onnx", dynamic=False, size=(64, 64), opset=opset,
+                check=False)
+    assert not (tmp_path / "m.onnx").exists()

@@ -124,6 +124,10 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
         raise ValueError("to_onnx: the post-processing graph needs exporter='dynamo' (the TorchScript exporter "
                          "cannot keep the priors' sizes symbolic)")
     opset = DEFORM_CONV_OPSET if opset is None else int(opset)
+    onnx = _require("onnx", "ONNX export")
+    if not 1 <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"to_onnx: opset must be in [1, {onnx.defs.onnx_opset_version()}] (the opsets onnx "
+                         f"{onnx.__version__} knows), got {opset}")
     network = _network(model)
     if network.dcn and opset < DEFORM_CONV_OPSET:
         raise ValueError(f"to_onnx: a DCN model needs opset {DEFORM_CONV_OPSET} or later (ONNX DeformConv), "
@@ -138,6 +142,10 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
     started = time.perf_counter()
     data = _export(module, example, dynamic, opset, exporter, outputs)
     seconds = time.perf_counter() - started
+    written = _written_opset(data)
+    if written != opset:  # torch's exporter falls back to a version it can write, silently
+        raise ValueError(f"to_onnx: opset {opset} was asked for, but torch's {exporter} exporter wrote opset "
+                         f"{written} (it cannot convert to {opset}); nothing written")
     report = ExportReport(os.fspath(path), opset, exporter, dynamic, postprocess, network.dcn, seconds, len(data),
                           NETWORK_INPUTS, outputs)
     if check:  # before the file is written: a graph that fails its check is not left behind
@@ -145,6 +153,12 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
     atomic_write_bytes(path, data)
     log.info("%s", report)
     return report
+
+
+def _written_opset(data: bytes) -> int:
+    """The default-domain opset that a serialised ONNX model imports."""
+    model = _require("onnx", "ONNX export").load_model_from_string(data)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def _example_images(batch: int, height: int, width: int, raw: bool, seed: int = 0) -> torch.Tensor:
