@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .numbers import ScannedLines, scan_lines
+from .numbers import ScannedLines, newline_positions, scan_lines
 
 RETINAFACE = "retinaface"
 WIDER_BBX_GT = "wider_bbx_gt"
@@ -82,12 +82,13 @@ def read_annotations(path) -> Annotations:
         raise ValueError(f"{path}: not a regular file")
     with open(path, "rb") as handle:
         data = handle.read()
-    _check_line_lengths(path, data)
+    newlines = newline_positions(data)
+    _check_line_lengths(path, data, newlines)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise LabelFileError(path, data[:error.start].count(b"\n") + 1, "not UTF-8 text") from None
-    scanned = scan_lines(data)
+    scanned = scan_lines(data, newlines)
     retinaface = _is_retinaface(scanned.texts if scanned is not None else text.split("\n"))
     annotations = None
     if scanned is not None:
@@ -105,10 +106,9 @@ def read_annotations(path) -> Annotations:
     return annotations
 
 
-def _check_line_lengths(path: str, data: bytes) -> None:
+def _check_line_lengths(path: str, data: bytes, newlines: np.ndarray) -> None:
     """Refuses a line longer than MAX_LINE bytes before anything else reads the file."""
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
-    lengths = np.diff(ends, prepend=-1, append=len(data)) - 1  # without the newline
+    lengths = np.diff(newlines, prepend=-1, append=len(data)) - 1  # without the newline
     long = np.flatnonzero(lengths > MAX_LINE)
     if len(long):
         raise LabelFileError(path, int(long[0]) + 1, f"a line of {int(lengths[long[0]])} bytes (at most {MAX_LINE}: "
@@ -329,7 +329,8 @@ def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numb
     """Faces that parse but cannot train are errors naming their line: a coordinate
     beyond MAX_COORDINATE (or infinite in float32), or a box of positive size in the file
     that is empty in float32 (a width of 1e-7 at x = 100)."""
-    too_large = ~(np.abs(targets[:, :14]) <= MAX_COORDINATE).all(axis=1)
+    in_range = len(targets) == 0 or (targets.max() <= MAX_COORDINATE and targets.min() >= -MAX_COORDINATE)
+    too_large = np.zeros(len(targets), bool) if in_range else ~(np.abs(targets[:, :14]) <= MAX_COORDINATE).all(axis=1)
     empty = kept & ~((targets[:, 2] > targets[:, 0]) & (targets[:, 3] > targets[:, 1]))
     bad = np.flatnonzero(too_large | empty)
     if len(bad):

@@ -37,11 +37,16 @@ class ScannedLines(NamedTuple):
     texts: List[str]
 
 
-def scan_lines(data: bytes) -> Optional[ScannedLines]:
+def newline_positions(data: bytes) -> np.ndarray:
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+
+
+def scan_lines(data: bytes, newlines: Optional[np.ndarray] = None) -> Optional[ScannedLines]:
     """None when a number is malformed in a way only a line-by-line read can explain
-    (two points, a sign inside, more than 15 digits)."""
+    (two points, a sign inside, more than 15 digits). ``newlines``: the file's
+    :func:`newline_positions`, where the caller has them."""
     chars = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.flatnonzero(chars == ord("\n"))
+    newlines = newline_positions(data) if newlines is None else newlines
     line_starts = np.concatenate([[0], newlines + 1])
     line_ends = np.concatenate([newlines, [len(chars)]])
     kind = _CLASS[chars]
