@@ -97,17 +97,3 @@ def test_not_a_tensor_is_named():
     with pytest.raises(TypeError, match="image_planes: image must be a torch.Tensor, got ndarray"):
         ops.image_planes(np.zeros((2, 2, 3), np.uint8), MEAN)
 
-
-@pytest.mark.parametrize("image, mean, message", [
-    (torch.zeros(4, 5, 5, dtype=torch.uint8), [0.0] * 5, "image must have 1 to 4 channels"),
-    (torch.zeros(4, 5, 3, dtype=torch.int32), [0.0] * 3, "image must be uint8 or float32"),
-    (torch.zeros(4, 5, 3, dtype=torch.uint8), [0.0] * 2, "mean must hold one value per channel"),
-    (torch.zeros(5, 3, dtype=torch.uint8), [0.0] * 3, "image must have shape"),
-])
-def test_the_fake_kernel_refuses_what_the_kernels_refuse(image, mean, message):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with pytest.raises(RuntimeError, match=message):
-        torch.ops.retinaface_ext.image_planes(image, mean)
-    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-        torch.ops.retinaface_ext.image_planes(mode.from_tensor(image), mean)

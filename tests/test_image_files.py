@@ -1,0 +1,76 @@
+"""Images the Detector is given: files measured from their headers before they are
+decoded (formats Pillow cannot measure included), PIL images of other depths, and errors
+that name each image as the caller does."""
+
+import cv2
+import numpy as np
+import pytest
+
+import retinaface_ext
+from retinaface_ext import Detector
+from retinaface_ext.ops.reference import box_iou
+from shared_data import CROWD, WEIGHTS
+
+pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return Detector(WEIGHTS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def crowd():
+    return cv2.imread(str(CROWD))
+
+
+@pytest.mark.parametrize("header, declared", [
+    (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n", (12000, 12000)),
+    (b"#?RGBE\n\n+X 15000 -Y 9000\n", (9000, 15000)),
+    (b"PF\n13000 11000\n-1\n", (11000, 13000)),
+])
+def test_formats_pillow_cannot_measure_are_measured_before_decoding(detector, tmp_path, monkeypatch, header, declared):
+    """A Radiance HDR or PFM file named .jpg declaring 100+ MP: once decoded by OpenCV
+    (2-2.7 GB) before the refusal."""
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(header + bytes(64))
+    assert retinaface_ext.images.image_file_size(path) == declared
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("the image was decoded"))
+    with pytest.raises(ValueError, match=f"{declared[0]}x{declared[1]} pixels is more than this detector takes"):
+        detector.detect(str(path))
+    with pytest.raises(ValueError, match=f"declares {declared[0]}x{declared[1]} pixels, more than .* .not decoded."):
+        retinaface_ext.images.read_image(path)
+
+
+def test_a_file_opencv_decodes_but_nobody_can_measure_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "odd.jpg"
+    path.write_bytes(b"\x00 something only OpenCV reads")
+    monkeypatch.setattr(cv2, "haveImageReader", lambda name: True)
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("the image was decoded"))
+    with pytest.raises(ValueError, match="odd.jpg: its format does not tell its size .* not decoded"):
+        retinaface_ext.images.read_image(path)
+
+
+def test_sixteen_bit_pil_images_are_scaled_not_saturated(detector, crowd):
+    from PIL import Image
+
+    gray = cv2.cvtColor(crowd, cv2.COLOR_BGR2GRAY)
+    expected = detector.detect(Image.fromarray(gray)).above(0.5)
+    sixteen = Image.fromarray(gray.astype(np.uint16) * 257)  # 0..65535
+    assert sixteen.mode.startswith("I;16")
+    found = detector.detect(sixteen).above(0.5)
+    assert len(found) == len(expected) > 10
+    assert float(box_iou(found.boxes, expected.boxes).diagonal().min()) > 0.95
+    with pytest.raises(ValueError, match="image: a PIL image of mode 'F' .* convert it"):
+        detector.detect(Image.fromarray(gray.astype(np.float32)))
+
+
+def test_errors_name_images_as_the_caller_names_them(detector, tmp_path):
+    wide = np.zeros((8, 10_000, 3), np.uint8)
+    small = Detector(WEIGHTS, device="cpu", target_size=7000)
+    with pytest.raises(ValueError, match=r"^photos/b.jpg: 7000x8750000 pixels"):
+        small.detect([np.zeros((8, 8, 3), np.uint8), wide], names=["photos/a.jpg", "photos/b.jpg"])
+    with pytest.raises(ValueError, match=r"^images\[1\]: 7000x8750000"):
+        small.detect([np.zeros((8, 8, 3), np.uint8), wide])
+    with pytest.raises(ValueError, match="names must hold one name per image"):
+        detector.detect([wide, wide], names=["one"])
