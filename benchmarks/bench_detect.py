@@ -105,14 +105,14 @@ def bench_detect(benchmark, request, synchronized, device, eager_model, eager_mo
     benchmark.group = f"detect {device} mobilenet0.25 {size}"
     benchmark.extra_info["threads"] = torch.get_num_threads()
     detector = Detector(eager_model, device=device)
-    prepared = detector._prepare(image, "image")[0][None].contiguous(memory_format=torch.channels_last)
+    prepared = detector.network_input(image)
     if impl == "detect":
         fn = lambda: detector.detect(image)  # noqa: E731
     elif impl in ("detect_half", "detect_compiled"):
         variant = Detector(eager_model, device=device, half=impl == "detect_half", compile=impl == "detect_compiled")
         fn = lambda: variant.detect(image)  # noqa: E731
     elif impl == "prepare":
-        fn = lambda: detector._prepare(image, "image")  # noqa: E731
+        fn = lambda: detector.prepare(image)  # noqa: E731
     elif impl == "forward":
         fn = lambda: detector.model(prepared)  # noqa: E731
     elif impl == "postprocess":

@@ -222,7 +222,7 @@ class Detector:
         results = []
         for start in range(0, len(batch), self.batch_size):
             chunk, chunk_names = batch[start:start + self.batch_size], names[start:start + self.batch_size]
-            prepared = [self._prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
+            prepared = [self.prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
             results.extend(self._detect_prepared(prepared, chunk_names))
         return results[0] if single else results
 
@@ -245,8 +245,10 @@ class Detector:
                              f"({MAX_PIXELS}); pass max_size to shrink large images")
         return factor, size
 
-    def _prepare(self, image, name: str, color: str = "bgr") -> Prepared:
-        """The network input of one image (``[3, h, w]`` float, mean subtracted) and its scale."""
+    def prepare(self, image: ImageLike, name: str = "image", color: str = "bgr") -> Prepared:
+        """The pre-processing of one image, as :meth:`detect` does it: its network input
+        (``[3, h, w]`` float32, mean subtracted, resized), the resize factor and the
+        image's own size. ``name`` is what errors call it."""
         if isinstance(image, (str, os.PathLike)):
             image = self.read_image(image, f"{name} ({os.fspath(image)})")
         tensor = to_bgr_tensor(image, name, self.device, color)
@@ -256,6 +258,12 @@ class Detector:
         if factor != 1.0:
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
         return Prepared(tensor, factor, (int(height), int(width)))
+
+    def network_input(self, image: ImageLike, color: str = "bgr") -> torch.Tensor:
+        """One image's batch ``[1, 3, h, w]`` as the network takes it (its memory layout
+        included): what ``self.model`` runs on, for timing the stages apart."""
+        tensor = self.prepare(image, color=color).tensor[None]
+        return tensor.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def _subtract_mean(self, image: torch.Tensor) -> torch.Tensor:
         """Float32 ``image - mean`` in one pass, in the layout the network reads: for an

@@ -144,7 +144,7 @@ def test_the_network_compiles_to_one_graph(dcn):
 
 
 def test_the_post_processing_compiles_without_breaks_at_our_ops(torch_detector, crowd):
-    x = torch_detector._prepare(crowd, "image").tensor[None].contiguous(memory_format=torch.channels_last)
+    x = torch_detector.network_input(crowd)
     with torch.inference_mode(), torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True,
                                                             capture_scalar_outputs=True):
         loc, logits, landmarks = torch_detector.model(x)

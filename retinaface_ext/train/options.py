@@ -2,7 +2,6 @@
 the defaults, which depend on the data (the reference recipe for WIDER FACE, a ten-minute
 CPU run for the built-in synthetic set)."""
 
-import argparse
 import dataclasses
 import math
 import os
@@ -46,36 +45,54 @@ class SyntheticDefaults:
     lr: float = 0.01
 
 
+def _flag(default, help: str, group: Optional[str] = None, kind: Optional[str] = None, choices=None):
+    """A TrainConfig field and its ``retinaface train`` flag (made from it by
+    :mod:`retinaface_ext.cli.train`): ``group`` of the help, ``kind`` of number the flag
+    takes ("count": >= 1, "count0": >= 0, "positive": > 0, "number"), ``choices``."""
+    return field(default=default, metadata={"help": help, "group": group, "kind": kind, "choices": choices})
+
+
+DATA, RECIPE, START, RUN = "data", "recipe", "start and resume", "run"
+
+
 @dataclass
 class TrainConfig:
-    backbone: str = "mobilenet0.25"
-    dcn: bool = False
-    data: str = SYNTHETIC
-    images: Optional[str] = None
-    val_data: Optional[str] = None
-    val_images: Optional[str] = None
-    widerface_val: Optional[str] = None
-    widerface_gt: Optional[str] = None
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    image_size: Optional[int] = None
-    lr: Optional[float] = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    schedule: str = "step"
-    clip_grad: Optional[float] = None
-    amp: Optional[str] = None
-    workers: int = 2
-    seed: int = 0
-    device: Optional[str] = None
-    out: str = os.path.join("runs", "train")
-    exist_ok: bool = False
-    weights: Optional[str] = None
-    pretrained_backbone: Optional[str] = None
-    resume: Optional[str] = None
-    val_every: int = 1
-    sync_bn: bool = False
+    """What a training run is asked to do; each field is a flag of ``retinaface train``
+    (``synthetic_dir`` and ``synthetic`` excepted: ``--synthetic-train`` and
+    ``--synthetic-val`` set the latter's sizes)."""
+
+    backbone: str = _flag("mobilenet0.25", "the backbone", choices=BACKBONES)
+    dcn: bool = _flag(False, "deformable convolutions in the SSH context modules")
+    data: str = _flag(SYNTHETIC, "'synthetic' (the built-in set, drawn on first use) or a RetinaFace label.txt / "
+                                 "WIDER FACE bbx_gt file", DATA)
+    images: Optional[str] = _flag(None, "the images folder of --data (default: images/ beside it)", DATA)
+    val_data: Optional[str] = _flag(None, "a label file to validate on (AP at IoU 0.5)", DATA)
+    val_images: Optional[str] = _flag(None, "the images folder of --val-data", DATA)
+    widerface_val: Optional[str] = _flag(None, "WIDER_val/images, for easy/medium/hard AP", DATA)
+    widerface_gt: Optional[str] = _flag(None, "the folder of wider_face_val.mat and wider_*_val.mat", DATA)
+    epochs: Optional[int] = _flag(None, "epochs to train", RECIPE, "count")
+    batch_size: Optional[int] = _flag(None, "images per step, all processes together", RECIPE, "count")
+    image_size: Optional[int] = _flag(None, "side of the square training crop", RECIPE, "count")
+    lr: Optional[float] = _flag(None, "peak learning rate (1e-3; 0.01 for --data synthetic)", RECIPE, "positive")
+    momentum: float = _flag(0.9, "SGD momentum", RECIPE, "number")
+    weight_decay: float = _flag(5e-4, "SGD weight decay", RECIPE, "number")
+    warmup_epochs: float = _flag(1.0, "linear warm-up, in epochs", RECIPE, "number")
+    schedule: str = _flag("step", "step: x0.1 at the preset's decay epochs, scaled to --epochs; or cosine", RECIPE,
+                          choices=SCHEDULES)
+    clip_grad: Optional[float] = _flag(None, "clip the gradient norm to this", RECIPE, "positive")
+    amp: Optional[str] = _flag(None, "mixed precision: fp16 (CUDA, with a gradient scaler) or bf16", RECIPE,
+                               choices=AMP_MODES)
+    workers: int = _flag(2, "data loading processes", DATA, "count0")
+    seed: int = _flag(0, "the random seed", RUN, "count0")
+    device: Optional[str] = _flag(None, "cpu, cuda, cuda:1 (default: cuda if available)", RUN)
+    out: str = _flag(os.path.join("runs", "train"), "run folder", RUN)
+    exist_ok: bool = _flag(False, "write into an --out that holds an earlier run", RUN)
+    weights: Optional[str] = _flag(None, "a Pytorch_Retinaface or retinaface_ext checkpoint to start from", START)
+    pretrained_backbone: Optional[str] = _flag(
+        None, "ImageNet weights: mobilenetV1X0.25_pretrain.tar, or torchvision's ResNet-50 state dict", START)
+    resume: Optional[str] = _flag(None, "a last.pt to continue, or 'auto' (the --out run's last.pt)", START)
+    val_every: int = _flag(1, "validate every N epochs and at the end", RUN, "count")
+    sync_bn: bool = _flag(False, "SyncBatchNorm across GPUs under torchrun", RECIPE)
     synthetic_dir: Optional[str] = None
     synthetic: SyntheticDefaults = field(default_factory=SyntheticDefaults)
 
@@ -183,54 +200,3 @@ def synthetic_cache_dir() -> str:
     from ..files import cache_root
 
     return os.path.join(cache_root(), f"synthetic-v{VERSION}")
-
-
-def add_train_arguments(parser: argparse.ArgumentParser, positive_int, non_negative_int, positive_number) -> None:
-    """The flags of ``retinaface train`` (and ``python -m retinaface_ext.train``)."""
-    parser.add_argument("--backbone", choices=BACKBONES, default="mobilenet0.25", help="(mobilenet0.25)")
-    parser.add_argument("--dcn", action="store_true", help="deformable convolutions in the SSH context modules")
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", default=SYNTHETIC,
-                      help="'synthetic' (the built-in set, drawn on first use) or a RetinaFace label.txt "
-                           "/ WIDER FACE bbx_gt file (synthetic)")
-    data.add_argument("--images", default=None, help="the images folder of --data (default: images/ beside it)")
-    data.add_argument("--val-data", default=None, help="a label file to validate on (AP at IoU 0.5)")
-    data.add_argument("--val-images", default=None, help="the images folder of --val-data")
-    data.add_argument("--widerface-val", default=None, help="WIDER_val/images, for easy/medium/hard AP")
-    data.add_argument("--widerface-gt", default=None, help="the folder of wider_face_val.mat and wider_*_val.mat")
-    data.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (2)")
-    data.add_argument("--synthetic-train", type=positive_int, default=SyntheticDefaults.num_train,
-                      help=f"training images of the synthetic set ({SyntheticDefaults.num_train})")
-    data.add_argument("--synthetic-val", type=non_negative_int, default=SyntheticDefaults.num_val,
-                      help=f"validation images of the synthetic set ({SyntheticDefaults.num_val})")
-    recipe = parser.add_argument_group("recipe (default: the reference's; for --data synthetic a 10-minute CPU run)")
-    recipe.add_argument("--epochs", type=positive_int, default=None)
-    recipe.add_argument("--batch-size", type=positive_int, default=None, help="images per step, all processes together")
-    recipe.add_argument("--image-size", type=positive_int, default=None, help="side of the square training crop")
-    recipe.add_argument("--lr", type=positive_number, default=None, help="peak learning rate (1e-3)")
-    recipe.add_argument("--momentum", type=float, default=0.9)
-    recipe.add_argument("--weight-decay", type=float, default=5e-4)
-    recipe.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (1)")
-    recipe.add_argument("--schedule", choices=SCHEDULES, default="step",
-                        help="step: x0.1 at the preset's decay epochs, scaled to --epochs; or cosine")
-    recipe.add_argument("--clip-grad", type=positive_number, default=None, help="clip the gradient norm to this")
-    recipe.add_argument("--amp", choices=AMP_MODES, default=None,
-                        help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16")
-    recipe.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
-    start = parser.add_argument_group("start and resume")
-    start.add_argument("--weights", default=None, help="a Pytorch_Retinaface or retinaface_ext checkpoint to start from")
-    start.add_argument("--pretrained-backbone", default=None,
-                       help="ImageNet weights: mobilenetV1X0.25_pretrain.tar, or torchvision's ResNet-50 state dict")
-    start.add_argument("--resume", default=None, help="a last.pt to continue, or 'auto' (the --out run's last.pt)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", default=os.path.join("runs", "train"), help="run folder (runs/train)")
-    run.add_argument("--exist-ok", action="store_true", help="write into an --out that holds an earlier run")
-    run.add_argument("--val-every", type=positive_int, default=1, help="validate every N epochs and at the end (1)")
-    run.add_argument("--seed", type=non_negative_int, default=0)
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-
-
-def config_from_args(args) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"synthetic"}
-    synthetic = SyntheticDefaults(num_train=args.synthetic_train, num_val=args.synthetic_val)
-    return TrainConfig(synthetic=synthetic, **{name: getattr(args, name) for name in names if hasattr(args, name)})

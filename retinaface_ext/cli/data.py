@@ -2,11 +2,11 @@
 
 import os
 
-from .cli import non_negative_int, positive_int
+from .args import non_negative_int, positive_int
 
 
 def command_synthetic(args) -> int:
-    from .data.synthetic import make_synthetic_faces
+    from ..data.synthetic import make_synthetic_faces
 
     made = make_synthetic_faces(args.out, num_train=args.train, num_val=args.val, seed=args.seed,
                                 image_size=args.image_size, workers=args.workers)
@@ -17,7 +17,7 @@ def command_synthetic(args) -> int:
 
 
 def command_check_data(args) -> int:
-    from .data import WiderFaceDataset
+    from ..data import WiderFaceDataset
 
     dataset = WiderFaceDataset(args.label_file, images_dir=args.images)
     annotations = dataset.annotations

@@ -2,11 +2,11 @@
 
 import os
 
-from .cli import UserError, fraction, positive_int
+from .args import UserError, fraction, positive_int
 
 
 def command_export(args) -> int:
-    from .export import to_onnx
+    from ..export import to_onnx
 
     if not os.path.isfile(args.weights):
         raise UserError(f"checkpoint not found: {args.weights}")

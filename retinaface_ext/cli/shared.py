@@ -1,0 +1,102 @@
+"""Steps several commands share: finding image files, output folders, the detector and its
+options, progress bars."""
+
+import os
+import sys
+from typing import List, Tuple
+
+from .args import UserError, fraction, positive_int, positive_number
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: The long side of the WIDER FACE multi-scale protocol, used with --target-size.
+PROTOCOL_MAX_SIZE = 2150
+
+
+def image_files(path: str, recursive: bool = False) -> Tuple[List[str], str]:
+    """The image files to read and the folder their output names are relative to."""
+    if os.path.isfile(path):
+        return [path], os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f"no such image or folder: {path}")
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not recursive:
+            break
+    if not found:
+        raise UserError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found, path
+
+
+def output_folder(path: str, option: str = "--out") -> str:
+    """``path`` as a folder to write into: refused when it, or a folder above it, is a file."""
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if probe and not os.path.isdir(probe):
+        where = "is" if probe == os.path.abspath(path) else f"lies under {probe}, which is"
+        raise UserError(f"{option} {path}: {where} a file, not a folder")
+    return path
+
+
+def make_detector(args, **overrides):
+    from ..detect import Detector
+
+    if not os.path.isfile(args.weights):
+        raise UserError(f"checkpoint not found: {args.weights}")
+    settings = dict(backbone=args.backbone, device=args.device, confidence_threshold=args.confidence,
+                    nms_threshold=args.nms, keep_top_k=args.keep_top_k, batch_size=args.batch_size,
+                    engine=args.engine)
+    settings.update(overrides)
+    return Detector(args.weights, **settings)
+
+
+def progress_bar(total, description, enabled=True):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="image", disable=not enabled or total < 2, file=sys.stderr)
+
+
+def batches(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------- commands
+
+
+def check_origin_size(args):
+    for option, value in (("--target-size", args.target_size), ("--max-size", args.max_size)):
+        if args.origin_size and value is not None:
+            raise UserError(f"--origin-size and {option} contradict each other")
+
+
+def prediction_sizes(args):
+    check_origin_size(args)
+    if args.target_size is not None:
+        return args.target_size, args.max_size if args.max_size is not None else PROTOCOL_MAX_SIZE
+    return None, args.max_size  # original size, capped only when --max-size is given
+
+
+def add_detector_options(parser, batch_size=1):
+    parser.add_argument("--weights", required=True,
+                        help="Pytorch_Retinaface checkpoint (.pth), or a network exported by 'retinaface export'")
+    parser.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default=None,
+                        help="insist on a backbone (default: read from the checkpoint)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--confidence", type=fraction, default=0.02, help="candidate score threshold (0.02)")
+    parser.add_argument("--nms", type=fraction, default=0.4, help="NMS IoU threshold (0.4)")
+    parser.add_argument("--keep-top-k", type=positive_int, default=750, help="detections kept per image (750)")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=f"images per forward pass; similar sizes share one ({batch_size})")
+    parser.add_argument("--engine", choices=["torch", "onnxruntime"], default=None,
+                        help="run the network with PyTorch or onnxruntime (CPU; exported once, cached); default: "
+                             "torch, onnxruntime for an .onnx file")
+
+
+def add_size_options(parser, max_size_help):
+    sizes = parser.add_argument_group("image size (default: the original size)")
+    sizes.add_argument("--origin-size", action="store_true", help="test at the original size (the default)")
+    sizes.add_argument("--target-size", type=positive_number, default=None, help="resize the short side to this")
+    sizes.add_argument("--max-size", type=positive_number, default=None, help=max_size_help)
