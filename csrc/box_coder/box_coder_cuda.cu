@@ -6,11 +6,10 @@
 
 #include "box_coder/box_coder.h"
 #include "common/accumulate.h"
+#include "common/launch.h"
 
 namespace rfe {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void decode_detections_kernel(int64_t K, int64_t P, const int64_t* __restrict__ image,
@@ -47,8 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_de
     const at::Tensor loc = loc_in.contiguous(), landm = landm_in.contiguous(),
                      priors = priors_in.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, loc.scalar_type(), "decode_detections_cuda", [&] {
-      decode_detections_kernel<scalar_t><<<(K + kThreads - 1) / kThreads, kThreads, 0,
-                                           at::cuda::getCurrentCUDAStream()>>>(
+      decode_detections_kernel<scalar_t><<<blocks_for(K), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           K, P, c.image_index.data_ptr<int64_t>(), c.prior_index.data_ptr<int64_t>(),
           loc.data_ptr<scalar_t>(), landm.data_ptr<scalar_t>(), priors.data_ptr<scalar_t>(),
           variances[0], variances[1], boxes.data_ptr<scalar_t>(), landmarks.data_ptr<scalar_t>());

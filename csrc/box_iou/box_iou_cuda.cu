@@ -3,13 +3,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "common/accumulate.h"
 #include "box_iou/box_iou.h"
+#include "common/accumulate.h"
+#include "common/launch.h"
 
 namespace rfe {
 namespace {
 
-constexpr int kThreads = 256;
 // Grid size cap of the grid-stride loop.
 constexpr int64_t kMaxBlocks = 65535LL * 8;
 
@@ -37,7 +37,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   at::Tensor out = at::empty({B, N, M}, a.options());
   const int64_t total = B * N * M;
   if (total > 0) {
-    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
+    const int64_t blocks = blocks_for(total, kMaxBlocks);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "box_iou_cuda", [&] {
       box_iou_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           B, N, M, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());

@@ -12,20 +12,14 @@
 #include <limits>
 
 #include "common/accumulate.h"
+#include "common/launch.h"
 #include "deform_conv/deform_conv.h"
 
 namespace rfe {
 namespace {
 
-constexpr int kThreads = 256;
 // Elements per column buffer by default (256 MB of float32).
 constexpr int64_t kColumnBudget = int64_t(1) << 26;
-// Grid size cap of the grid-stride loops.
-constexpr int64_t kMaxBlocks = int64_t(1) << 30;
-
-int64_t blocks_for(int64_t work) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks));
-}
 
 // One thread per (image, offset group, kernel point, output position), looping channels;
 // the sampling is the CPU's (bilinear_weights), computed in acc_t.

@@ -3,12 +3,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/launch.h"
 #include "image/image.h"
 
 namespace rfe {
 namespace {
 
-constexpr int kThreads = 256;
 // Grid size cap of the grid-stride loop.
 constexpr int64_t kMaxBlocks = 65535LL * 8;
 
@@ -36,7 +36,7 @@ at::Tensor image_planes_cuda(const at::Tensor& image, at::ArrayRef<double> mean_
   for (size_t c = 0; c < mean_in.size(); ++c) mean.value[c] = static_cast<float>(mean_in[c]);
   const int64_t total = rows.numel();
   if (total > 0) {
-    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks);
+    const int64_t blocks = blocks_for(total, kMaxBlocks);
     auto stream = at::cuda::getCurrentCUDAStream();
     const int64_t channels = rows.size(3), height = rows.size(1), width = rows.size(2);
     if (rows.scalar_type() == at::kByte) {

@@ -6,14 +6,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/launch.h"
 #include "match/match.h"
 
 namespace rfe {
 namespace {
-
-constexpr int kThreads = 256;
-// CUDA's limit on a grid's y and z dimensions, which index truths and images here.
-constexpr int64_t kMaxGridYZ = 65535;
 
 __device__ inline int64_t truth_count(const int64_t* num_truths, int64_t b, int64_t G) {
   return min_of<int64_t>(max_of<int64_t>(num_truths[b], 0), G);
@@ -157,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
   at::Tensor has_targets = at::empty({B}, truths.options().dtype(at::kBool));
   at::Tensor size_ratio = at::empty({B, P, 2}, truths.options());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const dim3 prior_grid((P + kThreads - 1) / kThreads, B);
+  const dim3 prior_grid(blocks_for(P), B);
 
   AT_DISPATCH_FLOATING_TYPES(truths.scalar_type(), "match_cuda", [&] {
     using T = scalar_t;
@@ -172,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
           G, P, t, counts, pr, prior_of_truth.data_ptr<int64_t>(), overlap_of_truth.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    force_kernel<T><<<(B + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+    force_kernel<T><<<blocks_for(B), kThreads, 0, stream>>>(
         B, G, P, counts, prior_of_truth.data_ptr<int64_t>(), overlap_of_truth.data_ptr<T>(),
         truth_of_prior.data_ptr<int64_t>(), overlap_of_prior.data_ptr<T>(), has_targets.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

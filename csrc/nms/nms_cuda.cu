@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/accumulate.h"
+#include "common/launch.h"
 #include "nms/nms.h"
 
 namespace rfe {
@@ -16,8 +17,6 @@ namespace {
 constexpr int kBoxesPerBlock = 64;
 constexpr int kGatherThreads = 256;
 constexpr int64_t kBadBoxes = 1, kBadScores = 2;
-// CUDA's limit on a grid's y dimension, which indexes the row blocks of the mask.
-constexpr int64_t kMaxGridY = 65535;
 
 // status[0]: number kept; status[1]: kBadBoxes | kBadScores flags.
 template <typename scalar_t, typename acc_t>
@@ -114,7 +113,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   TORCH_CHECK(boxes.is_cuda(), op_name, ": boxes must be a CUDA tensor here");
   const int64_t n = boxes.size(0);
   const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
-  TORCH_CHECK(col_blocks <= kMaxGridY, op_name, ": at most ", kMaxGridY * kBoxesPerBlock,
+  TORCH_CHECK(col_blocks <= kMaxGridYZ, op_name, ": at most ", kMaxGridYZ * kBoxesPerBlock,
               " boxes on CUDA, got ", n);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
 
