@@ -4,7 +4,6 @@ and off, each to its stated tolerance."""
 
 import contextlib
 
-import cv2
 import pytest
 import torch
 
@@ -15,14 +14,6 @@ from shared_data import CROWD, WEIGHTS
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 
-@pytest.fixture(scope="module")
-def detector():
-    return Detector(WEIGHTS, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def crowd():
-    return cv2.imread(str(CROWD))
 
 
 # What CUDA detections may differ from the CPU's by (the README's "CUDA numerics"): face

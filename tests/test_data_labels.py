@@ -92,8 +92,8 @@ def test_the_format_comes_from_the_content_not_the_name(tmp_path):
     ("a.jpg\n²\n", 2, "number of faces of a.jpg"),  # once int()'s message, with no file or line
     # numbers that parse but cannot train: once a traceback from match, far from the file
     (f"# a.jpg\n{FACE}\n100 50 1e-7 20 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 1\n", 3, "empty in float32"),
-    (f"# a.jpg\n1 2 3 4\n1e30 2 3 4\n", 3, "a coordinate beyond"),
-    (f"# a.jpg\n1e39 2 3 4\n", 2, "a coordinate beyond"),
+    ("# a.jpg\n1 2 3 4\n1e30 2 3 4\n", 3, "a coordinate beyond"),
+    ("# a.jpg\n1e39 2 3 4\n", 2, "a coordinate beyond"),
     (f"# a.jpg\n{FACE.replace('488.906', '1e39')}\n", 2, "a coordinate beyond"),
     ("a.jpg\n1\n100 50 1e-7 20 0 0 0 0 0 0\n", 3, "empty in float32"),
     ("a.jpg\n1\n1 2 3 1e30 0 0 0 0 0 0\n", 3, "a coordinate beyond"),

@@ -22,14 +22,6 @@ from shared_data import CROWD, EXPECTED, WEIGHTS, assert_reproduces_the_pipeline
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 
-@pytest.fixture(scope="module")
-def detector():
-    return Detector(WEIGHTS, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def crowd():
-    return cv2.imread(str(CROWD))
 
 
 def test_reproduces_the_pytorch_retinaface_pipeline(detector, crowd):

@@ -21,14 +21,6 @@ from shared_data import CROWD, HAVE_SHARED, WEIGHTS, assert_reproduces_the_pipel
 pytestmark = pytest.mark.skipif(not HAVE_SHARED, reason="../shared missing")
 
 
-@pytest.fixture(scope="module")
-def crowd():
-    return cv2.imread(str(CROWD))
-
-
-@pytest.fixture(scope="module")
-def torch_detector():
-    return Detector(WEIGHTS, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -52,32 +44,32 @@ def assert_same_faces(a, b, min_iou=0.999, score_tolerance=1e-4):
     assert float((a.landmarks - b.landmarks).abs().max()) <= 0.05
 
 
-def test_onnxruntime_reproduces_the_pipeline_as_the_torch_engine_does(onnx_detector, torch_detector, crowd):
+def test_onnxruntime_reproduces_the_pipeline_as_the_torch_engine_does(onnx_detector, detector, crowd):
     ours = onnx_detector.detect(crowd)
     assert_reproduces_the_pipeline(ours)
-    assert_same_faces(ours, torch_detector.detect(crowd))
+    assert_same_faces(ours, detector.detect(crowd))
 
 
-def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, torch_detector, crowd, cache,
+def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, detector, crowd, cache,
                                                           monkeypatch):
     images = [crowd, cv2.resize(crowd, (640, 480)), crowd, crowd[:300, :500]]
-    for a, b in zip(onnx_detector.detect(images), torch_detector.detect(images)):
+    for a, b in zip(onnx_detector.detect(images), detector.detect(images)):
         assert_same_faces(a, b)
     assert len(list((cache / "onnx").glob("*.onnx"))) == 1
     monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(cache))
     monkeypatch.setattr("retinaface_ext.export.to_onnx", lambda *a, **k: pytest.fail("exported again"))
     again = Detector(WEIGHTS, engine="onnxruntime", target_size=400)
-    resized = torch_detector.__class__(WEIGHTS, device="cpu", target_size=400)
+    resized = detector.__class__(WEIGHTS, device="cpu", target_size=400)
     assert_same_faces(again.detect(crowd), resized.detect(crowd))
 
 
-def test_an_onnx_file_is_a_detector(tmp_path, torch_detector, crowd):
+def test_an_onnx_file_is_a_detector(tmp_path, detector, crowd):
     pytest.importorskip("onnxruntime")
     model = RetinaFace.from_checkpoint(WEIGHTS)
     to_onnx(model, tmp_path / "net.onnx", check=False)
-    detector = Detector(str(tmp_path / "net.onnx"))
-    assert detector.engine == "onnxruntime"
-    assert_same_faces(detector.detect(crowd), torch_detector.detect(crowd))
+    from_file = Detector(str(tmp_path / "net.onnx"))
+    assert from_file.engine == "onnxruntime"
+    assert_same_faces(from_file.detect(crowd), detector.detect(crowd))
     to_onnx(model, tmp_path / "detect.onnx", postprocess=True, check=False)
     with pytest.raises(ValueError, match="not an exported RetinaFace network"):
         Detector(str(tmp_path / "detect.onnx"))
@@ -143,11 +135,11 @@ def test_the_network_compiles_to_one_graph(dcn):
         assert any(t.startswith("retinaface_ext.deform_conv2d") for t in targets)
 
 
-def test_the_post_processing_compiles_without_breaks_at_our_ops(torch_detector, crowd):
-    x = torch_detector.network_input(crowd)
+def test_the_post_processing_compiles_without_breaks_at_our_ops(detector, crowd):
+    x = detector.network_input(crowd)
     with torch.inference_mode(), torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True,
                                                             capture_scalar_outputs=True):
-        loc, logits, landmarks = torch_detector.model(x)
+        loc, logits, landmarks = detector.model(x)
         priors = prior_boxes(tuple(x.shape[-2:]))
         explained = torch._dynamo.explain(ops.detect_faces)(loc, logits, landmarks, priors, tuple(x.shape[-2:]))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
@@ -155,11 +147,11 @@ def test_the_post_processing_compiles_without_breaks_at_our_ops(torch_detector, 
     assert any(t.startswith("retinaface_ext.detect_faces") for t in targets), targets
 
 
-def test_a_compiled_detector_gives_the_eager_faces(torch_detector, crowd):
+def test_a_compiled_detector_gives_the_eager_faces(detector, crowd):
     compiled = Detector(WEIGHTS, device="cpu", compile=True)
-    assert_same_faces(compiled.detect(crowd), torch_detector.detect(crowd), score_tolerance=1e-5)
+    assert_same_faces(compiled.detect(crowd), detector.detect(crowd), score_tolerance=1e-5)
     padded = [crowd, crowd[:500, :900]]  # a padded batch: the padding mask and per-image priors
-    for a, b in zip(compiled.detect(padded), torch_detector.detect(padded)):
+    for a, b in zip(compiled.detect(padded), detector.detect(padded)):
         assert_same_faces(a, b, score_tolerance=1e-5)
 
 

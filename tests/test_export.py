@@ -9,7 +9,7 @@ from cli_run import run_cli
 from retinaface_ext import Detector, RetinaFace, ops
 from retinaface_ext.export import DETECTION_OUTPUTS, NETWORK_OUTPUTS, to_onnx
 from retinaface_ext.models import InferenceRetinaFace
-from shared_data import CROWD, HAVE_SHARED, WEIGHTS, match_one_to_one
+from shared_data import HAVE_SHARED, WEIGHTS, match_one_to_one
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -155,12 +155,6 @@ def test_bad_arguments_are_named(tmp_path):
         to_onnx(InferenceRetinaFace(model), tmp_path / "a.onnx")
     assert not list(tmp_path.iterdir())
 
-
-@pytest.fixture(scope="module")
-def crowd():
-    import cv2
-
-    return cv2.imread(str(CROWD))
 
 
 @needs_shared

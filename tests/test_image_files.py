@@ -14,14 +14,6 @@ from shared_data import CROWD, WEIGHTS
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 
-@pytest.fixture(scope="module")
-def detector():
-    return Detector(WEIGHTS, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def crowd():
-    return cv2.imread(str(CROWD))
 
 
 @pytest.mark.parametrize("header, declared", [
