@@ -132,7 +132,7 @@ def bench_detect(benchmark, request, synchronized, device, eager_model, eager_mo
         engine = Detector(str(request.getfixturevalue("onnx_network")))
         fn = lambda: engine.detect(image)  # noqa: E731
     else:  # onnxruntime_forward: the engine's session alone, on the engine's input
-        from retinaface_ext.onnx_engine import OnnxRuntimeNetwork
+        from retinaface_ext.inference.onnx_network import OnnxRuntimeNetwork
 
         session = OnnxRuntimeNetwork(request.getfixturevalue("onnx_network")).session
         feed = {"images": prepared.contiguous().numpy()}

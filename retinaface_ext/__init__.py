@@ -2,7 +2,7 @@
 
 from . import data, nn, ops
 from ._extension import compiled_backends, is_available as kernels_available
-from .detect import Detections, Detector
+from .inference import Detections, Detector
 from .draw import draw_detections
 from .models import RetinaFace
 

@@ -11,7 +11,7 @@ LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255,
 def draw_detections(image: np.ndarray, detections, threshold: float = 0.5,
                     box_color=(0, 0, 255), thickness: int = 2) -> np.ndarray:
     """A copy of ``image`` (OpenCV ``[H, W, 3]`` uint8 BGR) with the boxes, scores and
-    landmarks of ``detections`` (:class:`~retinaface_ext.detect.Detections`) whose score
+    landmarks of ``detections`` (:class:`~retinaface_ext.inference.Detections`) whose score
     is at least ``threshold``."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image: expected an [H, W, 3] BGR numpy array, got "

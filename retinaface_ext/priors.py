@@ -1,7 +1,7 @@
-"""Prior (anchor) boxes of RetinaFace, vectorised and cached per size and device."""
+"""Prior (anchor) boxes of RetinaFace, vectorised and cached per size and device; the one
+generator of them, which the exported graphs trace too (:func:`make_prior_boxes`)."""
 
 import functools
-import math
 from typing import Sequence, Tuple
 
 import torch
@@ -57,9 +57,10 @@ def cached_prior_boxes(
 def feature_map_size(height: int, width: int, stride: int) -> Tuple[int, int]:
     """Rows and columns that an ``height x width`` image covers at ``stride``:
     ``ceil(height / stride) x ceil(width / stride)``, because every stride-2 layer of
-    RetinaFace maps ``n`` rows to ``ceil(n / 2)``. The one home of that rule: the priors,
-    the padding mask and the Detector's per-image prior selection all use it."""
-    return math.ceil(height / stride), math.ceil(width / stride)
+    RetinaFace maps ``n`` rows to ``ceil(n / 2)``. The one home of that rule: the priors
+    (eager and exported), the padding mask and the Detector's per-image prior selection
+    all use it. Integer arithmetic, so that torch.export's symbolic sizes pass through."""
+    return (height + stride - 1) // stride, (width + stride - 1) // stride
 
 
 @functools.lru_cache(maxsize=32)
@@ -67,30 +68,26 @@ def _prior_boxes(height, width, min_sizes, steps, clip, device, dtype):
     # Made outside inference mode even when called inside it: the cache must hold a
     # normal tensor that later autograd code can use.
     with torch.inference_mode(False):
-        return _make_prior_boxes(height, width, min_sizes, steps, clip, device, dtype)
+        return make_prior_boxes(height, width, min_sizes, steps, clip, device, dtype)
 
 
-def _make_prior_boxes(height, width, min_sizes, steps, clip, device, dtype):
+def make_prior_boxes(height, width, min_sizes: Sequence[Sequence[int]], steps: Sequence[int], clip: bool = False,
+                     device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The priors of :func:`prior_boxes`, made afresh (not cached) with tensor operations
+    only, so that ``height`` and ``width`` may be torch.export's symbolic sizes: the
+    exported detection graph calls this too."""
     levels = []
     for sizes, step in zip(min_sizes, steps):
         rows, cols = feature_map_size(height, width, step)
-        cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * step / height
-        cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * step / width
-        sw = torch.tensor([s / width for s in sizes], dtype=torch.float64)
-        sh = torch.tensor([s / height for s in sizes], dtype=torch.float64)
+        cy = (torch.arange(rows, dtype=torch.float64, device=device) + 0.5) * step / height
+        cx = (torch.arange(cols, dtype=torch.float64, device=device) + 0.5) * step / width
+        size = torch.tensor([float(s) for s in sizes], dtype=torch.float64, device=device)
+        sw, sh = size / width, size / height
         shape = (rows, cols, len(sizes))
-        levels.append(
-            torch.stack(
-                [
-                    cx[None, :, None].expand(shape),
-                    cy[:, None, None].expand(shape),
-                    sw[None, None, :].expand(shape),
-                    sh[None, None, :].expand(shape),
-                ],
-                -1,
-            ).reshape(-1, 4)
-        )
+        levels.append(torch.stack([cx[None, :, None].expand(shape), cy[:, None, None].expand(shape),
+                                   sw[None, None, :].expand(shape), sh[None, None, :].expand(shape)], -1)
+                      .reshape(-1, 4))
     priors = torch.cat(levels)
     if clip:
-        priors.clamp_(min=0, max=1)
-    return priors.to(device=device, dtype=dtype)
+        priors = priors.clamp(min=0, max=1)
+    return priors.to(dtype)

@@ -198,15 +198,15 @@ def test_a_deformable_model_detects_and_folds(crowd):
     torch.manual_seed(0)
     model = RetinaFace("mobilenet0.25", dcn=True).eval()
     small = crowd[:160, :240].copy()
-    folded = Detector(model, device="cpu", confidence_threshold=0.3).detect([small, small[:100]])
-    plain = Detector(model, device="cpu", confidence_threshold=0.3, fold_batchnorm=False).detect([small, small[:100]])
+    folded = Detector(model, device="cpu", score_threshold=0.3).detect([small, small[:100]])
+    plain = Detector(model, device="cpu", score_threshold=0.3, fold_batchnorm=False).detect([small, small[:100]])
     assert len(folded[0]) > 0
     for a, b in zip(folded, plain):
         assert_same_detections(a, b, atol=1e-4)
 
 
 def test_padding_groups_bound_the_padding():
-    from retinaface_ext.detect import MAX_PADDING_FACTOR, padding_groups
+    from retinaface_ext.inference import MAX_PADDING_FACTOR, padding_groups
 
     g = torch.Generator().manual_seed(0)
     for trial in range(50):
@@ -277,7 +277,7 @@ def test_huge_images_are_refused_from_their_header(detector, tmp_path, monkeypat
         shrunk.detect(big)
     # ... but never a file beyond that.
     monkeypatch.setattr(retinaface_ext.images, "MAX_DECODED_PIXELS", 50_000_000)
-    monkeypatch.setattr(retinaface_ext.detect, "MAX_DECODED_PIXELS", 50_000_000)
+    monkeypatch.setattr(retinaface_ext.inference.preprocess, "MAX_DECODED_PIXELS", 50_000_000)
     with pytest.raises(ValueError, match="declares 9000x8000 pixels, more than 50000000 .not decoded."):
         shrunk.detect(big)
 
@@ -299,8 +299,8 @@ def test_the_prior_cache_is_not_shared_with_callers(detector, crowd):
     (dict(target_size=float("nan")), "target_size must be a positive number"),
     (dict(max_size=0), "max_size must be a positive number"),
     (dict(max_size="2150"), "max_size must be a positive number"),
-    (dict(confidence_threshold=-0.1), r"confidence_threshold must be a number in \[0, 1\]"),
-    (dict(confidence_threshold=float("nan")), r"confidence_threshold must be a number in \[0, 1\]"),
+    (dict(score_threshold=-0.1), r"score_threshold must be a number in \[0, 1\]"),
+    (dict(score_threshold=float("nan")), r"score_threshold must be a number in \[0, 1\]"),
     (dict(nms_threshold=float("nan")), r"nms_threshold must be a number in \[0, 1\]"),
     (dict(batch_size=2.5), "batch_size must be an integer >= 1"),
     (dict(device="gpu"), "device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
@@ -308,6 +308,12 @@ def test_the_prior_cache_is_not_shared_with_callers(detector, crowd):
 def test_out_of_range_settings_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         Detector(WEIGHTS, **kwargs)
+
+
+def test_the_old_name_of_the_score_threshold_still_works():
+    with pytest.warns(DeprecationWarning, match="now score_threshold"):
+        detector = Detector(WEIGHTS, device="cpu", confidence_threshold=0.3)
+    assert detector.settings.score_threshold == 0.3
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
@@ -353,7 +359,7 @@ def test_detections_are_iterable_indexable_and_clippable(detector, crowd):
     listed = list(faces)
     assert len(listed) == len(faces) > 10
     first = faces[0]
-    assert isinstance(first, retinaface_ext.detect.Face) and isinstance(first.score, float)
+    assert isinstance(first, retinaface_ext.inference.Face) and isinstance(first.score, float)
     torch.testing.assert_close(first.box, faces.boxes[0])
     assert first.landmarks.shape == (5, 2) and faces[-1].score == float(faces.scores[-1])
     top = faces[:3]

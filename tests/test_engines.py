@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch._dynamo
 
-import retinaface_ext.onnx_engine as onnx_engine
+import retinaface_ext.inference.onnx_network as onnx_engine
 from retinaface_ext import Detector, RetinaFace
 from retinaface_ext.export import to_onnx
 from retinaface_ext.models import InferenceRetinaFace
@@ -68,7 +68,7 @@ def test_an_onnx_file_is_a_detector(tmp_path, detector, crowd):
     model = RetinaFace.from_checkpoint(WEIGHTS)
     to_onnx(model, tmp_path / "net.onnx", check=False)
     from_file = Detector(str(tmp_path / "net.onnx"))
-    assert from_file.engine == "onnxruntime"
+    assert from_file.engine.name == "onnxruntime"
     assert_same_faces(from_file.detect(crowd), detector.detect(crowd))
     to_onnx(model, tmp_path / "detect.onnx", postprocess=True, check=False)
     with pytest.raises(ValueError, match="not an exported RetinaFace network"):

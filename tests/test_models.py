@@ -163,7 +163,7 @@ def test_folding_a_deformable_ssh_keeps_the_outputs():
 
 
 def inside_priors(model, sizes, canvas):
-    from retinaface_ext.postprocess import inside_priors as mask
+    from retinaface_ext.inference.postprocess import inside_priors as mask
 
     return mask(model.config, sizes, canvas, "cpu").bool()
 

@@ -39,7 +39,7 @@ def command_bench(args) -> int:
             for _ in range(3):
                 fn()
         print(f"{args.image}: {image.shape[1]}x{image.shape[0]}, network input {size[1]}x{size[0]}, "
-              f"{detector.config.backbone} with {detector.engine} on {detector.device} ({torch.get_num_threads()} "
+              f"{detector.config.backbone} with {detector.engine.name} on {detector.device} ({torch.get_num_threads()} "
               f"threads), {args.runs} runs")
         for name, fn in stages.items():
             median, best = _timed(fn, args.runs, detector.device)

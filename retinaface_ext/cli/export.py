@@ -2,7 +2,8 @@
 
 import os
 
-from .args import UserError, fraction, positive_int
+from .args import UserError, positive_int
+from .shared import add_detection_settings, detection_settings
 
 
 def command_export(args) -> int:
@@ -21,7 +22,7 @@ def command_export(args) -> int:
     try:
         report = to_onnx(args.weights, args.onnx, dynamic=dynamic, opset=args.opset, postprocess=args.postprocess,
                          size=size, batch=args.batch, exporter=args.exporter, check=not args.no_check,
-                         confidence_threshold=args.confidence, nms_threshold=args.nms, keep_top_k=args.keep_top_k)
+                         settings=detection_settings(args))
     except RuntimeError as error:  # the check with onnxruntime failed; nothing was written
         raise UserError(f"{error} (nothing written; --no-check writes it anyway)") from None
     print(report)
@@ -48,10 +49,7 @@ def add_export_command(commands) -> None:
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 19)")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="torch's exporter: torch.export-based (default) or TorchScript (network only)")
-    parser.add_argument("--confidence", type=fraction, default=0.02, help="with --postprocess: score threshold (0.02)")
-    parser.add_argument("--nms", type=fraction, default=0.4, help="with --postprocess: NMS IoU threshold (0.4)")
-    parser.add_argument("--keep-top-k", type=positive_int, default=750,
-                        help="with --postprocess: detections kept per image (750)")
+    add_detection_settings(parser, "with --postprocess: ")
     parser.add_argument("--no-check", action="store_true", help="do not run the file with onnxruntime")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(run=command_export)

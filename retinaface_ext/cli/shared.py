@@ -1,10 +1,12 @@
 """Steps several commands share: finding image files, output folders, the detector and its
 options, progress bars."""
 
+import dataclasses
 import os
 import sys
 from typing import List, Tuple
 
+from ..models.config import DetectionSettings
 from .args import UserError, fraction, positive_int, positive_number
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -41,13 +43,12 @@ def output_folder(path: str, option: str = "--out") -> str:
 
 
 def make_detector(args, **overrides):
-    from ..detect import Detector
+    from ..inference import Detector
 
     if not os.path.isfile(args.weights):
         raise UserError(f"checkpoint not found: {args.weights}")
-    settings = dict(backbone=args.backbone, device=args.device, confidence_threshold=args.confidence,
-                    nms_threshold=args.nms, keep_top_k=args.keep_top_k, batch_size=args.batch_size,
-                    engine=args.engine)
+    settings = dict(backbone=args.backbone, device=args.device, batch_size=args.batch_size, engine=args.engine,
+                    **dataclasses.asdict(detection_settings(args)))
     settings.update(overrides)
     return Detector(args.weights, **settings)
 
@@ -85,14 +86,31 @@ def add_detector_options(parser, batch_size=1):
     parser.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default=None,
                         help="insist on a backbone (default: read from the checkpoint)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--confidence", type=fraction, default=0.02, help="candidate score threshold (0.02)")
-    parser.add_argument("--nms", type=fraction, default=0.4, help="NMS IoU threshold (0.4)")
-    parser.add_argument("--keep-top-k", type=positive_int, default=750, help="detections kept per image (750)")
+    add_detection_settings(parser)
     parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                         help=f"images per forward pass; similar sizes share one ({batch_size})")
     parser.add_argument("--engine", choices=["torch", "onnxruntime"], default=None,
                         help="run the network with PyTorch or onnxruntime (CPU; exported once, cached); default: "
                              "torch, onnxruntime for an .onnx file")
+
+
+def add_detection_settings(parser, note: str = "") -> None:
+    """The flags of :class:`~retinaface_ext.models.DetectionSettings`, with its defaults
+    (``--confidence`` and ``--nms``, the older names, still work)."""
+    defaults = DetectionSettings()
+    parser.add_argument("--score-threshold", "--confidence", dest="score_threshold", type=fraction,
+                        default=defaults.score_threshold,
+                        help=f"{note}the face score a candidate needs ({defaults.score_threshold})")
+    parser.add_argument("--nms-threshold", "--nms", dest="nms_threshold", type=fraction,
+                        default=defaults.nms_threshold, help=f"{note}NMS IoU threshold ({defaults.nms_threshold})")
+    parser.add_argument("--top-k", type=positive_int, default=defaults.top_k,
+                        help=f"{note}candidates per image that go through NMS ({defaults.top_k})")
+    parser.add_argument("--keep-top-k", type=positive_int, default=defaults.keep_top_k,
+                        help=f"{note}detections kept per image ({defaults.keep_top_k})")
+
+
+def detection_settings(args) -> DetectionSettings:
+    return DetectionSettings(args.score_threshold, args.nms_threshold, args.top_k, args.keep_top_k)
 
 
 def add_size_options(parser, max_size_help):

@@ -25,8 +25,8 @@ def command_widerface_predict(args) -> int:
     detector = make_detector(args, target_size=target_size, max_size=max_size)
     run = PredictionRun(args.out, {
         "weights_sha256": file_digest(args.weights), "backbone": detector.config.backbone,
-        "target_size": target_size, "max_size": max_size, "confidence": args.confidence, "nms": args.nms,
-        "keep_top_k": args.keep_top_k, "images": os.path.realpath(args.images), "retinaface_ext": __version__,
+        "target_size": target_size, "max_size": max_size, "confidence": args.score_threshold, "nms": args.nms_threshold,
+        "top_k": args.top_k, "keep_top_k": args.keep_top_k, "images": os.path.realpath(args.images), "retinaface_ext": __version__,
     })
     run.start(args.overwrite)
     started = time.perf_counter()

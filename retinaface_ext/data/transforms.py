@@ -30,8 +30,9 @@ import cv2
 import numpy as np
 import torch
 
-#: The training mean, BGR (Pytorch_Retinaface calls it rgb_mean but uses it on BGR).
-MEAN_BGR = (104, 117, 123)
+# The training mean, BGR (Pytorch_Retinaface calls it rgb_mean but uses it on BGR): the preset's.
+from ..models.config import MEAN_BGR
+
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 CROP_TRIES = 250
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)

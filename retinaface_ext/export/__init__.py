@@ -33,7 +33,8 @@ import torch
 
 from ..files import atomic_write_bytes
 from ..models import InferenceRetinaFace, RetinaFace
-from .graph import DETECTION_OUTPUTS, MEAN_BGR, NETWORK_INPUTS, NETWORK_OUTPUTS, DetectionGraph
+from ..models.config import MEAN_BGR, DetectionSettings
+from .graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, DetectionGraph
 from .onnx_ops import DEFORM_CONV_OPSET, custom_translations, register_torchscript_symbolics
 
 __all__ = ["to_onnx", "ExportReport", "DetectionGraph", "NETWORK_INPUTS", "NETWORK_OUTPUTS", "DETECTION_OUTPUTS"]
@@ -99,8 +100,7 @@ def _size(size) -> Tuple[int, int]:
 def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict], path: Union[str, os.PathLike],
             dynamic: bool = True, opset: Optional[int] = None, postprocess: bool = False,
             size: Tuple[int, int] = (640, 640), batch: int = 1, exporter: str = "dynamo", check: bool = True,
-            confidence_threshold: float = 0.02, nms_threshold: float = 0.4, top_k: int = 5000,
-            keep_top_k: int = 750) -> ExportReport:
+            settings: DetectionSettings = DetectionSettings()) -> ExportReport:
     """Export a RetinaFace (a model, or a checkpoint as :class:`~retinaface_ext.Detector`
     takes it) to the ONNX file ``path`` (written whole or not at all) and return an
     :class:`ExportReport`.
@@ -110,7 +110,7 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
             ``size``.
         opset: the ONNX opset; None means 19, the first with ``DeformConv``.
         postprocess: the detection graph instead of the network alone (see the module
-            docstring), with the Detector's thresholds given here.
+            docstring), reading detections as ``settings`` says (the Detector's defaults).
         size, batch: the example input's (height, width) and batch.
         exporter: ``"dynamo"`` (torch.export-based, the default) or ``"torchscript"``
             (network only).
@@ -135,8 +135,7 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
     height, width = _size(size)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"to_onnx: batch must be a whole number >= 1, got {batch!r}")
-    module = DetectionGraph(network, confidence_threshold, nms_threshold, top_k, keep_top_k).eval() if postprocess \
-        else network
+    module = DetectionGraph(network, settings).eval() if postprocess else network
     outputs = DETECTION_OUTPUTS if postprocess else NETWORK_OUTPUTS
     example = _example_images(batch, height, width, raw=postprocess)
     started = time.perf_counter()

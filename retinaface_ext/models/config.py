@@ -1,7 +1,40 @@
-"""The two published RetinaFace configurations, as plain dataclasses."""
+"""The two published RetinaFace configurations, and how detections are read from a
+network's outputs: the detection contract, in one place."""
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Tuple
+
+#: Pytorch_Retinaface's input: BGR pixels minus this mean (the published weights expect it).
+MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """How faces are read from a network's outputs, with Pytorch_Retinaface's defaults
+    (its detect.py): a face score above ``score_threshold`` makes a prior a candidate,
+    the ``top_k`` best candidates of an image go through NMS at ``nms_threshold``, and
+    ``keep_top_k`` detections are kept. The Detector, the command line, the training's
+    validation and the exported detection graph all take these."""
+
+    score_threshold: float = 0.02
+    nms_threshold: float = 0.4
+    top_k: int = 5000
+    keep_top_k: int = 750
+
+    def __post_init__(self):
+        for name in ("score_threshold", "nms_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
+                    or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ("top_k", "keep_top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
 
 
 @dataclass(frozen=True)
@@ -18,6 +51,7 @@ class RetinaFaceConfig:
     min_sizes: Tuple[Tuple[int, int], ...] = ((16, 32), (64, 128), (256, 512))
     steps: Tuple[int, ...] = (8, 16, 32)
     variances: Tuple[float, float] = (0.1, 0.2)
+    mean_bgr: Tuple[float, float, float] = MEAN_BGR
     clip: bool = False
     anchors_per_location: int = 2
     image_size: int = 640  # square training crop

@@ -14,7 +14,8 @@ import torch
 
 from ..data import TrainTransform, WiderFaceDataset, make_loader
 from ..data.synthetic import make_synthetic_faces
-from ..detect import Detector, resolve_device
+from ..devices import resolve_device
+from ..inference import Detector
 from ..evaluation.ap import average_precision
 from ..loss import MultiBoxLoss
 from ..models import RetinaFace
@@ -129,7 +130,8 @@ class Trainer:
 
     def _datasets(self):
         config = self.config
-        transform = TrainTransform(config.image_size, subtract_mean=self.device.type != "cuda")
+        transform = TrainTransform(config.image_size, mean=self.preset.mean_bgr,
+                                   subtract_mean=self.device.type != "cuda")
         if config.data == SYNTHETIC:
             made = self._synthetic()
             train_labels, images, val_labels, val_images = made.train_labels, None, made.val_labels, None
@@ -243,7 +245,7 @@ class Trainer:
                      self.config.epochs, *(totals / done), images / (time.perf_counter() - started))
 
     def _train_step(self, batch) -> np.ndarray:
-        batch = batch.to(self.device, non_blocking=True).normalized()
+        batch = batch.to(self.device, non_blocking=True).normalized(self.preset.mean_bgr)
         # BatchNorm statistics as they were, to save the last good state if this step fails.
         statistics = [buffer.clone() for buffer in self.model.buffers()]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,

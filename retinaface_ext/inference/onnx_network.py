@@ -9,14 +9,14 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import __version__
-from .export.graph import NETWORK_INPUTS, NETWORK_OUTPUTS
-from .files import cache_root
+from .. import __version__
+from ..export.graph import NETWORK_INPUTS, NETWORK_OUTPUTS
+from ..files import cache_root
 
 INSTALL_HINT = 'pip install onnxruntime (or pip install "retinaface_ext[onnx]")'
 #: The last dimension of each output: box offsets, the two class logits, five (x, y) points.
 OUTPUT_WIDTHS = (4, 2, 10)
-log = logging.getLogger("retinaface_ext.onnx_engine")
+log = logging.getLogger("retinaface_ext.inference")
 
 
 def import_onnxruntime():
@@ -41,7 +41,7 @@ def cached_export(model: torch.nn.Module) -> str:
     """The network of ``model`` (a RetinaFace) exported with dynamic sizes into the cache
     (``<cache>/onnx/<digest>.onnx``, see :func:`retinaface_ext.files.cache_root`), once
     per weights, torch and retinaface_ext version; returns the path."""
-    from .export import to_onnx
+    from ..export import to_onnx
 
     key = hashlib.sha256(f"{model_digest(model)}:{torch.__version__}:{__version__}".encode()).hexdigest()[:32]
     path = os.path.join(cache_root(), "onnx", f"{key}.onnx")
@@ -53,7 +53,7 @@ def cached_export(model: torch.nn.Module) -> str:
 def cached_network(model: torch.nn.Module) -> "OnnxRuntimeNetwork":
     """The session of :func:`cached_export`'s file; a cache entry that onnxruntime cannot
     load (damaged since it was written) is exported again."""
-    from .export import to_onnx
+    from ..export import to_onnx
 
     path = cached_export(model)
     try:

@@ -1,0 +1,218 @@
+"""The Detector: images in, faces with five landmarks out.
+
+Pre-processing (:mod:`.preprocess`) is Pytorch_Retinaface's: BGR minus the model's mean,
+optional WIDER FACE style resizing. Images of similar sizes share one padded forward pass
+of an engine (:mod:`.engines`: PyTorch or onnxruntime). The post-processing
+(:mod:`.postprocess`: decoding, the score filter and NMS) runs on our kernels, on the
+device of the network.
+"""
+
+import os
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..images import ImageLike
+from ..models import PaddingMask, RetinaFace, config_for
+from ..models.checkpoint import check_finite
+from ..models.config import DetectionSettings
+from .detections import Detections
+from .engines import OnnxRuntimeEngine, TorchEngine
+from .postprocess import Postprocessing
+from .preprocess import Prepared, Preprocessing
+
+ENGINES = ("torch", "onnxruntime")
+#: Images share a padded forward pass only while the pass costs at most this many times
+#: their own pixels; the rest run in other passes (groups of similar sizes).
+MAX_PADDING_FACTOR = 2.0
+DEFAULTS = DetectionSettings()
+
+
+def padding_groups(sizes: Sequence[Tuple[int, int]], max_images: int,
+                   max_padding: float = MAX_PADDING_FACTOR) -> List[List[int]]:
+    """Indices of ``sizes`` (h, w) in groups that share a padded canvas: at most
+    ``max_images`` per group, and a group's canvas pixels times its images at most
+    ``max_padding`` times their own pixels. First fit, largest images first."""
+    groups: List[List[int]] = []
+    canvases: List[Tuple[int, int, int]] = []  # height, width and the images' own pixels, per group
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1]):
+        h, w = sizes[i]
+        for g, (gh, gw, pixels) in enumerate(canvases):
+            height, width = max(gh, h), max(gw, w)
+            if len(groups[g]) < max_images and height * width * (len(groups[g]) + 1) <= max_padding * (pixels + h * w):
+                groups[g].append(i)
+                canvases[g] = (height, width, pixels + h * w)
+                break
+        else:
+            groups.append([i])
+            canvases.append((h, w, h * w))
+    return groups
+
+
+class Detector:
+    """A RetinaFace face detector.
+
+    Args:
+        weights_or_model: a Pytorch_Retinaface checkpoint (path or state dict; the
+            backbone is read from its keys) or a :class:`~retinaface_ext.models.RetinaFace`
+            (copied, so the original stays trainable). The network runs as an
+            :class:`~retinaface_ext.models.InferenceRetinaFace`.
+        backbone: insist on ``"mobilenet0.25"`` or ``"resnet50"`` (a checkpoint of the
+            other kind is an error).
+        device: where to run; default the model's device for a model, else CUDA when
+            available.
+        score_threshold: candidates need a face score above this (0.02; in [0, 1]).
+        nms_threshold: IoU above which NMS drops the lower-scored box (0.4; in [0, 1]).
+        top_k: candidates per image kept for NMS, best first (5000).
+        keep_top_k: detections per image kept after NMS (750). These four are a
+            :class:`~retinaface_ext.models.DetectionSettings` (``self.settings``);
+            ``confidence_threshold`` is the old name of ``score_threshold``.
+        target_size, max_size: resize each image so its short side is ``target_size``
+            unless its long side would exceed ``max_size`` (WIDER FACE testing: 1600,
+            2150); either alone works too. None keeps the original size (the default).
+        fold_batchnorm: fold BatchNorm into the convolutions (same results, faster).
+        channels_last: run the network in channels-last memory format (faster on CPU).
+        batch_size: images per forward pass in :meth:`detect`; images share a pass only
+            when the padding costs at most ``MAX_PADDING_FACTOR`` times their pixels.
+        clip_boxes: clip the boxes to the image (default False, as Pytorch_Retinaface).
+        engine: ``"torch"`` (the default) or ``"onnxruntime"``: the network exported to
+            ONNX (once per weights, into the cache; see :mod:`retinaface_ext.inference.onnx_network`)
+            and run by onnxruntime on the CPU, with this Detector's pre- and
+            post-processing around it. Only equally sized images share a forward pass
+            there. An ``.onnx`` file (``to_onnx(..., postprocess=False)``) as
+            ``weights_or_model`` selects it too (pass ``backbone`` for a ResNet-50 one:
+            it names the preset; both presets have the same priors).
+        half: run the network in float16 (CUDA only); the post-processing stays float32.
+        compile: ``torch.compile`` the network and the post-processing (torch engine).
+    """
+
+    def __init__(self, weights_or_model: Union[str, os.PathLike, dict, RetinaFace],
+                 backbone: Optional[str] = None, device=None, score_threshold: float = DEFAULTS.score_threshold,
+                 nms_threshold: float = DEFAULTS.nms_threshold, top_k: int = DEFAULTS.top_k,
+                 keep_top_k: int = DEFAULTS.keep_top_k, target_size: Optional[float] = None,
+                 max_size: Optional[float] = None, fold_batchnorm: bool = True, channels_last: bool = True,
+                 batch_size: int = 8, clip_boxes: bool = False, engine: Optional[str] = None, half: bool = False,
+                 compile: bool = False, confidence_threshold: Optional[float] = None):
+        if confidence_threshold is not None:
+            warnings.warn("Detector(confidence_threshold=...) is now score_threshold", DeprecationWarning,
+                          stacklevel=2)
+            score_threshold = confidence_threshold
+        self.settings = DetectionSettings(score_threshold, nms_threshold, top_k, keep_top_k)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        onnx_file = isinstance(weights_or_model, (str, os.PathLike)) and \
+            os.fspath(weights_or_model).lower().endswith(".onnx")
+        engine = ("onnxruntime" if onnx_file else "torch") if engine is None else engine
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if engine == "torch" and onnx_file:
+            raise ValueError(f"{os.fspath(weights_or_model)}: an ONNX file runs with engine='onnxruntime'")
+        if engine == "onnxruntime":
+            if half or compile:
+                raise ValueError("half and compile apply to engine='torch'; onnxruntime runs the float32 graph")
+            if onnx_file:
+                self.engine = OnnxRuntimeEngine(weights_or_model, config_for(backbone or "mobilenet0.25"), device)
+            else:
+                model, _ = self._load_model(weights_or_model, backbone, device)
+                self.engine = OnnxRuntimeEngine(model, model.config, device)
+        else:
+            model, device = self._load_model(weights_or_model, backbone, device)
+            self.engine = TorchEngine(model, resolve_device(device), fold_batchnorm, channels_last, bool(half),
+                                      bool(compile))
+        self.device, self.config = self.engine.device, self.engine.config
+        self.preprocessing = Preprocessing(self.device, self.config.mean_bgr, self.engine.channels_last,
+                                           target_size, max_size)
+        self.postprocess = Postprocessing(self.config, self.settings, clip_boxes, self.engine.compiled)
+
+    @property
+    def model(self):
+        """The network the engine runs: ``model(images) -> loc, logits, landmarks``."""
+        return self.engine.network
+
+    @staticmethod
+    def _load_model(weights_or_model, backbone, device):
+        if isinstance(weights_or_model, torch.nn.Module):
+            if not isinstance(weights_or_model, RetinaFace):
+                raise TypeError(f"weights_or_model: expected a RetinaFace or a checkpoint, "
+                                f"got {type(weights_or_model).__name__}")
+            model = weights_or_model
+            check_finite(model.state_dict(), "weights_or_model")
+            if device is None:
+                device = next(model.parameters()).device
+        else:
+            model = RetinaFace.from_checkpoint(weights_or_model, backbone=backbone)
+        if backbone is not None and model.config.backbone != config_for(backbone).backbone:
+            raise ValueError(f"backbone={backbone!r} but the model is {model.config.backbone}")
+        return model, device
+
+    def __call__(self, images, color: str = "bgr", names: Optional[Sequence[str]] = None):
+        return self.detect(images, color, names)
+
+    @torch.inference_mode()
+    def detect(self, images: Union[ImageLike, Sequence[ImageLike]], color: str = "bgr",
+               names: Optional[Sequence[str]] = None) -> Union[Detections, List[Detections]]:
+        """Detect faces in one image (returns :class:`Detections`) or in a list of images
+        (returns a list).
+
+        Images are paths, numpy arrays ``[H, W, C]``, tensors ``[C, H, W]`` (values
+        0..255) or PIL images; a ``[B, 3, H, W]`` tensor is a list of B images. Arrays
+        and tensors are BGR, as OpenCV reads them; pass ``color="rgb"`` for RGB ones (from
+        PIL, ``torchvision.io.decode_image``, matplotlib). PIL images are always RGB.
+        ``names`` (one per image; a string for one image) is what errors call the images,
+        such as the files they came from; by default ``image`` or ``images[i]``.
+        """
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
+        batch = [images] if single else list(images)
+        if names is None:
+            names = ["image"] if single else [f"images[{i}]" for i in range(len(batch))]
+        elif single and isinstance(names, str):
+            names = [names]
+        elif isinstance(names, str) or len(names) != len(batch):
+            raise ValueError(f"names must hold one name per image ({len(batch)}), got {names!r}")
+        results = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk, chunk_names = batch[start:start + self.batch_size], names[start:start + self.batch_size]
+            prepared = [self.preprocessing.prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
+            results.extend(self._detect_prepared(prepared, chunk_names))
+        return results[0] if single else results
+
+    def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> np.ndarray:
+        """An image file as OpenCV reads it (BGR), refused from its header, before
+        decoding, when this detector would refuse its size."""
+        return self.preprocessing.read_image(path, name)
+
+    def prepare(self, image: ImageLike, name: str = "image", color: str = "bgr") -> Prepared:
+        """See :meth:`.Preprocessing.prepare`."""
+        return self.preprocessing.prepare(image, name, color)
+
+    def network_input(self, image: ImageLike, color: str = "bgr") -> torch.Tensor:
+        """See :meth:`.Preprocessing.network_input`."""
+        return self.preprocessing.network_input(image, color)
+
+    def _detect_prepared(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Detections]:
+        results: List[Optional[Detections]] = [None] * len(prepared)
+        sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
+        max_padding = MAX_PADDING_FACTOR if self.engine.pads else 1.0
+        for group in padding_groups(sizes, self.batch_size, max_padding):
+            for i, detections in zip(group, self._forward_group([prepared[i] for i in group], [names[i] for i in group])):
+                results[i] = detections
+        return results
+
+    def _forward_group(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Detections]:
+        sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
+        canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        memory_format = torch.channels_last if self.engine.channels_last else torch.contiguous_format
+        if len(prepared) == 1:
+            inputs = prepared[0].tensor[None].contiguous(memory_format=memory_format)
+        else:
+            inputs = torch.zeros(len(prepared), 3, *canvas, device=self.device).contiguous(memory_format=memory_format)
+            for slot, p in zip(inputs, prepared):
+                slot[:, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
+        padding_mask = None if all(size == canvas for size in sizes) else PaddingMask(sizes, canvas)
+        outputs = self.engine(inputs, padding_mask)
+        return self.postprocess(*outputs, canvas, sizes, [p.factor for p in prepared], names,
+                                [p.image_size for p in prepared])
