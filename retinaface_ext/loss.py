@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .targets import WIDTH, split_rows
 
 Targets = Union[Sequence[torch.Tensor], Tuple[torch.Tensor, ...]]
 
@@ -18,14 +19,15 @@ def pad_targets(targets: Sequence[torch.Tensor], device=None):
     for index, target in enumerate(targets):
         target = torch.as_tensor(target, dtype=torch.float32, device=device)
         if target.numel() == 0:
-            target = target.reshape(0, 15)
-        if target.dim() != 2 or target.shape[1] != 15:
+            target = target.reshape(0, WIDTH)
+        if target.dim() != 2 or target.shape[1] != WIDTH:
             raise ValueError(f"MultiBoxLoss: targets[{index}] must be [G, 15] (x1 y1 x2 y2, ten landmark "
                              f"values, label), got {list(target.shape)}")
         rows.append(target)
-    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, 15)
+    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, WIDTH)
     counts = torch.tensor([len(r) for r in rows], dtype=torch.long).to(padded.device, non_blocking=True)
-    return padded[..., 0:4], padded[..., 14].long(), padded[..., 4:14], counts
+    truths, labels, landms = split_rows(padded)
+    return truths, labels.long(), landms, counts
 
 
 class MultiBoxLoss(nn.Module):

@@ -2,6 +2,7 @@
 
 import os
 
+from ..targets import LABEL
 from .args import non_negative_int, positive_int
 
 
@@ -21,7 +22,7 @@ def command_check_data(args) -> int:
 
     dataset = WiderFaceDataset(args.label_file, images_dir=args.images)
     annotations = dataset.annotations
-    labelled = int((annotations.targets[:, 14] > 0).sum())
+    labelled = int((annotations.targets[:, LABEL] > 0).sum())
     empty = int((annotations.offsets[1:] == annotations.offsets[:-1]).sum())
     print(f"{args.label_file}: {annotations.format} format, {len(dataset)} images ({empty} without faces), "
           f"{dataset.num_faces} faces ({labelled} with landmarks), {annotations.dropped} dropped")

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..targets import BOX, LABEL, LANDMARKS, WIDTH
 from .numbers import ScannedLines, newline_positions, scan_lines
 
 RETINAFACE = "retinaface"
@@ -227,16 +228,16 @@ def _retinaface_rows(values: np.ndarray, first_value: np.ndarray, widths: np.nda
 
 
 def _retinaface_targets(rows: np.ndarray) -> np.ndarray:
-    targets = np.empty((len(rows), 15), dtype=np.float32)
+    targets = np.empty((len(rows), WIDTH), dtype=np.float32)
     targets[:, 0:2] = rows[:, 0:2]
     targets[:, 2:4] = rows[:, 0:2] + rows[:, 2:4]
-    targets[:, 4:14] = rows[:, _LANDMARK_COLUMNS]
-    targets[:, 14] = np.where(rows[:, 4] < 0, -1.0, 1.0)  # the seed's rule: no left eye, no landmarks
+    targets[:, LANDMARKS] = rows[:, _LANDMARK_COLUMNS]
+    targets[:, LABEL] = np.where(rows[:, 4] < 0, -1.0, 1.0)  # the seed's rule: no left eye, no landmarks
     return targets
 
 
 def _wider_targets(rows: np.ndarray) -> np.ndarray:
-    targets = np.full((len(rows), 15), -1.0, dtype=np.float32)
+    targets = np.full((len(rows), WIDTH), -1.0, dtype=np.float32)
     targets[:, 0:2] = rows[:, 0:2]
     targets[:, 2:4] = rows[:, 0:2] + rows[:, 2:4]
     return targets
@@ -330,7 +331,8 @@ def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numb
     beyond MAX_COORDINATE (or infinite in float32), or a box of positive size in the file
     that is empty in float32 (a width of 1e-7 at x = 100)."""
     in_range = len(targets) == 0 or (targets.max() <= MAX_COORDINATE and targets.min() >= -MAX_COORDINATE)
-    too_large = np.zeros(len(targets), bool) if in_range else ~(np.abs(targets[:, :14]) <= MAX_COORDINATE).all(axis=1)
+    coordinates = targets[:, :LABEL]
+    too_large = np.zeros(len(targets), bool) if in_range else ~(np.abs(coordinates) <= MAX_COORDINATE).all(axis=1)
     empty = kept & ~((targets[:, 2] > targets[:, 0]) & (targets[:, 3] > targets[:, 1]))
     bad = np.flatnonzero(too_large | empty)
     if len(bad):
@@ -338,7 +340,7 @@ def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numb
         if too_large[row]:
             raise LabelFileError(path, int(face_numbers[row]),
                                  f"a coordinate beyond {MAX_COORDINATE:.0e} pixels (in float32: "
-                                 f"{targets[row, :14].tolist()})")
+                                 f"{coordinates[row].tolist()})")
         raise LabelFileError(path, int(face_numbers[row]),
                              f"the box is empty in float32 ({targets[row, :4].tolist()}): width or height too "
                              f"small for its position")
@@ -347,12 +349,13 @@ def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numb
 def format_face_line(target: Sequence[float], score: float = 1.0, decimals: int = 2) -> str:
     """One face of a ``[15]`` target as a RetinaFace ``label.txt`` line (landmarks of a
     face labelled -1 are written as -1, visibility 0)."""
-    x1, y1, x2, y2 = target[:4]
+    x1, y1, x2, y2 = target[BOX]
     fields: List[float] = [x1, y1, x2 - x1, y2 - y1]
-    if target[14] < 0:
+    if target[LABEL] < 0:
         fields += [-1.0] * 15
     else:
+        points = target[LANDMARKS]
         for k in range(5):
-            fields += [target[4 + 2 * k], target[5 + 2 * k], 0.0]
+            fields += [points[2 * k], points[2 * k + 1], 0.0]
     fields.append(score)
     return " ".join(f"{value:.{decimals}f}" for value in fields)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
+from ..targets import WIDTH, split_rows
 from .transforms import MEAN_BGR
 
 
@@ -48,13 +49,13 @@ def collate(batch: Sequence) -> Batch:
         raise ValueError("collate: the batch is empty")
     # default_collate stacks straight into shared memory inside a loader worker (one copy less).
     images = default_collate([torch.as_tensor(image) for image, _ in batch])
-    targets = [torch.as_tensor(target, dtype=torch.float32).reshape(-1, 15) for _, target in batch]
+    targets = [torch.as_tensor(target, dtype=torch.float32).reshape(-1, WIDTH) for _, target in batch]
     counts = [len(t) for t in targets]
-    padded = torch.zeros(len(batch), max(counts), 15)
+    padded = torch.zeros(len(batch), max(counts), WIDTH)
     for b, target in enumerate(targets):
         padded[b, :len(target)] = target
-    return Batch(images, padded[..., 0:4].contiguous(), padded[..., 14].long(), padded[..., 4:14].contiguous(),
-                 torch.tensor(counts, dtype=torch.long))
+    truths, labels, landms = split_rows(padded)
+    return Batch(images, truths.contiguous(), labels.long(), landms.contiguous(), torch.tensor(counts, dtype=torch.long))
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

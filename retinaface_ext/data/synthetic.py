@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from ..files import atomic_write_bytes, atomic_write_text
+from ..targets import WIDTH
 from .labels import format_face_line
 
 VERSION = 1
@@ -161,7 +162,7 @@ def draw_image(seed: int, split: str, index: int, image_size: int) -> Tuple[np.n
         has_landmarks = rng.random() >= (0.7 if tiny else 0.08)
         faces.append(_face_row(box, landmarks, has_landmarks))
     image = _light_and_noise(rng, image)
-    rows = np.array(faces, dtype=np.float64).reshape(-1, 15)
+    rows = np.array(faces, dtype=np.float64).reshape(-1, WIDTH)
     return image, rows
 
 

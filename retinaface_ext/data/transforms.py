@@ -32,6 +32,7 @@ import torch
 
 # The training mean, BGR (Pytorch_Retinaface calls it rgb_mean but uses it on BGR): the preset's.
 from ..models.config import MEAN_BGR
+from ..targets import BOX, LABEL, LANDMARKS, WIDTH
 
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 CROP_TRIES = 250
@@ -93,10 +94,10 @@ def crop_faces(image: np.ndarray, target: np.ndarray, crop: Tuple[int, int, int,
     side = np.array([right - left, bottom - top], dtype=faces.dtype)
     faces[:, 0:2] = np.maximum(faces[:, 0:2], origin) - origin
     faces[:, 2:4] = np.minimum(faces[:, 2:4], origin + side) - origin
-    labelled = faces[:, 14] > 0
-    points = faces[labelled, 4:14].reshape(-1, 5, 2)
-    faces[labelled, 4:14] = np.clip(points - origin, 0, side).reshape(-1, 10)
-    faces[~labelled, 4:14] = NO_LANDMARKS
+    labelled = faces[:, LABEL] > 0
+    points = faces[labelled, LANDMARKS].reshape(-1, 5, 2)
+    faces[labelled, LANDMARKS] = np.clip(points - origin, 0, side).reshape(-1, 10)
+    faces[~labelled, LANDMARKS] = NO_LANDMARKS
     return image[top:bottom, left:right], faces
 
 
@@ -157,8 +158,8 @@ def normalise_faces(faces: np.ndarray, side: int) -> np.ndarray:
     """Pixels of a ``side`` x ``side`` image to [0, 1]; labels and missing landmarks kept."""
     faces = faces.copy()
     faces[:, 0:4] /= side
-    labelled = faces[:, 14] > 0
-    faces[labelled, 4:14] /= side
+    labelled = faces[:, LABEL] > 0
+    faces[labelled, LANDMARKS] /= side
     return faces
 
 
@@ -167,8 +168,8 @@ def mirror_faces(faces: np.ndarray, width: float = 1.0) -> np.ndarray:
     flipped, left and right eyes and mouth corners swapped (labelled faces only)."""
     faces = faces.copy()
     faces[:, [0, 2]] = width - faces[:, [2, 0]]
-    labelled = faces[:, 14] > 0
-    points = faces[labelled, 4:14].copy()
+    labelled = faces[:, LABEL] > 0
+    points = faces[labelled, LANDMARKS].copy()
     points[:, 0::2] = width - points[:, 0::2]
     faces[np.ix_(labelled, np.arange(4, 14))] = points[:, [c - 4 for c in _SWAP_LEFT_RIGHT]]
     return faces
@@ -231,7 +232,7 @@ class TrainTransform:
 
     def draw(self, image: np.ndarray, target: np.ndarray) -> Draws:
         height, width = image.shape[:2]
-        crop = draw_crop(self.rng, height, width, target[:, :4], self.crop_scales, self.crop_tries)
+        crop = draw_crop(self.rng, height, width, target[:, BOX], self.crop_scales, self.crop_tries)
         distortion = draw_distortion(self.rng) if self.distort else None
         mirror = bool(self.rng.integers(2)) if self.mirror else False
         interpolation = self.interpolations[self.rng.integers(len(self.interpolations))]
@@ -245,7 +246,7 @@ class TrainTransform:
             image, faces = crop_faces(image, target, draws.crop)
         else:
             faces = target.copy()
-            faces[faces[:, 14] <= 0, 4:14] = NO_LANDMARKS
+            faces[faces[:, LABEL] <= 0, LANDMARKS] = NO_LANDMARKS
         if draws.distortion is not None:
             image = distort(image, draws.distortion)
         if draws.crop is None:
@@ -266,7 +267,7 @@ class TrainTransform:
 
 def _as_target(target) -> np.ndarray:
     target = target.numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
-    target = target.astype(np.float32, copy=False).reshape(-1, 15) if target.size == 0 else target.astype(np.float32, copy=False)
+    target = target.astype(np.float32, copy=False).reshape(-1, WIDTH) if target.size == 0 else target.astype(np.float32, copy=False)
     if target.ndim != 2 or target.shape[1] != 15:
         raise ValueError(f"target must be [G, 15] (x1 y1 x2 y2, ten landmark values, label), got {target.shape}")
     return target

@@ -21,6 +21,7 @@ from ..loss import MultiBoxLoss
 from ..models import RetinaFace
 from ..models.config import config_for
 from ..priors import prior_boxes
+from ..targets import BOX
 from .distributed import Distributed
 from .options import KEPT_ON_RESUME, SYNTHETIC, TrainConfig, resumed, synthetic_cache_dir
 from .pretrained import load_pretrained_backbone
@@ -290,7 +291,7 @@ class Trainer:
                 image, target = self.val_set[index]
                 found = detector.detect(image)
                 detections.append((found.boxes.cpu(), found.scores.cpu()))
-                faces.append(target[:, :4])
+                faces.append(target[:, BOX])
             metrics["ap50"] = average_precision(detections, faces, 0.5)
             if self.config.widerface_val:
                 metrics.update(self._widerface_aps(detector))
