@@ -11,9 +11,9 @@ import os
 
 import pytest
 import torch
+from device_guard import DeviceGuard
 
 import retinaface_ext
-from device_guard import DeviceGuard
 
 #: Timing of the CUDA rows: a warm-up, then 0.1 s of rounds (at least 5). A GPU op's median
 #: settles within a few hundred rounds, and ``pytest --benchmark -k cuda`` then takes about
@@ -90,7 +90,10 @@ def pytest_terminal_summary(terminalreporter, config):
         pytest.param("cpu"),
         pytest.param(
             "cuda",
-            marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")],
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible"),
+            ],
         ),
     ]
 )

@@ -43,6 +43,7 @@ _find_cuda_home()  # before torch.utils.cpp_extension reads it
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
 # CUDA 13 builds sm_75 and newer; PTX of the newest listed arch covers later GPUs.
 DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 BUILD_MESSAGES = []  # printed when the extension is actually built, not on every setup.py call

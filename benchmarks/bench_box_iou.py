@@ -18,8 +18,11 @@ except ImportError:  # optional peer
 
 # (name, batch or None, boxes per image): faces against the priors of a 640x640 image
 # (16,800), as matching compares them; and two sets of random boxes.
-SHAPES = [("50 faces x 16800 priors", None, 50), ("batch 8 x 50 faces x 16800 priors", 8, 50),
-          ("2000 x 2000 sparse boxes", None, 2000)]
+SHAPES = [
+    ("50 faces x 16800 priors", None, 50),
+    ("batch 8 x 50 faces x 16800 priors", 8, 50),
+    ("2000 x 2000 sparse boxes", None, 2000),
+]
 
 
 def make(name, batch, count, device):
@@ -44,7 +47,10 @@ def bench_box_iou(benchmark, synchronized, device, shape, impl):
         pytest.skip("torchvision is not installed" if torchvision is None else "torchvision's box_iou is not batched")
     boxes1, boxes2 = make(name, batch, count, device)
     benchmark.group = f"box_iou {device} {name}"
-    fn = {"kernel": ops.box_iou, "reference": reference.box_iou,
-          "torchvision": getattr(torchvision, "ops", None) and torchvision.ops.box_iou}[impl]
+    fn = {
+        "kernel": ops.box_iou,
+        "reference": reference.box_iou,
+        "torchvision": getattr(torchvision, "ops", None) and torchvision.ops.box_iou,
+    }[impl]
     iou = benchmark(synchronized(lambda: fn(boxes1, boxes2), device))
     assert iou.shape[-2:] == (count, boxes2.shape[-2])

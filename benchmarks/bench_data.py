@@ -15,15 +15,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from seed_reference import SeedWiderFaceDetection, seed_detection_collate
 
 from retinaface_ext.data import TrainTransform, WiderFaceDataset, collate, make_loader, read_annotations
 from retinaface_ext.data.synthetic import make_synthetic_faces
-from seed_reference import SeedWiderFaceDetection, seed_detection_collate
 
 IMAGES = 96
 BATCH = 8
 SIZE = 640
-FACE = "449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 538.357 431.491 0.0 0.82"
+FACE = (
+    "449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 "
+    "538.357 431.491 0.0 0.82"
+)
 NO_LANDMARKS = "78 221 7 8 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 0.2"
 RATES = {}
 
@@ -41,8 +44,9 @@ def report_rates():
 def synthetic(tmp_path_factory):
     """The synthetic set at 640, and a label file of its images that have faces (the
     reference pipeline asserts on images without faces)."""
-    made = make_synthetic_faces(tmp_path_factory.mktemp("bench_data") / "set", num_train=IMAGES + 8, num_val=1,
-                                seed=0, image_size=SIZE)
+    made = make_synthetic_faces(
+        tmp_path_factory.mktemp("bench_data") / "set", num_train=IMAGES + 8, num_val=1, seed=0, image_size=SIZE
+    )
     annotations = read_annotations(made.train_labels)
     with open(made.train_labels) as handle:
         blocks = handle.read().split("# ")[1:]  # one block per image, in file order
@@ -101,7 +105,7 @@ class ReferencePreproc:
             boxes_t, labels_t, landms_t = boxes[keep].copy(), labels[keep].copy(), landm[keep].copy().reshape(-1, 5, 2)
             if boxes_t.shape[0] == 0:
                 continue
-            image_t = image[roi[1]:roi[3], roi[0]:roi[2]]
+            image_t = image[roi[1] : roi[3], roi[0] : roi[2]]
             boxes_t[:, :2] = np.maximum(boxes_t[:, :2], roi[:2]) - roi[:2]
             boxes_t[:, 2:] = np.minimum(boxes_t[:, 2:], roi[2:]) - roi[:2]
             landms_t = np.minimum(np.maximum(landms_t - roi[:2], 0), roi[2:] - roi[:2]).reshape(-1, 10)
@@ -140,7 +144,7 @@ class ReferencePreproc:
             long_side = max(image.shape[:2])
             square = np.empty((long_side, long_side, 3), dtype=image.dtype)
             square[:, :] = self.rgb_means
-            square[:image.shape[0], :image.shape[1]] = image
+            square[: image.shape[0], : image.shape[1]] = image
             image = square
         width = image.shape[1]
         if random.randrange(2):
@@ -151,8 +155,9 @@ class ReferencePreproc:
             landm[:, :, 0] = width - landm[:, :, 0]
             landm = landm[:, [1, 0, 2, 4, 3]].reshape(-1, 10)
         height, width, _ = image.shape
-        interpolation = [cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST,
-                         cv2.INTER_LANCZOS4][random.randrange(5)]
+        interpolation = [cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4][
+            random.randrange(5)
+        ]
         image = cv2.resize(image, (self.img_dim, self.img_dim), interpolation=interpolation).astype(np.float32)
         image -= self.rgb_means
         boxes[:, 0::2] /= width
@@ -167,10 +172,12 @@ def _loader(impl, labels, workers):
         transform = TrainTransform(image_size=SIZE, subtract_mean=impl == "ours")
         dataset = WiderFaceDataset(labels, transform=transform)
         return make_loader(dataset, batch_size=BATCH, num_workers=workers, seed=0, pin_memory=False)
-    dataset = SeedWiderFaceDetection(labels, os.path.join(os.path.dirname(labels), "images"),
-                                     ReferencePreproc(SIZE, (104, 117, 123)))
-    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                                       collate_fn=seed_detection_collate)
+    dataset = SeedWiderFaceDetection(
+        labels, os.path.join(os.path.dirname(labels), "images"), ReferencePreproc(SIZE, (104, 117, 123))
+    )
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH, shuffle=True, num_workers=workers, collate_fn=seed_detection_collate
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -198,8 +205,9 @@ def bench_synthetic_generation(benchmark, tmp_path, workers):
     counter = iter(range(100))
 
     def generate():
-        make_synthetic_faces(tmp_path / f"run{next(counter)}", num_train=count, num_val=0, seed=0,
-                             image_size=SIZE, workers=workers)
+        make_synthetic_faces(
+            tmp_path / f"run{next(counter)}", num_train=count, num_val=0, seed=0, image_size=SIZE, workers=workers
+        )
 
     benchmark.pedantic(generate, rounds=2, iterations=1)
     if benchmark.stats is not None:
@@ -216,17 +224,20 @@ def bench_training_step_consumption(benchmark, synthetic):
     model = RetinaFace("mobilenet0.25", dcn=True)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    batch = collate([TrainTransform(image_size=SIZE, seed=i)(*item) for i, item in
-                     zip(range(BATCH), WiderFaceDataset(synthetic))])
+    batch = collate(
+        [TrainTransform(image_size=SIZE, seed=i)(*item) for i, item in zip(range(BATCH), WiderFaceDataset(synthetic))]
+    )
     priors = prior_boxes((SIZE, SIZE))
 
     def step():
         loc, conf, landm = model(batch.images)
         loc_t, conf_t, landm_t = ops.match(batch.truths, batch.labels, batch.landms, batch.num_truths, priors)
         positive = conf_t != 0
-        loss = (torch.nn.functional.smooth_l1_loss(loc[positive], loc_t[positive])
-                + torch.nn.functional.cross_entropy(conf.flatten(0, 1), positive.flatten().long())
-                + torch.nn.functional.smooth_l1_loss(landm[conf_t > 0], landm_t[conf_t > 0]))
+        loss = (
+            torch.nn.functional.smooth_l1_loss(loc[positive], loc_t[positive])
+            + torch.nn.functional.cross_entropy(conf.flatten(0, 1), positive.flatten().long())
+            + torch.nn.functional.smooth_l1_loss(landm[conf_t > 0], landm_t[conf_t > 0])
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -35,8 +35,11 @@ SLOW_REFERENCE = {"r50 256->128 80x80 b8"}  # the gather reference needs several
 
 
 # MobileNet-0.25's SSH convolutions (64->32, 64->16, 16->16) at strides 8, 16, 32 of 640x640
-HALF_SHAPES = [(f"mnet {cin}->{cout} {side}x{side} b32", 32, cin, cout, side, side)
-               for side in (80, 40, 20) for cin, cout in ((64, 32), (64, 16), (16, 16))]
+HALF_SHAPES = [
+    (f"mnet {cin}->{cout} {side}x{side} b32", 32, cin, cout, side, side)
+    for side in (80, 40, 20)
+    for cin, cout in ((64, 32), (64, 16), (16, 16))
+]
 
 
 def make(batch, cin, cout, height, width, device, grad, dtype=torch.float32):

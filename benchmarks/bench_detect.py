@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from seed_reference import pytorch_retinaface_detect
 
 from retinaface_ext import Detector, RetinaFace
 from retinaface_ext.ops import reference
 from retinaface_ext.priors import prior_boxes
-from seed_reference import pytorch_retinaface_detect
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
@@ -37,10 +37,23 @@ CROWD = SHARED / "images" / "widerface_crowd.jpg"
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 SIZES = {"1024x624": None, "640x480": (640, 480)}
-IMPLEMENTATIONS = ["detect", "detect_half", "detect_compiled", "prepare", "forward", "postprocess", "eager_forward",
-                   "pytorch_retinaface", "reference_path", "detect_onnxruntime", "onnxruntime_forward"]
-CUDA_ONLY = {"detect_half": "half precision runs on CUDA",
-             "detect_compiled": "compiled on CUDA only (the CPU compile is tested once, in test_engines)"}
+IMPLEMENTATIONS = [
+    "detect",
+    "detect_half",
+    "detect_compiled",
+    "prepare",
+    "forward",
+    "postprocess",
+    "eager_forward",
+    "pytorch_retinaface",
+    "reference_path",
+    "detect_onnxruntime",
+    "onnxruntime_forward",
+]
+CUDA_ONLY = {
+    "detect_half": "half precision runs on CUDA",
+    "detect_compiled": "compiled on CUDA only (the CPU compile is tested once, in test_engines)",
+}
 CPU_ONLY = {"detect_onnxruntime", "onnxruntime_forward"}
 THROUGHPUT_IMAGES = {"cpu": 8, "cuda": 32}
 
@@ -157,8 +170,9 @@ def bench_detect_throughput(benchmark, synchronized, device, eager_model, eager_
         model = eager_models(device)
         fn = lambda: [pytorch_retinaface_detect(model, im) for im in images]  # noqa: E731
     else:
-        detector = Detector(eager_model, device=device, half=impl == "batched_half",
-                            batch_size=1 if impl == "one_by_one" else count)
+        detector = Detector(
+            eager_model, device=device, half=impl == "batched_half", batch_size=1 if impl == "one_by_one" else count
+        )
         fn = lambda: detector.detect(images)  # noqa: E731
     with torch.inference_mode():
         if impl == "pytorch_retinaface" and device == "cuda":  # seconds per call: fewer rounds
@@ -178,7 +192,8 @@ def bench_export(benchmark, eager_model, tmp_path, graph):
     benchmark.group = "to_onnx mobilenet0.25 (dynamic sizes)"
     model = RetinaFace.from_checkpoint(WEIGHTS, dcn=True) if graph == "network+dcn" else eager_model
     path = tmp_path / "model.onnx"
-    report = benchmark.pedantic(lambda: to_onnx(model, path, postprocess=graph.endswith("postprocess")),
-                                rounds=2, iterations=1)
+    report = benchmark.pedantic(
+        lambda: to_onnx(model, path, postprocess=graph.endswith("postprocess")), rounds=2, iterations=1
+    )
     benchmark.extra_info["size_bytes"] = report.size_bytes
     print(f"\n{graph}: {report}")

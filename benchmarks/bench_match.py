@@ -6,11 +6,11 @@ seed's per-image loop. One table per shape; ratios inside a table are side by si
 
 import pytest
 import torch
+from seed_reference import seed_batch
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
 from retinaface_ext.priors import prior_boxes
-from seed_reference import seed_batch
 
 
 def training_batch(batch, faces, seed=0):
@@ -23,7 +23,6 @@ def training_batch(batch, faces, seed=0):
     landms = corner.repeat(1, 1, 5) + torch.rand(batch, faces, 10, generator=g) * side.repeat(1, 1, 5)
     labels = torch.where(torch.rand(batch, faces, generator=g) < 0.75, 1, -1)
     return truths, labels, landms, torch.full((batch,), faces)
-
 
 
 @pytest.mark.parametrize("impl", ["kernel", "batched_reference", "seed_loop"])

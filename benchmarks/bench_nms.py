@@ -8,10 +8,10 @@ ratios inside a table (all measured side by side in one run).
 import numpy as np
 import pytest
 import torch
+from seed_reference import py_cpu_nms
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
-from seed_reference import py_cpu_nms
 
 try:
     import torchvision
@@ -35,7 +35,6 @@ def run_nms(impl, boxes, scores, threshold):
         pytest.skip("numpy runs on the CPU only")
     dets = np.hstack([boxes.cpu().numpy(), scores.cpu().numpy()[:, None]])
     return lambda: py_cpu_nms(dets, threshold)
-
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

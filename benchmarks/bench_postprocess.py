@@ -50,8 +50,11 @@ def staged(loc, logits, landm, priors, canvas, top_k=5000):
     points = points * points.new_tensor([width, height] * 5)
     keep = ops.batched_nms(boxes, scores, image_index, 0.4)
     keep = keep[torch.argsort(image_index[keep], stable=True)]
-    counts = torch.zeros(loc.shape[0], dtype=torch.long, device=loc.device).index_add_(0, image_index[keep],
-                                                                    torch.ones_like(keep)).tolist()
+    counts = (
+        torch.zeros(loc.shape[0], dtype=torch.long, device=loc.device)
+        .index_add_(0, image_index[keep], torch.ones_like(keep))
+        .tolist()
+    )
     return [(boxes[i[:750]], scores[i[:750]], points[i[:750]]) for i in torch.split(keep, counts)]
 
 

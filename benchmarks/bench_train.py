@@ -12,12 +12,12 @@ import contextlib
 
 import pytest
 import torch
+from seed_reference import SeedMultiBoxLoss
 
 from retinaface_ext import RetinaFace
 from retinaface_ext import nn as retinaface_nn
 from retinaface_ext.loss import MultiBoxLoss
 from retinaface_ext.priors import prior_boxes
-from seed_reference import SeedMultiBoxLoss
 
 SIZE = 640
 BATCH = {"cpu": 8, "cuda": 32}
@@ -71,8 +71,10 @@ def rounds(device, cpu, cuda):
 def bench_training_step(benchmark, monkeypatch, synchronized, device, dcn, precision, impl):
     if precision != "float32" and device == "cpu":
         pytest.skip("autocast rows on CUDA only (the CPU kernels are float32 / float64)")
-    benchmark.group = (f"training step {device} MobileNet-0.25{' + DCN' if dcn else ''}, batch {BATCH[device]}, "
-                       f"{SIZE}x{SIZE}, 8 faces/image, {precision}")
+    benchmark.group = (
+        f"training step {device} MobileNet-0.25{' + DCN' if dcn else ''}, batch {BATCH[device]}, "
+        f"{SIZE}x{SIZE}, 8 faces/image, {precision}"
+    )
     if impl == "reference" and dcn:
         torchvision_ops = pytest.importorskip("torchvision.ops")
         monkeypatch.setattr(retinaface_nn, "deform_conv2d", torchvision_ops.deform_conv2d)
@@ -83,7 +85,9 @@ def bench_training_step(benchmark, monkeypatch, synchronized, device, dcn, preci
 @pytest.mark.parametrize("dcn", [False, True], ids=["plain", "dcn"])
 def bench_dcn_cost(benchmark, synchronized, device, dcn):
     """Our step with and without DCN side by side, more rounds: what DCN costs."""
-    benchmark.group = f"ours: training step {device} MobileNet-0.25 with and without DCN, batch {BATCH[device]}, {SIZE}x{SIZE}"
+    benchmark.group = (
+        f"ours: training step {device} MobileNet-0.25 with and without DCN, batch {BATCH[device]}, {SIZE}x{SIZE}"
+    )
     step = training_step(dcn, "ours", device)
     benchmark.pedantic(synchronized(step, device), **rounds(device, cpu=8, cuda=20))
 

@@ -10,9 +10,9 @@ import pathlib
 
 import numpy as np
 import pytest
+import widerface_port
 
 from retinaface_ext.evaluation import widerface
-import widerface_port
 
 GT_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "widerface_gt"
 pytestmark = pytest.mark.skipif(not GT_DIR.exists(), reason="../shared/widerface_gt missing")
@@ -49,8 +49,7 @@ def predictions(ground_truth):
 def prediction_dir(tmp_path_factory, ground_truth, predictions):
     folder = tmp_path_factory.mktemp("widerface_pred")
     for image in ground_truth.images:
-        widerface.write_prediction_file(folder / image.event / f"{image.name}.txt", image.name,
-                                        predictions[image.name])
+        widerface.write_prediction_file(folder / image.event / f"{image.name}.txt", image.name, predictions[image.name])
     return folder
 
 

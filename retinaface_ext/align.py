@@ -14,13 +14,16 @@ import numpy as np
 
 #: The five points of the standard ArcFace 112x112 template, in the order of the
 #: detector's landmarks: left eye, right eye, nose, left and right mouth corners (x, y).
-ARCFACE_TEMPLATE = np.array([
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-], dtype=np.float64)
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
 ARCFACE_SIZE = 112
 
 
@@ -47,11 +50,13 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     source = np.asarray(source, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if source.ndim != 2 or source.shape[1] != 2 or source.shape != target.shape or len(source) < 2:
-        raise ValueError(f"similarity_transform: source and target must be [N, 2] with N >= 2, got "
-                         f"{list(source.shape)} and {list(target.shape)}")
+        raise ValueError(
+            f"similarity_transform: source and target must be [N, 2] with N >= 2, got "
+            f"{list(source.shape)} and {list(target.shape)}"
+        )
     source_mean, target_mean = source.mean(0), target.mean(0)
     source_centred, target_centred = source - source_mean, target - target_mean
-    source_variance = (source_centred ** 2).sum() / len(source)
+    source_variance = (source_centred**2).sum() / len(source)
     if not source_variance > 1e-12:  # also catches NaN
         raise ValueError("similarity_transform: the source points coincide (or are not finite)")
     covariance = target_centred.T @ source_centred / len(source)
@@ -76,13 +81,16 @@ def _as_landmarks(landmarks) -> np.ndarray:
     elif points.ndim == 2 and points.shape[1] == 10:
         points = points.reshape(-1, 5, 2)
     if points.ndim != 3 or points.shape[1:] != (5, 2):
-        raise ValueError(f"align_faces: landmarks must be [K, 5, 2] (or [K, 10], or one face's [5, 2]), "
-                         f"got {list(np.shape(landmarks))}")
+        raise ValueError(
+            f"align_faces: landmarks must be [K, 5, 2] (or [K, 10], or one face's [5, 2]), "
+            f"got {list(np.shape(landmarks))}"
+        )
     return points
 
 
-def align_faces(image: Union[np.ndarray, str, os.PathLike], landmarks, size: int = ARCFACE_SIZE,
-                border_value: float = 0.0) -> AlignedFaces:
+def align_faces(
+    image: Union[np.ndarray, str, os.PathLike], landmarks, size: int = ARCFACE_SIZE, border_value: float = 0.0
+) -> AlignedFaces:
     """One aligned ``size x size`` crop per face.
 
     Args:
@@ -105,8 +113,10 @@ def align_faces(image: Union[np.ndarray, str, os.PathLike], landmarks, size: int
 
         image = read_image(image)
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
-        raise ValueError(f"align_faces: image must be a non-empty [H, W] or [H, W, C] array, got "
-                         f"{type(image).__name__} {list(np.shape(image))}")
+        raise ValueError(
+            f"align_faces: image must be a non-empty [H, W] or [H, W, C] array, got "
+            f"{type(image).__name__} {list(np.shape(image))}"
+        )
     points = _as_landmarks(landmarks)
     destination = template(size)
     transforms = np.zeros((len(points), 2, 3))
@@ -114,10 +124,17 @@ def align_faces(image: Union[np.ndarray, str, os.PathLike], landmarks, size: int
         try:
             transforms[index] = similarity_transform(face, destination)
         except ValueError:
-            raise ValueError(f"align_faces: face {index}: its landmarks coincide or are not finite, "
-                             f"so it cannot be aligned") from None
+            raise ValueError(
+                f"align_faces: face {index}: its landmarks coincide or are not finite, so it cannot be aligned"
+            ) from None
     crops = np.zeros((len(points), size, size) + image.shape[2:], dtype=image.dtype)
     for crop, transform in zip(crops, transforms):
-        crop[...] = cv2.warpAffine(image, transform, (size, size), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=border_value).reshape(crop.shape)
+        crop[...] = cv2.warpAffine(
+            image,
+            transform,
+            (size, size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=border_value,
+        ).reshape(crop.shape)
     return AlignedFaces(crops, transforms)

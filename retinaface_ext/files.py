@@ -56,4 +56,5 @@ def cache_root() -> str:
     exported ONNX graphs): ``$RETINAFACE_EXT_CACHE``, else ``$XDG_CACHE_HOME/retinaface_ext``
     or ``~/.cache/retinaface_ext``."""
     return os.environ.get("RETINAFACE_EXT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "retinaface_ext")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "retinaface_ext"
+    )

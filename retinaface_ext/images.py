@@ -42,8 +42,10 @@ def image_file_size(path: Union[str, os.PathLike]) -> Optional[Tuple[int, int]]:
         pass
     size = _radiance_or_pfm_size(path)
     if size is None and cv2.haveImageReader(path):
-        raise ValueError(f"{path}: its format does not tell its size in a header read here, so it is not "
-                         f"decoded; save it as PNG or JPEG")
+        raise ValueError(
+            f"{path}: its format does not tell its size in a header read here, so it is not "
+            f"decoded; save it as PNG or JPEG"
+        )
     return size
 
 
@@ -59,7 +61,7 @@ def _radiance_or_pfm_size(path: str) -> Optional[Tuple[int, int]]:
     if not head.startswith(b"#?"):
         return None
     end = head.find(b"\n\n")
-    fields = head[end + 2:].split(b"\n", 1)[0].split() if end >= 0 else []
+    fields = head[end + 2 :].split(b"\n", 1)[0].split() if end >= 0 else []
     if len(fields) != 4 or fields[0][1:] not in (b"X", b"Y") or not (fields[1].isdigit() and fields[3].isdigit()):
         return None
     first, second = int(fields[1]), int(fields[3])
@@ -75,8 +77,7 @@ def read_image(path: Union[str, os.PathLike], max_pixels: int = MAX_DECODED_PIXE
         raise FileNotFoundError(f"image not found: {path}")
     size = image_file_size(path)
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ValueError(f"{path}: the file declares {size[0]}x{size[1]} pixels, more than "
-                         f"{max_pixels} (not decoded)")
+        raise ValueError(f"{path}: the file declares {size[0]}x{size[1]} pixels, more than {max_pixels} (not decoded)")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"cannot decode image file: {path}")
@@ -94,8 +95,10 @@ def _pil_pixels(image, name: str) -> np.ndarray:
     if image.mode.startswith("I;16"):
         return np.clip(np.rint(np.asarray(image).astype(np.float32) / 256), 0, 255).astype(np.uint8)
     if image.mode in ("I", "F"):
-        raise ValueError(f"{name}: a PIL image of mode {image.mode!r} (32-bit values) has no set range; "
-                         f"convert it to 'L' or 'RGB' first")
+        raise ValueError(
+            f"{name}: a PIL image of mode {image.mode!r} (32-bit values) has no set range; "
+            f"convert it to 'L' or 'RGB' first"
+        )
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     return np.array(image)
@@ -120,8 +123,7 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str
         image, color = _pil_pixels(image, name), "rgb"
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"{name}: numpy images must be uint8 or floating point (0..255), "
-                             f"got {image.dtype}")
+            raise ValueError(f"{name}: numpy images must be uint8 or floating point (0..255), got {image.dtype}")
         if image.ndim == 2:
             image = image[:, :, None]
         if image.ndim != 3:
@@ -129,14 +131,12 @@ def to_bgr_tensor(image: ImageLike, name: str = "image", device=None, color: str
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 and not image.is_floating_point():
-            raise ValueError(f"{name}: tensor images must be uint8 or floating point (0..255), "
-                             f"got {image.dtype}")
+            raise ValueError(f"{name}: tensor images must be uint8 or floating point (0..255), got {image.dtype}")
         tensor = image[None] if image.dim() == 2 else image
         if tensor.dim() != 3:
             raise ValueError(f"{name}: expected a [C, H, W] tensor, got shape {list(image.shape)}")
     else:
-        raise TypeError(f"{name}: expected a path, a numpy array, a tensor or a PIL image, "
-                        f"got {type(image).__name__}")
+        raise TypeError(f"{name}: expected a path, a numpy array, a tensor or a PIL image, got {type(image).__name__}")
 
     channels, height, width = tensor.shape
     if height == 0 or width == 0:

@@ -21,8 +21,10 @@ def pad_targets(targets: Sequence[torch.Tensor], device=None):
         if target.numel() == 0:
             target = target.reshape(0, WIDTH)
         if target.dim() != 2 or target.shape[1] != WIDTH:
-            raise ValueError(f"MultiBoxLoss: targets[{index}] must be [G, 15] (x1 y1 x2 y2, ten landmark "
-                             f"values, label), got {list(target.shape)}")
+            raise ValueError(
+                f"MultiBoxLoss: targets[{index}] must be [G, 15] (x1 y1 x2 y2, ten landmark "
+                f"values, label), got {list(target.shape)}"
+            )
         rows.append(target)
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, WIDTH)
     counts = torch.tensor([len(r) for r in rows], dtype=torch.long).to(padded.device, non_blocking=True)
@@ -54,15 +56,26 @@ class MultiBoxLoss(nn.Module):
     does: ``loc_weight * loss_l + loss_c + loss_landm``.
     """
 
-    def __init__(self, num_classes: int = 2, overlap_thresh: float = 0.35, neg_pos: int = 7,
-                 variances: Sequence[float] = (0.1, 0.2), extra_negatives: int = 200, loc_weight: float = 2.0):
+    def __init__(
+        self,
+        num_classes: int = 2,
+        overlap_thresh: float = 0.35,
+        neg_pos: int = 7,
+        variances: Sequence[float] = (0.1, 0.2),
+        extra_negatives: int = 200,
+        loc_weight: float = 2.0,
+    ):
         super().__init__()
         if num_classes != 2:
-            raise ValueError(f"MultiBoxLoss: RetinaFace has 2 classes (background, face), got num_classes={num_classes}")
+            raise ValueError(
+                f"MultiBoxLoss: RetinaFace has 2 classes (background, face), got num_classes={num_classes}"
+            )
         if not 0 < overlap_thresh <= 1:
             raise ValueError(f"MultiBoxLoss: overlap_thresh must be in (0, 1], got {overlap_thresh}")
         if neg_pos < 0 or extra_negatives < 0:
-            raise ValueError(f"MultiBoxLoss: neg_pos and extra_negatives must be >= 0, got {neg_pos}, {extra_negatives}")
+            raise ValueError(
+                f"MultiBoxLoss: neg_pos and extra_negatives must be >= 0, got {neg_pos}, {extra_negatives}"
+            )
         self.num_classes, self.threshold, self.neg_pos = num_classes, float(overlap_thresh), neg_pos
         self.variances = tuple(float(v) for v in variances)
         self.extra_negatives, self.loc_weight = extra_negatives, float(loc_weight)
@@ -82,8 +95,16 @@ class MultiBoxLoss(nn.Module):
         if truths.shape[0] != loc.shape[0]:
             raise ValueError(f"MultiBoxLoss: {loc.shape[0]} images of predictions but {truths.shape[0]} of targets")
         with torch.no_grad():
-            loc_t, conf_t, landm_t = ops.match(truths.float(), labels, landms.float(), num_truths, priors.float(),
-                                               self.threshold, self.variances, check=False)
+            loc_t, conf_t, landm_t = ops.match(
+                truths.float(),
+                labels,
+                landms.float(),
+                num_truths,
+                priors.float(),
+                self.threshold,
+                self.variances,
+                check=False,
+            )
         positive = conf_t != 0
         with_landmarks = conf_t > 0
         num_positive = positive.sum(1, keepdim=True)
@@ -104,7 +125,9 @@ class MultiBoxLoss(nn.Module):
         (positives count as 0, as the seed zeroes them before ranking)."""
         mining = cross_entropy.masked_fill(positive, 0)
         order = mining.argsort(1, descending=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+        )
         num_negative = (self.neg_pos * num_positive + self.extra_negatives).clamp(max=positive.shape[1] - 1)
         return rank < num_negative
 
@@ -123,8 +146,10 @@ def _check_predictions(loc, conf, landm, priors) -> None:
     expected = {"loc": 4, "conf": 2, "landm": 10}
     for name, value in zip(expected, (loc, conf, landm)):
         if value.dim() != 3 or value.shape[1:] != (priors.shape[0], expected[name]) or value.shape[0] != loc.shape[0]:
-            raise ValueError(f"MultiBoxLoss: {name} must be [B, P, {expected[name]}] with P = {priors.shape[0]} "
-                             f"priors, got {list(value.shape)}")
+            raise ValueError(
+                f"MultiBoxLoss: {name} must be [B, P, {expected[name]}] with P = {priors.shape[0]} "
+                f"priors, got {list(value.shape)}"
+            )
 
 
 def _at_least_float32(values: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,29 @@ class DeformConv2d(nn.Module):
     and learns to deform from there.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, dilation=1,
-                 groups=1, offset_groups=1, bias=True, modulated=True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        offset_groups=1,
+        bias=True,
+        modulated=True,
+    ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"DeformConv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                             f"must be multiples of groups ({groups})")
+            raise ValueError(
+                f"DeformConv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                f"must be multiples of groups ({groups})"
+            )
         if in_channels % offset_groups:
-            raise ValueError(f"DeformConv2d: in_channels ({in_channels}) must be a multiple of "
-                             f"offset_groups ({offset_groups})")
+            raise ValueError(
+                f"DeformConv2d: in_channels ({in_channels}) must be a multiple of offset_groups ({offset_groups})"
+            )
         self.kernel_size = check_pair("DeformConv2d", "kernel_size", kernel_size)
         self.stride = check_pair("DeformConv2d", "stride", stride)
         self.padding = check_pair("DeformConv2d", "padding", padding)
@@ -38,8 +52,15 @@ class DeformConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         points = offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        self.conv_offset = nn.Conv2d(in_channels, (3 if modulated else 2) * points, self.kernel_size,
-                                     self.stride, self.padding, self.dilation, bias=True)
+        self.conv_offset = nn.Conv2d(
+            in_channels,
+            (3 if modulated else 2) * points,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=True,
+        )
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -69,10 +90,13 @@ class DeformConv2d(nn.Module):
         dtype = torch.get_autocast_dtype(x.device.type) if x.device.type == "cuda" else torch.float32
         mask = mask.to(dtype) if mask is not None else None
         bias = self.bias.to(dtype) if self.bias is not None else None
-        return deform_conv2d(x.to(dtype), offset.to(dtype), self.weight.to(dtype), bias, self.stride, self.padding,
-                             self.dilation, mask)
+        return deform_conv2d(
+            x.to(dtype), offset.to(dtype), self.weight.to(dtype), bias, self.stride, self.padding, self.dilation, mask
+        )
 
     def extra_repr(self):
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"offset_groups={self.offset_groups}, bias={self.bias is not None}, modulated={self.modulated}")
+        return (
+            f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"offset_groups={self.offset_groups}, bias={self.bias is not None}, modulated={self.modulated}"
+        )

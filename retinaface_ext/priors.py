@@ -46,12 +46,17 @@ def cached_prior_boxes(
     if height <= 0 or width <= 0:
         raise ValueError(f"prior_boxes: image_size must be positive (H, W), got {tuple(image_size)}")
     if len(min_sizes) != len(steps):
-        raise ValueError(
-            f"prior_boxes: min_sizes has {len(min_sizes)} levels but steps has {len(steps)}"
-        )
+        raise ValueError(f"prior_boxes: min_sizes has {len(min_sizes)} levels but steps has {len(steps)}")
     key_sizes = tuple(tuple(int(s) for s in level) for level in min_sizes)
-    return _prior_boxes(height, width, key_sizes, tuple(int(s) for s in steps), bool(clip),
-                        torch.device(device if device is not None else "cpu"), dtype)
+    return _prior_boxes(
+        height,
+        width,
+        key_sizes,
+        tuple(int(s) for s in steps),
+        bool(clip),
+        torch.device(device if device is not None else "cpu"),
+        dtype,
+    )
 
 
 def feature_map_size(height: int, width: int, stride: int) -> Tuple[int, int]:
@@ -71,8 +76,15 @@ def _prior_boxes(height, width, min_sizes, steps, clip, device, dtype):
         return make_prior_boxes(height, width, min_sizes, steps, clip, device, dtype)
 
 
-def make_prior_boxes(height, width, min_sizes: Sequence[Sequence[int]], steps: Sequence[int], clip: bool = False,
-                     device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def make_prior_boxes(
+    height,
+    width,
+    min_sizes: Sequence[Sequence[int]],
+    steps: Sequence[int],
+    clip: bool = False,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """The priors of :func:`prior_boxes`, made afresh (not cached) with tensor operations
     only, so that ``height`` and ``width`` may be torch.export's symbolic sizes: the
     exported detection graph calls this too."""
@@ -84,9 +96,17 @@ def make_prior_boxes(height, width, min_sizes: Sequence[Sequence[int]], steps: S
         size = torch.tensor([float(s) for s in sizes], dtype=torch.float64, device=device)
         sw, sh = size / width, size / height
         shape = (rows, cols, len(sizes))
-        levels.append(torch.stack([cx[None, :, None].expand(shape), cy[:, None, None].expand(shape),
-                                   sw[None, None, :].expand(shape), sh[None, None, :].expand(shape)], -1)
-                      .reshape(-1, 4))
+        levels.append(
+            torch.stack(
+                [
+                    cx[None, :, None].expand(shape),
+                    cy[:, None, None].expand(shape),
+                    sw[None, None, :].expand(shape),
+                    sh[None, None, :].expand(shape),
+                ],
+                -1,
+            ).reshape(-1, 4)
+        )
     priors = torch.cat(levels)
     if clip:
         priors = priors.clamp(min=0, max=1)

@@ -62,6 +62,7 @@ def reference_geometry(height, width, target, roi, mirror):
 def reference_distort(image, contrast_first, brightness, contrast, saturation, hue):
     """The reference's photometric distortion with fixed draws (None: step skipped), in
     its float arithmetic, always through HSV as it does."""
+
     def convert(channel, alpha=1.0, beta=0.0):
         values = channel.astype(float) * alpha + beta
         values[values < 0] = 0

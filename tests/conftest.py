@@ -3,7 +3,6 @@ published MobileNet-0.25 checkpoint (read-only; one of each for the whole sessio
 
 import cv2
 import pytest
-
 from shared_data import CROWD, WEIGHTS
 
 

@@ -7,9 +7,10 @@ draws ``grad_out`` on the host for a device output passes here and fails on CUDA
 guard tells the two apart by how a tensor was made in test code (a tests/ or benchmarks/
 file): with ``device=device`` or ``.to(device)`` it is on the device; by a factory without
 ``device=``, ``.cpu()`` or ``.to("cpu")`` it is on the host (``torch.from_numpy`` is not
-seen: torch does not show it to function modes). Results inherit where their inputs are. An op that takes device tensors together with host
-tensors of one or more dimensions (a CPU scalar is fine on CUDA too) raises, and so does
-``.numpy()`` of a device tensor. Like a real move, ``.to(device)`` and ``.cpu()`` copy.
+seen: torch does not show it to function modes). Results inherit where their inputs are.
+An op that takes device tensors together with host tensors of one or more dimensions (a
+CPU scalar is fine on CUDA too) raises, and so does ``.numpy()`` of a device tensor. Like
+a real move, ``.to(device)`` and ``.cpu()`` copy.
 
 Tensors made inside the library or torch are not marked (the library resolves devices
 itself); moves made there copy but leave the copy unmarked. The guard is thus a lower
@@ -25,15 +26,35 @@ from torch.overrides import TorchFunctionMode
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_FOLDERS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("tests", "benchmarks"))
 # frames that only pass a call on (torch's dispatch to modes, Tensor's Python methods)
-_PASSING_ON = tuple(os.path.join(os.path.dirname(torch.__file__), name) for name in
-                    ("overrides.py", "_tensor.py", "functional.py")) + (os.path.abspath(__file__),)
+_PASSING_ON = tuple(
+    os.path.join(os.path.dirname(torch.__file__), name) for name in ("overrides.py", "_tensor.py", "functional.py")
+) + (os.path.abspath(__file__),)
 
 DEVICE, HOST = "device", "host"
 _TAG = "_device_guard_tag"
 
-_FACTORIES = {getattr(torch, name) for name in (
-    "tensor", "as_tensor", "asarray", "zeros", "ones", "empty", "full", "rand", "randn",
-    "randint", "randperm", "arange", "linspace", "logspace", "eye", "empty_strided", "normal")}
+_FACTORIES = {
+    getattr(torch, name)
+    for name in (
+        "tensor",
+        "as_tensor",
+        "asarray",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "rand",
+        "randn",
+        "randint",
+        "randperm",
+        "arange",
+        "linspace",
+        "logspace",
+        "eye",
+        "empty_strided",
+        "normal",
+    )
+}
 _LIKE = {getattr(torch, f"{name}_like") for name in ("zeros", "ones", "empty", "full", "rand", "randn", "randint")}
 _LIKE |= {getattr(torch.Tensor, f"new_{name}") for name in ("tensor", "zeros", "ones", "empty", "full")}
 _DEVICE_PROPERTY = torch.Tensor.device
@@ -128,13 +149,17 @@ class DeviceGuard(TorchFunctionMode):
                 raise DeviceMismatch(
                     f"{_describe(func)} takes tensors of the device under test together with a host tensor of "
                     f"shape {tuple(on_host[0].shape)}: on CUDA this fails. Make it with device=device or move it "
-                    f"with .to(device).")
+                    f"with .to(device)."
+                )
             if func in (torch.Tensor.numpy, torch.Tensor.__array__):
-                raise DeviceMismatch("numpy() of a tensor on the device under test: on CUDA this fails; "
-                                     "call .cpu() first")
+                raise DeviceMismatch(
+                    "numpy() of a tensor on the device under test: on CUDA this fails; call .cpu() first"
+                )
         if func in _FACTORIES and kwargs.get("generator") is not None and isinstance(kwargs.get("device"), DeviceName):
-            raise DeviceMismatch(f"{_describe(func)}(..., generator=..., device=device): a CPU generator cannot "
-                                 f"draw on CUDA; draw on the host and move the values with .to(device)")
+            raise DeviceMismatch(
+                f"{_describe(func)}(..., generator=..., device=device): a CPU generator cannot "
+                f"draw on CUDA; draw on the host and move the values with .to(device)"
+            )
         result = func(*args, **kwargs)
         if func in _MOVES:
             return self._moved(func, args, kwargs, result)
@@ -155,7 +180,9 @@ class DeviceGuard(TorchFunctionMode):
 
     def _moved(self, func, args, kwargs, result):
         source = args[0]
-        where = DEVICE if func is torch.Tensor.cuda else HOST if func is torch.Tensor.cpu else self._target(args, kwargs)
+        where = (
+            DEVICE if func is torch.Tensor.cuda else HOST if func is torch.Tensor.cpu else self._target(args, kwargs)
+        )
         if where is None:  # a change of dtype or layout only
             if result is not source:
                 _set_tag(result, tag(source))

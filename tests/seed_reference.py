@@ -110,17 +110,29 @@ def seed_batch(truths, labels, landms, num_truths, priors, threshold=0.35):
     for b in range(B):
         n = int(num_truths[b])
         seed_match(
-            threshold, truths[b, :n], priors, VARIANCES, labels[b, :n].to(truths.dtype), landms[b, :n],
-            loc_t, conf_t, landm_t, b,
+            threshold,
+            truths[b, :n],
+            priors,
+            VARIANCES,
+            labels[b, :n].to(truths.dtype),
+            landms[b, :n],
+            loc_t,
+            conf_t,
+            landm_t,
+            b,
         )
     return loc_t, conf_t, landm_t
 
 
 def seed_decode(loc, priors, variances):
     """Pytorch_Retinaface's box_utils.decode."""
-    boxes = torch.cat((
-        priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:],
-        priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1])), 1)
+    boxes = torch.cat(
+        (
+            priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:],
+            priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1]),
+        ),
+        1,
+    )
     boxes[:, :2] -= boxes[:, 2:] / 2
     boxes[:, 2:] += boxes[:, :2]
     return boxes
@@ -128,11 +140,16 @@ def seed_decode(loc, priors, variances):
 
 def seed_decode_landm(pre, priors, variances):
     """Pytorch_Retinaface's box_utils.decode_landm."""
-    return torch.cat((priors[:, :2] + pre[:, :2] * variances[0] * priors[:, 2:],
-                      priors[:, :2] + pre[:, 2:4] * variances[0] * priors[:, 2:],
-                      priors[:, :2] + pre[:, 4:6] * variances[0] * priors[:, 2:],
-                      priors[:, :2] + pre[:, 6:8] * variances[0] * priors[:, 2:],
-                      priors[:, :2] + pre[:, 8:10] * variances[0] * priors[:, 2:]), dim=1)
+    return torch.cat(
+        (
+            priors[:, :2] + pre[:, :2] * variances[0] * priors[:, 2:],
+            priors[:, :2] + pre[:, 2:4] * variances[0] * priors[:, 2:],
+            priors[:, :2] + pre[:, 4:6] * variances[0] * priors[:, 2:],
+            priors[:, :2] + pre[:, 6:8] * variances[0] * priors[:, 2:],
+            priors[:, :2] + pre[:, 8:10] * variances[0] * priors[:, 2:],
+        ),
+        dim=1,
+    )
 
 
 def py_cpu_nms(dets, thresh):
@@ -157,8 +174,9 @@ def py_cpu_nms(dets, thresh):
     return keep
 
 
-def pytorch_retinaface_detect(net, img_raw, confidence_threshold=0.02, top_k=5000, nms_threshold=0.4,
-                              keep_top_k=750, resize=1):
+def pytorch_retinaface_detect(
+    net, img_raw, confidence_threshold=0.02, top_k=5000, nms_threshold=0.4, keep_top_k=750, resize=1
+):
     """Pytorch_Retinaface's detect.py for one image, from the decoded BGR array to the
     ``[K, 15]`` rows (box, score, landmarks), on the device of ``net`` as detect.py's
     ``.to(device)`` calls put it. ``net`` returns (loc, logits, landmarks)."""
@@ -203,13 +221,13 @@ class SeedWiderFaceDetection(torch.utils.data.Dataset):
         self.preproc = preproc
         self.imgs_path = []
         self.words = []
-        f = open(txt_path, 'r')
+        f = open(txt_path, "r")
         lines = f.readlines()
         isFirst = True
         labels = []
         for line in lines:
             line = line.rstrip()
-            if line.startswith('#'):
+            if line.startswith("#"):
                 if isFirst is True:
                     isFirst = False
                 else:
@@ -220,7 +238,7 @@ class SeedWiderFaceDetection(torch.utils.data.Dataset):
                 path = os.path.join(images_dir, path)
                 self.imgs_path.append(path)
             else:
-                line = line.split(' ')
+                line = line.split(" ")
                 label = [float(x) for x in line]
                 labels.append(label)
         self.words.append(labels)
@@ -236,23 +254,23 @@ class SeedWiderFaceDetection(torch.utils.data.Dataset):
         annotations = np.zeros((0, 15))
         if len(labels) == 0:
             return annotations
-        for idx, label in enumerate(labels):
+        for _, label in enumerate(labels):  # as the seed writes it
             annotation = np.zeros((1, 15))
             annotation[0, 0] = label[0]  # x1
             annotation[0, 1] = label[1]  # y1
             annotation[0, 2] = label[0] + label[2]  # x2
             annotation[0, 3] = label[1] + label[3]  # y2
-            annotation[0, 4] = label[4]    # l0_x
-            annotation[0, 5] = label[5]    # l0_y
-            annotation[0, 6] = label[7]    # l1_x
-            annotation[0, 7] = label[8]    # l1_y
-            annotation[0, 8] = label[10]   # l2_x
-            annotation[0, 9] = label[11]   # l2_y
+            annotation[0, 4] = label[4]  # l0_x
+            annotation[0, 5] = label[5]  # l0_y
+            annotation[0, 6] = label[7]  # l1_x
+            annotation[0, 7] = label[8]  # l1_y
+            annotation[0, 8] = label[10]  # l2_x
+            annotation[0, 9] = label[11]  # l2_y
             annotation[0, 10] = label[13]  # l3_x
             annotation[0, 11] = label[14]  # l3_y
             annotation[0, 12] = label[16]  # l4_x
             annotation[0, 13] = label[17]  # l4_y
-            if (annotation[0, 4] < 0):
+            if annotation[0, 4] < 0:
                 annotation[0, 14] = -1
             else:
                 annotation[0, 14] = 1
@@ -299,7 +317,7 @@ class SeedMultiBoxLoss(torch.nn.Module):
 
         loc_data, conf_data, landm_data = predictions
         num = loc_data.size(0)
-        num_priors = (priors.size(0))
+        num_priors = priors.size(0)
         loc_t = torch.Tensor(num, num_priors, 4)
         landm_t = torch.zeros(num, num_priors, 10)
         conf_t = torch.LongTensor(num, num_priors)
@@ -320,7 +338,7 @@ class SeedMultiBoxLoss(torch.nn.Module):
         pos_idx1 = pos1.unsqueeze(pos1.dim()).expand_as(landm_data)
         landm_p = landm_data[pos_idx1].view(-1, 10)
         landm_t = landm_t[pos_idx1].view(-1, 10)
-        loss_landm = F.smooth_l1_loss(landm_p, landm_t, reduction='sum')
+        loss_landm = F.smooth_l1_loss(landm_p, landm_t, reduction="sum")
 
         pos = conf_t != zeros
         conf_t[pos] = 1
@@ -328,7 +346,7 @@ class SeedMultiBoxLoss(torch.nn.Module):
         pos_idx = pos.unsqueeze(pos.dim()).expand_as(loc_data)
         loc_p = loc_data[pos_idx].view(-1, 4)
         loc_t = loc_t[pos_idx].view(-1, 4)
-        loss_l = F.smooth_l1_loss(loc_p, loc_t, reduction='sum')
+        loss_l = F.smooth_l1_loss(loc_p, loc_t, reduction="sum")
 
         batch_conf = conf_data.view(-1, self.num_classes)
         loss_c = seed_log_sum_exp(batch_conf) - batch_conf.gather(1, conf_t.view(-1, 1))
@@ -344,7 +362,7 @@ class SeedMultiBoxLoss(torch.nn.Module):
         neg_idx = neg.unsqueeze(2).expand_as(conf_data)
         conf_p = conf_data[(pos_idx + neg_idx).gt(0)].view(-1, self.num_classes)
         targets_weighted = conf_t[(pos + neg).gt(0)]
-        loss_c = F.cross_entropy(conf_p, targets_weighted, reduction='sum')
+        loss_c = F.cross_entropy(conf_p, targets_weighted, reduction="sum")
 
         N = max(num_pos.data.sum().float(), 1)
         loss_l /= N

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from shared_data import CROWD, HAVE_SHARED, WEIGHTS
 
 from retinaface_ext import Detector
 from retinaface_ext.align import ARCFACE_TEMPLATE, align_faces, similarity_transform, template
-from shared_data import CROWD, HAVE_SHARED, WEIGHTS
 
 
 def apply(transform, points):
@@ -22,12 +22,14 @@ def test_landmarks_on_the_template_give_the_identity():
     np.testing.assert_allclose(transform, np.hstack([np.eye(2), np.zeros((2, 1))]), atol=1e-12)
 
 
-@pytest.mark.parametrize("angle, scale, shift", [(30, 2.5, (310.0, -42.0)), (-100, 0.4, (5.0, 7.5)),
-                                                 (179, 1.0, (0.0, 0.0))])
+@pytest.mark.parametrize(
+    "angle, scale, shift", [(30, 2.5, (310.0, -42.0)), (-100, 0.4, (5.0, 7.5)), (179, 1.0, (0.0, 0.0))]
+)
 def test_a_rotated_scaled_shifted_template_is_recovered(angle, scale, shift):
     a = math.radians(angle)
-    forward = np.array([[scale * math.cos(a), -scale * math.sin(a), shift[0]],
-                        [scale * math.sin(a), scale * math.cos(a), shift[1]]])
+    forward = np.array(
+        [[scale * math.cos(a), -scale * math.sin(a), shift[0]], [scale * math.sin(a), scale * math.cos(a), shift[1]]]
+    )
     landmarks = apply(forward, ARCFACE_TEMPLATE)  # a face that is the template moved
     transform = similarity_transform(landmarks, ARCFACE_TEMPLATE)
     np.testing.assert_allclose(apply(transform, landmarks), ARCFACE_TEMPLATE, atol=1e-4)
@@ -96,7 +98,7 @@ def test_crops_of_the_crowd_photo_put_the_eyes_on_the_template_row():
     crops, transforms = align_faces(image, faces)
     assert crops.shape == (len(faces), 112, 112, 3)
     eye_row = ARCFACE_TEMPLATE[:2, 1].mean()
-    for crop, transform, landmarks in zip(crops, transforms, faces.landmarks.numpy()):
+    for transform, landmarks in zip(transforms, faces.landmarks.numpy()):
         eyes = apply(transform, landmarks[:2])
         assert np.abs(eyes[:, 1] - eye_row).max() <= 4.0
         assert eyes[0, 0] < eyes[1, 0]  # left eye on the left
@@ -118,8 +120,18 @@ def test_the_detect_command_writes_one_crop_per_face(tmp_path, capsys):
     image = cv2.imread(str(CROWD))
     cv2.imwrite(str(photos / "a" / "crowd.png"), image[:300, :500])
     cv2.imwrite(str(photos / "blank.png"), np.zeros((64, 64, 3), np.uint8))
-    code, out, _ = run_cli(capsys, "detect", photos, "--weights", WEIGHTS, "--recursive", "--align",
-                           tmp_path / "crops", "--threshold", "0.9")
+    code, out, _ = run_cli(
+        capsys,
+        "detect",
+        photos,
+        "--weights",
+        WEIGHTS,
+        "--recursive",
+        "--align",
+        tmp_path / "crops",
+        "--threshold",
+        "0.9",
+    )
     assert code == 0
     faces = int(out.split("crowd.png: ")[1].split(" faces")[0])
     crops = sorted((tmp_path / "crops" / "a").glob("crowd_face*.png"))

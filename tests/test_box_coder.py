@@ -68,7 +68,9 @@ def test_decode_detections_empty_batch_and_strided_inputs():
 def test_opcheck(device):
     priors = prior_boxes((64, 48), device=device)
     loc, conf, landm = (t.to(device) for t in network_like_outputs(2, priors, seed=3))
-    torch.library.opcheck(torch.ops.retinaface_ext.decode_detections.default, (loc, conf, landm, priors, [0.1, 0.2], 0.3))
+    torch.library.opcheck(
+        torch.ops.retinaface_ext.decode_detections.default, (loc, conf, landm, priors, [0.1, 0.2], 0.3)
+    )
     with_grad = [t.double().requires_grad_() for t in (loc, conf, landm, priors)]
     torch.library.opcheck(torch.ops.retinaface_ext.decode_detections.default, (*with_grad, [0.1, 0.2], 0.3))
 
@@ -81,8 +83,12 @@ def test_opcheck(device):
         (lambda a: a.update(conf=a["conf"][..., :1]), r"conf must have shape \[B, P, 2\] = \[2, 42, 2\]"),
         (lambda a: a.update(landm=a["landm"][..., :4]), r"landm must have shape \[B, P, 10\]"),
         (lambda a: a.update(conf=a["conf"].double()), "conf must have the dtype of loc"),
-        (lambda a: a.update(loc=a["loc"].half(), conf=a["conf"].half(), landm=a["landm"].half(), priors=a["priors"].half()),
-         "loc on the CPU must be float32 or float64"),
+        (
+            lambda a: a.update(
+                loc=a["loc"].half(), conf=a["conf"].half(), landm=a["landm"].half(), priors=a["priors"].half()
+            ),
+            "loc on the CPU must be float32 or float64",
+        ),
         (lambda a: a.update(variances=(0.1,)), "variances must hold 2 numbers"),
     ],
 )

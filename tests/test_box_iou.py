@@ -60,8 +60,7 @@ def test_bad_input_names_the_argument(a, b, message):
         ops.box_iou(a, b)
 
 
-@pytest.mark.parametrize(
-    "dtype", [torch.int32, torch.int64, torch.int16, torch.uint8, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16, torch.uint8, torch.float16, torch.bfloat16])
 def test_every_dtype_torchvision_takes(device, dtype):
     a = torch.tensor([[0, 0, 100, 100], [0, 0, 25, 25]], dtype=dtype, device=device)
     b = torch.tensor([[0, 0, 50, 50]], dtype=dtype, device=device)
@@ -76,8 +75,9 @@ def test_every_dtype_torchvision_takes(device, dtype):
         expected = torchvision.ops.box_iou(random_a, random_b)
     # torchvision subtracts half-precision corners before it upcasts; we upcast first.
     tolerance = dict(rtol=0, atol=0) if not dtype.is_floating_point else dict(rtol=0, atol=2e-3)
-    torch.testing.assert_close(ops.box_iou(random_a.to(device), random_b.to(device)).cpu(), expected,
-                               equal_nan=True, **tolerance)  # 0 / 0 for empty rounded boxes
+    torch.testing.assert_close(
+        ops.box_iou(random_a.to(device), random_b.to(device)).cpu(), expected, equal_nan=True, **tolerance
+    )  # 0 / 0 for empty rounded boxes
 
 
 def test_mixed_dtypes_promote_like_torchvision():

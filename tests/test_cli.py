@@ -76,13 +76,15 @@ def write_ground_truth(folder, images):
     common = {
         "event_list": cells([np.array([e]) for e in events]),
         "file_list": cells([cells([np.array([n]) for n, _ in per_event[e]]) for e in events]),
-        "face_bbx_list": cells([cells([np.asarray(b, dtype=np.int32).reshape(-1, 4) for _, b in per_event[e]])
-                                for e in events]),
+        "face_bbx_list": cells(
+            [cells([np.asarray(b, dtype=np.int32).reshape(-1, 4) for _, b in per_event[e]]) for e in events]
+        ),
     }
     folder.mkdir(parents=True, exist_ok=True)
     savemat(folder / "wider_face_val.mat", common)
-    keep = cells([cells([np.arange(1, len(b) + 1, dtype=np.uint16).reshape(-1, 1) for _, b in per_event[e]])
-                  for e in events])
+    keep = cells(
+        [cells([np.arange(1, len(b) + 1, dtype=np.uint16).reshape(-1, 1) for _, b in per_event[e]]) for e in events]
+    )
     for setting in ("easy", "medium", "hard"):
         savemat(folder / f"wider_{setting}_val.mat", {**common, "gt_list": keep})
 
@@ -98,7 +100,9 @@ def test_widerface_predict_then_eval_on_a_small_wider_like_set(tmp_path, capsys)
     faces = rows[rows[:, 4] >= 0.5, :4]
     xywh = np.column_stack([faces[:, :2], faces[:, 2:] - faces[:, :2]]).round()
     left = xywh[faces[:, 2] < 500]
-    write_ground_truth(tmp_path / "gt", [("0--Parade", "0_Parade_1", xywh), ("1--Handshaking", "1_Handshaking_2", left)])
+    write_ground_truth(
+        tmp_path / "gt", [("0--Parade", "0_Parade_1", xywh), ("1--Handshaking", "1_Handshaking_2", left)]
+    )
 
     predictions = tmp_path / "pred"
     code, out, err = run(capsys, "widerface-predict", "--weights", WEIGHTS, "--images", images, "--out", predictions)
@@ -116,19 +120,34 @@ def test_widerface_predict_then_eval_on_a_small_wider_like_set(tmp_path, capsys)
     assert plot.exists()
 
     # Resized testing (the multi-scale protocol) writes the same layout.
-    code, _, err = run(capsys, "widerface-predict", "--weights", WEIGHTS, "--images", images,
-                       "--out", tmp_path / "pred_resized", "--target-size", "400", "--max-size", "700")
+    code, _, err = run(
+        capsys,
+        "widerface-predict",
+        "--weights",
+        WEIGHTS,
+        "--images",
+        images,
+        "--out",
+        tmp_path / "pred_resized",
+        "--target-size",
+        "400",
+        "--max-size",
+        "700",
+    )
     assert code == 0, err
     assert (tmp_path / "pred_resized" / "1--Handshaking" / "1_Handshaking_2.txt").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["detect", "nowhere.jpg", "--weights", WEIGHTS], "no such image or folder: nowhere.jpg"),
-    (["detect", CROWD, "--weights", "missing.pth"], "checkpoint not found: missing.pth"),
-    (["detect", CROWD, "--weights", WEIGHTS, "--backbone", "resnet50"], "resnet50"),
-    (["eval", "--pred", "nowhere", "--gt", "nowhere"], "prediction folder not found"),
-    (["widerface-predict", "--weights", WEIGHTS, "--images", "nowhere", "--out", "x"], "image folder not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["detect", "nowhere.jpg", "--weights", WEIGHTS], "no such image or folder: nowhere.jpg"),
+        (["detect", CROWD, "--weights", "missing.pth"], "checkpoint not found: missing.pth"),
+        (["detect", CROWD, "--weights", WEIGHTS, "--backbone", "resnet50"], "resnet50"),
+        (["eval", "--pred", "nowhere", "--gt", "nowhere"], "prediction folder not found"),
+        (["widerface-predict", "--weights", WEIGHTS, "--images", "nowhere", "--out", "x"], "image folder not found"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2
@@ -203,12 +222,21 @@ def test_detect_never_writes_over_its_inputs(tmp_path, capsys):
 def test_detect_gives_every_input_its_own_outputs(tmp_path, capsys):
     folder = image_folder(tmp_path, ["a.jpg", "a.png", "x/1.jpg", "y/1.jpg"])
     out = tmp_path / "out"
-    code, _, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--out", out, "--json", "--recursive",
-                       "--threshold", "0.3")
+    code, _, err = run(
+        capsys, "detect", folder, "--weights", WEIGHTS, "--out", out, "--json", "--recursive", "--threshold", "0.3"
+    )
     assert code == 0, err
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == ["a.jpg", "a.jpg.json", "a.png", "a.png.json", "x/1.jpg", "x/1.jpg.json",
-                       "y/1.jpg", "y/1.jpg.json"]
+    assert written == [
+        "a.jpg",
+        "a.jpg.json",
+        "a.png",
+        "a.png.json",
+        "x/1.jpg",
+        "x/1.jpg.json",
+        "y/1.jpg",
+        "y/1.jpg.json",
+    ]
     assert json.loads((out / "y" / "1.jpg.json").read_text())["image"].endswith(os.path.join("y", "1.jpg"))
     assert cv2.imread(str(out / "a.png")).shape == (200, 300, 3)
 
@@ -235,18 +263,21 @@ def test_a_failed_write_is_an_error_not_a_success(tmp_path, capsys, extra):
     assert "faces" not in outp
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--target-size", "0"], "--target-size: expected a number > 0"),
-    (["--max-size", "-5"], "--max-size: expected a number > 0"),
-    (["--target-size", "nan"], "--target-size: expected a finite number"),
-    (["--confidence", "-0.1"], "--confidence: expected a number in [0, 1]"),
-    (["--confidence", "nan"], "--confidence: expected a finite number"),
-    (["--nms", "1.5"], "--nms: expected a number in [0, 1]"),
-    (["--threshold", "nan"], "--threshold: expected a finite number"),
-    (["--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
-    (["--origin-size", "--max-size", "500"], "--origin-size and --max-size contradict"),
-    (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--target-size", "0"], "--target-size: expected a number > 0"),
+        (["--max-size", "-5"], "--max-size: expected a number > 0"),
+        (["--target-size", "nan"], "--target-size: expected a finite number"),
+        (["--confidence", "-0.1"], "--confidence: expected a number in [0, 1]"),
+        (["--confidence", "nan"], "--confidence: expected a finite number"),
+        (["--nms", "1.5"], "--nms: expected a number in [0, 1]"),
+        (["--threshold", "nan"], "--threshold: expected a finite number"),
+        (["--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
+        (["--origin-size", "--max-size", "500"], "--origin-size and --max-size contradict"),
+        (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
+    ],
+)
 def test_detect_option_values_are_validated(capsys, argv, fragment):
     code, _, err = run(capsys, "detect", CROWD, "--weights", WEIGHTS, *argv)
     one_line_error(code, err, fragment)
@@ -275,8 +306,9 @@ def test_batch_size_batches_and_gives_the_same_faces(tmp_path, capsys):
     original = Detector.detect
     try:
         Detector.detect = lambda self, images, *a, **k: calls.append(len(images)) or original(self, images, *a, **k)
-        code, together, err = run(capsys, "detect", folder, "--weights", WEIGHTS, "--json", "--threshold", "0.3",
-                                  "--batch-size", "2")
+        code, together, err = run(
+            capsys, "detect", folder, "--weights", WEIGHTS, "--json", "--threshold", "0.3", "--batch-size", "2"
+        )
     finally:
         Detector.detect = original
     assert code == 0, err
@@ -297,8 +329,9 @@ def small_wider(tmp_path):
     rows = np.array(json.loads(EXPECTED.read_text())["detections"])
     faces = rows[rows[:, 4] >= 0.5, :4]
     xywh = np.column_stack([faces[:, :2], faces[:, 2:] - faces[:, :2]]).round()
-    write_ground_truth(tmp_path / "gt", [("0--Parade", "0_Parade_1", xywh[faces[:, 2] < 400]),
-                                         ("0--Parade", "0_Parade_2", xywh[:3])])
+    write_ground_truth(
+        tmp_path / "gt", [("0--Parade", "0_Parade_1", xywh[faces[:, 2] < 400]), ("0--Parade", "0_Parade_2", xywh[:3])]
+    )
     return images, tmp_path / "gt"
 
 
@@ -389,6 +422,7 @@ def test_errors_about_an_image_name_its_file(tmp_path, capsys):
     state[key] = state[key] * 1e30
     torch.save(state, tmp_path / "overflowing.pth")
     shutil.copyfile(CROWD, tmp_path / "crowd.jpg")
-    code, _, err = run(capsys, "detect", tmp_path / "crowd.jpg", "--weights", tmp_path / "overflowing.pth",
-                       "--device", "cpu")
+    code, _, err = run(
+        capsys, "detect", tmp_path / "crowd.jpg", "--weights", tmp_path / "overflowing.pth", "--device", "cpu"
+    )
     assert code == 2 and f"{tmp_path / 'crowd.jpg'}: the network's" in err and "images[" not in err, err

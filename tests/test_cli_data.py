@@ -1,8 +1,8 @@
 """`retinaface synthetic` and `retinaface check-data`."""
 
 import pytest
-
 from cli_run import run_cli as run
+
 from retinaface_ext import cli
 
 
@@ -20,12 +20,15 @@ def test_synthetic_then_check_data(tmp_path, capsys):
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["synthetic", "x", "--train", "0"], "--train: expected a whole number >= 1"),
-    (["synthetic", "x", "--val", "-2"], "--val: expected a whole number >= 0"),
-    (["synthetic", "x", "--image-size", "16"], "image_size must be at least 32"),
-    (["check-data", "no/such/label.txt"], "No such file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["synthetic", "x", "--train", "0"], "--train: expected a whole number >= 1"),
+        (["synthetic", "x", "--val", "-2"], "--val: expected a whole number >= 0"),
+        (["synthetic", "x", "--image-size", "16"], "image_size must be at least 32"),
+        (["check-data", "no/such/label.txt"], "No such file"),
+    ],
+)
 def test_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)

@@ -6,14 +6,12 @@ import contextlib
 
 import pytest
 import torch
+from shared_data import CROWD, WEIGHTS
 
 from retinaface_ext import Detections, Detector
 from retinaface_ext.ops.reference import box_iou
-from shared_data import CROWD, WEIGHTS
 
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
-
-
 
 
 # What CUDA detections may differ from the CPU's by (the README's "CUDA numerics"): face
@@ -67,8 +65,12 @@ def test_the_cuda_comparison_notices_a_difference(detector, crowd):
     faces = detector.detect(crowd)
     score_tolerance, size_tolerance = CUDA_TOLERANCE["ieee"]
     assert_same_faces_within(faces, faces, score_tolerance, size_tolerance)
-    nudged = Detections(faces.boxes + 3 * size_tolerance * (faces.boxes[:, 2:] - faces.boxes[:, :2]).repeat(1, 2),
-                        faces.scores, faces.landmarks, faces.image_size)
+    nudged = Detections(
+        faces.boxes + 3 * size_tolerance * (faces.boxes[:, 2:] - faces.boxes[:, :2]).repeat(1, 2),
+        faces.scores,
+        faces.landmarks,
+        faces.image_size,
+    )
     with pytest.raises(AssertionError, match="boxes"):
         assert_same_faces_within(faces, nudged, score_tolerance, size_tolerance)
     rescored = Detections(faces.boxes, faces.scores + 3 * score_tolerance, faces.landmarks, faces.image_size)

@@ -10,7 +10,10 @@ import pytest
 
 from retinaface_ext.data import LabelFileError, WiderFaceDataset, read_annotations
 
-FACE = "449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 538.357 431.491 0.0 0.82"
+FACE = (
+    "449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 "
+    "538.357 431.491 0.0 0.82"
+)
 NO_LANDMARKS = "78 221 7 8 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 -1.0 0.2"
 
 
@@ -54,9 +57,11 @@ def test_box_only_and_score_less_lines_and_sized_headers(tmp_path):
 
 
 def test_the_official_bbx_gt_format_including_a_count_zero_image(tmp_path):
-    text = ("0--Parade/a.jpg\n2\n78 221 7 8 2 0 0 0 0 0 \n78 238 14 17 2 0 0 0 0 0 \n"
-            "0--Parade/none.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n1--Handshaking/b.jpg\n1\n5 6 0 9 0 0 0 1 0 0\n"
-            "c.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n")
+    text = (
+        "0--Parade/a.jpg\n2\n78 221 7 8 2 0 0 0 0 0 \n78 238 14 17 2 0 0 0 0 0 \n"
+        "0--Parade/none.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n1--Handshaking/b.jpg\n1\n5 6 0 9 0 0 0 1 0 0\n"
+        "c.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n"
+    )
     with pytest.warns(UserWarning, match=r"dropped 1 face"):
         annotations = read_annotations(write(tmp_path, text, "wider_face_val_bbx_gt.txt"))
     assert annotations.format == "wider_bbx_gt"
@@ -73,31 +78,38 @@ def test_the_format_comes_from_the_content_not_the_name(tmp_path):
     assert read_annotations(write(tmp_path, f"# a.jpg\n{FACE}\n", "wider_face_train_bbx_gt.txt")).format == "retinaface"
 
 
-@pytest.mark.parametrize("text, line, message", [
-    (f"{FACE}\n# a.jpg\n", 1, "before any '# image' line"),
-    (f"# a.jpg\n{FACE}\n1 2 3\n", 3, "got 3"),
-    (f"# a.jpg\n\n{FACE.replace('542.089', '5x2')}\n", 3, "'5x2' is not a number"),
-    (f"# a.jpg\n{FACE.replace('542.089', 'nan')}\n", 2, "finite"),
-    ("#\n1 2 3 4\n", 1, "image path"),
-    ("a.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n", 5, "announces 3 faces but 2 follow"),
-    ("a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n", 4, "count of a.jpg does not match"),
-    ("a.jpg\nthree\n", 2, "number of faces of a.jpg"),
-    ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", 3, "announces 2 faces but 1 follow"),
-    ("a.jpg\n1\n1 2 3 4 0 0\n", 3, "expected 10 numbers"),
-    ("a.jpg\n", 1, "no face count"),
-    ("\n\n", 1, "no annotations"),
-    # Python's float() reads these, numpy's parser does not: once "could not parse" at line 2
-    (f"# a.jpg\n{FACE}\n{FACE.replace('542.089', '542_089')}\n", 3, "'542_089' is not a number"),
-    (f"# a.jpg\n{FACE}\n{FACE.replace('542.089', '٥٤٢')}\n", 3, "'٥٤٢' is not a number"),
-    ("a.jpg\n²\n", 2, "number of faces of a.jpg"),  # once int()'s message, with no file or line
-    # numbers that parse but cannot train: once a traceback from match, far from the file
-    (f"# a.jpg\n{FACE}\n100 50 1e-7 20 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 1\n", 3, "empty in float32"),
-    ("# a.jpg\n1 2 3 4\n1e30 2 3 4\n", 3, "a coordinate beyond"),
-    ("# a.jpg\n1e39 2 3 4\n", 2, "a coordinate beyond"),
-    (f"# a.jpg\n{FACE.replace('488.906', '1e39')}\n", 2, "a coordinate beyond"),
-    ("a.jpg\n1\n100 50 1e-7 20 0 0 0 0 0 0\n", 3, "empty in float32"),
-    ("a.jpg\n1\n1 2 3 1e30 0 0 0 0 0 0\n", 3, "a coordinate beyond"),
-])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        (f"{FACE}\n# a.jpg\n", 1, "before any '# image' line"),
+        (f"# a.jpg\n{FACE}\n1 2 3\n", 3, "got 3"),
+        (f"# a.jpg\n\n{FACE.replace('542.089', '5x2')}\n", 3, "'5x2' is not a number"),
+        (f"# a.jpg\n{FACE.replace('542.089', 'nan')}\n", 2, "finite"),
+        ("#\n1 2 3 4\n", 1, "image path"),
+        (
+            "a.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n",
+            5,
+            "announces 3 faces but 2 follow",
+        ),
+        ("a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n", 4, "count of a.jpg does not match"),
+        ("a.jpg\nthree\n", 2, "number of faces of a.jpg"),
+        ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", 3, "announces 2 faces but 1 follow"),
+        ("a.jpg\n1\n1 2 3 4 0 0\n", 3, "expected 10 numbers"),
+        ("a.jpg\n", 1, "no face count"),
+        ("\n\n", 1, "no annotations"),
+        # Python's float() reads these, numpy's parser does not: once "could not parse" at line 2
+        (f"# a.jpg\n{FACE}\n{FACE.replace('542.089', '542_089')}\n", 3, "'542_089' is not a number"),
+        (f"# a.jpg\n{FACE}\n{FACE.replace('542.089', '٥٤٢')}\n", 3, "'٥٤٢' is not a number"),
+        ("a.jpg\n²\n", 2, "number of faces of a.jpg"),  # once int()'s message, with no file or line
+        # numbers that parse but cannot train: once a traceback from match, far from the file
+        (f"# a.jpg\n{FACE}\n100 50 1e-7 20 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 1\n", 3, "empty in float32"),
+        ("# a.jpg\n1 2 3 4\n1e30 2 3 4\n", 3, "a coordinate beyond"),
+        ("# a.jpg\n1e39 2 3 4\n", 2, "a coordinate beyond"),
+        (f"# a.jpg\n{FACE.replace('488.906', '1e39')}\n", 2, "a coordinate beyond"),
+        ("a.jpg\n1\n100 50 1e-7 20 0 0 0 0 0 0\n", 3, "empty in float32"),
+        ("a.jpg\n1\n1 2 3 1e30 0 0 0 0 0 0\n", 3, "a coordinate beyond"),
+    ],
+)
 def test_malformed_lines_name_the_file_and_line(tmp_path, text, line, message):
     path = write(tmp_path, text)
     with pytest.raises(LabelFileError, match=message) as error:
@@ -142,8 +154,11 @@ def test_the_dataset_reads_images_lazily_and_names_a_missing_one(tmp_path):
 
 def test_the_dataset_applies_its_transform_and_takes_another_images_folder(tmp_path):
     cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
-    dataset = WiderFaceDataset(write(tmp_path, f"# x.png\n{FACE}\n"), images_dir=tmp_path,
-                               transform=lambda image, target: (image.shape, len(target)))
+    dataset = WiderFaceDataset(
+        write(tmp_path, f"# x.png\n{FACE}\n"),
+        images_dir=tmp_path,
+        transform=lambda image, target: (image.shape, len(target)),
+    )
     assert dataset[0] == ((8, 8, 3), 1)
     WiderFaceDataset(write(tmp_path, f"# x.png\n{FACE}\n"), images_dir=tmp_path).check()
 
@@ -195,10 +210,10 @@ def test_plain_decimals_parse_exactly_as_float_does():
     rng = np.random.default_rng(0)
     numbers = [repr(round(float(x), int(d))) for x, d in zip(rng.uniform(-1e5, 1e5, 50000), rng.integers(0, 10, 50000))]
     numbers = [n for n in numbers if "e" not in n] + ["-0.0", "+7", "007.50", ".25", "5.", "123456789012345"]
-    lines = [" ".join(numbers[i:i + 17]) for i in range(0, len(numbers), 17)]
+    lines = [" ".join(numbers[i : i + 17]) for i in range(0, len(numbers), 17)]
     scanned = scan_lines(("\n".join(lines) + "\n").encode())
     np.testing.assert_array_equal(scanned.values, np.array([float(n) for n in numbers]))
-    assert scanned.counts[:len(lines)].tolist() == [len(line.split()) for line in lines]
+    assert scanned.counts[: len(lines)].tolist() == [len(line.split()) for line in lines]
     for bad in ["1-2", "1..2", "--1", "-", ".", "1234567890123456"]:
         assert scan_lines(f"3 {bad}\n".encode()) is None, bad
 
@@ -207,7 +222,9 @@ def test_check_lists_many_missing_images_briefly_and_missing_images_lists_all(tm
     path = write(tmp_path, "".join(f"# {i}.jpg\n" for i in range(50)))
     dataset = WiderFaceDataset(path)
     assert len(dataset.missing_images()) == 50
-    with pytest.raises(FileNotFoundError, match=r"(?s)50 of the 50 images.*and 30 more \(missing_images\(\) lists them all\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)50 of the 50 images.*and 30 more \(missing_images\(\) lists them all\)"
+    ):
         dataset.check()
 
 

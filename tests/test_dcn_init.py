@@ -25,8 +25,11 @@ def randomised(model, seed=0):
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if tensor.is_floating_point():
-                values = torch.rand(tensor.shape, generator=g) * 0.5 + 0.75 if name.endswith("running_var") \
+                values = (
+                    torch.rand(tensor.shape, generator=g) * 0.5 + 0.75
+                    if name.endswith("running_var")
                     else torch.randn(tensor.shape, generator=g) * 0.1
+                )
                 tensor.copy_(values)
     return model.eval()
 

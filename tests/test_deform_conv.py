@@ -15,8 +15,9 @@ from retinaface_ext.ops import reference
 from retinaface_ext.ops.deform_conv import set_column_budget
 
 
-def make_case(N, C, H, W, O, kernel, stride, padding, dilation, groups, offset_groups, mask, bias, seed=0,
-              dtype=torch.float64):
+def make_case(
+    N, C, H, W, O, kernel, stride, padding, dilation, groups, offset_groups, mask, bias, seed=0, dtype=torch.float64
+):
     g = torch.Generator().manual_seed(seed)
     kh, kw = kernel
     Ho = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
@@ -65,7 +66,9 @@ def assert_same(fn_a, fn_b, args, options):
 def test_kernel_equals_reference_equals_torchvision(device, stride, padding, dilation, kernel, groups, offset_groups):
     torchvision = pytest.importorskip("torchvision")
     for mask, bias, batch in ((True, True, 3), (False, False, 1), (True, False, 2), (False, True, 1)):
-        args, options = make_case(batch, 8, 9, 11, 4, kernel, stride, padding, dilation, groups, offset_groups, mask, bias)
+        args, options = make_case(
+            batch, 8, 9, 11, 4, kernel, stride, padding, dilation, groups, offset_groups, mask, bias
+        )
         assert_same(reference.deform_conv2d, torchvision.ops.deform_conv2d, args, options)
         on_device = {k: (v.to(device) if v is not None else None) for k, v in args.items()}
         assert_same(ops.deform_conv2d, reference.deform_conv2d, on_device, options)
@@ -83,7 +86,9 @@ def test_gradcheck_away_from_integer_sample_positions():
     args, options = make_case(2, 4, 6, 5, 4, (3, 3), 1, 1, 1, 2, 2, True, True)
     # Keep every sampling point off integer coordinates, where bilinear sampling has kinks.
     args["offset"] = torch.floor(args["offset"]) + 0.25 + 0.5 * torch.rand(args["offset"].shape, dtype=torch.float64)
-    inputs = tuple(v.requires_grad_() for v in (args["input"], args["offset"], args["weight"], args["mask"], args["bias"]))
+    inputs = tuple(
+        v.requires_grad_() for v in (args["input"], args["offset"], args["weight"], args["mask"], args["bias"])
+    )
 
     def fn(input, offset, weight, mask, bias):
         return ops.deform_conv2d(input, offset, weight, bias, mask=mask, **options)
@@ -96,8 +101,19 @@ def test_opcheck(device):
     a = {k: v.to(device) for k, v in args.items()}
     torch.library.opcheck(
         torch.ops.retinaface_ext.deform_conv2d.default,
-        (a["input"].requires_grad_(), a["weight"].requires_grad_(), a["offset"].requires_grad_(),
-         a["mask"].requires_grad_(), a["bias"].requires_grad_(), 1, 1, 1, 1, 1, 1),
+        (
+            a["input"].requires_grad_(),
+            a["weight"].requires_grad_(),
+            a["offset"].requires_grad_(),
+            a["mask"].requires_grad_(),
+            a["bias"].requires_grad_(),
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,
+        ),
     )
     grad_out = torch.randn(2, 4, 7, 6, dtype=torch.float64, device=device)
     torch.library.opcheck(
@@ -119,8 +135,10 @@ def test_zero_offsets_and_unit_mask_are_conv2d(stride, padding, dilation, groups
 def test_non_contiguous_inputs_and_empty_batch():
     args, options = make_case(2, 4, 7, 7, 6, (3, 3), 1, 1, 1, 1, 2, True, True)
     expected = reference.deform_conv2d(**args, **options)
-    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() == 4 else v)
-               for k, v in args.items()}
+    strided = {
+        k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() == 4 else v)
+        for k, v in args.items()
+    }
     assert not strided["input"].is_contiguous()
     torch.testing.assert_close(reference.deform_conv2d(**strided, **options), expected)
     torch.testing.assert_close(ops.deform_conv2d(**strided, **options), expected)
@@ -140,7 +158,7 @@ def test_offsets_and_mask_that_are_views_give_the_reference_and_its_gradients(la
         args["mask"] = mask.transpose(-1, -2).contiguous().transpose(-1, -2)
     else:
         prediction = torch.cat([offset, mask, torch.full_like(mask[:, :1], float("nan"))], 1)
-        args["offset"], args["mask"] = prediction[:, :offset.shape[1]], prediction[:, offset.shape[1]:-1]
+        args["offset"], args["mask"] = prediction[:, : offset.shape[1]], prediction[:, offset.shape[1] : -1]
     assert not args["offset"].is_contiguous() and not args["mask"].is_contiguous()
     assert_same(reference.deform_conv2d, ops.deform_conv2d, args, options)
 
@@ -149,10 +167,19 @@ def test_offsets_and_mask_that_are_views_give_the_reference_and_its_gradients(la
     "change, message",
     [
         (lambda a: a.update(input=a["input"][0]), r"input must have shape \[N, C, H, W\]"),
-        (lambda a: a.update(weight=a["weight"][:, :3]), r"input channels \(4\) must be a positive multiple of weight.shape\[1\] \(3\)"),
-        (lambda a: a.update(offset=a["offset"][:, :5]), r"offset must have shape \[N, 2 \* offset_groups \* kh \* kw, Ho, Wo\]"),
+        (
+            lambda a: a.update(weight=a["weight"][:, :3]),
+            r"input channels \(4\) must be a positive multiple of weight.shape\[1\] \(3\)",
+        ),
+        (
+            lambda a: a.update(offset=a["offset"][:, :5]),
+            r"offset must have shape \[N, 2 \* offset_groups \* kh \* kw, Ho, Wo\]",
+        ),
         (lambda a: a.update(offset=a["offset"][..., :3]), "offset must have shape"),
-        (lambda a: a.update(mask=a["mask"][:, :4]), r"mask must have shape \[N, offset_groups \* kh \* kw, Ho, Wo\] = \[2, 18"),
+        (
+            lambda a: a.update(mask=a["mask"][:, :4]),
+            r"mask must have shape \[N, offset_groups \* kh \* kw, Ho, Wo\] = \[2, 18",
+        ),
         (lambda a: a.update(bias=a["bias"][:2]), r"bias must have shape \[6\]"),
         (lambda a: a.update(weight=a["weight"].float()), "weight must have the dtype of input"),
         (lambda a: a.update(stride=0), "stride and dilation must be positive"),
@@ -196,8 +223,13 @@ def test_cuda_half_precision_accumulates_in_float32(dtype):
     expected.sum().backward()
     for name in reduced:
         scale = exact[name].grad.abs().max().item()
-        torch.testing.assert_close(reduced[name].grad.float(), exact[name].grad, rtol=5e-2, atol=5e-2 * scale,
-                                   msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            reduced[name].grad.float(),
+            exact[name].grad,
+            rtol=5e-2,
+            atol=5e-2 * scale,
+            msg=lambda m: f"grad {name}: {m}",
+        )
 
 
 def test_huge_offsets_sample_zero():
@@ -267,8 +299,9 @@ def test_module_offset_gradient_at_initialisation_equals_torchvision():
     ours = module.conv_offset.weight.grad.clone()
     module.zero_grad()
     predicted = module.conv_offset(x)
-    out = torchvision.ops.deform_conv2d(x, predicted[:, :18], module.weight, module.bias, padding=1,
-                                        mask=torch.sigmoid(predicted[:, 18:]))
+    out = torchvision.ops.deform_conv2d(
+        x, predicted[:, :18], module.weight, module.bias, padding=1, mask=torch.sigmoid(predicted[:, 18:])
+    )
     out.square().sum().backward()
     torch.testing.assert_close(ours, module.conv_offset.weight.grad)
 
@@ -297,7 +330,7 @@ def test_degenerate_shapes_raise_instead_of_crashing(case, how, tmp_path):
     call = {
         "forward": "ops.deform_conv2d(input, offset, weight, padding=1)",
         "backward op": "torch.ops.retinaface_ext.deform_conv2d_backward(torch.zeros(1, 2, 5, 5), input, weight, "
-                       "offset, None, None, 1, 1, 1, 1, 1, 1)",
+        "offset, None, None, 1, 1, 1, 1, 1, 1)",
         "torch.compile": "torch.compile(ops.deform_conv2d, backend='eager')(input, offset, weight, padding=1)",
     }[how]
     script = textwrap.dedent(f"""
@@ -367,4 +400,3 @@ def test_one_image_split_across_threads_on_the_cpu(threads):
     torch.testing.assert_close(out, expected)
     for name in expected_grads:
         torch.testing.assert_close(grads[name], expected_grads[name], msg=lambda m: f"grad {name}: {m}")
-

@@ -3,12 +3,12 @@ on network outputs and on adversarial ones; the non-finite codes; errors."""
 
 import pytest
 import torch
+from shared_data import CROWD, HAVE_SHARED, WEIGHTS
 
 from retinaface_ext import RetinaFace, ops
 from retinaface_ext.ops import reference
 from retinaface_ext.ops.detect_faces import NON_FINITE_CANDIDATES, NON_FINITE_SCORES
 from retinaface_ext.priors import prior_boxes
-from shared_data import CROWD, HAVE_SHARED, WEIGHTS
 
 CANVAS = (64, 96)
 
@@ -24,8 +24,14 @@ def outputs(batch, priors, seed=0, spread=3.0, dtype=torch.float32):
 
 def same_as_reference(loc, logits, landm, priors, canvas, **settings):
     got = ops.detect_faces(loc, logits, landm, priors, canvas, **settings)
-    expected = reference.detect_faces(loc.cpu(), logits.cpu(), landm.cpu(), priors.cpu(), canvas,
-                                      **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in settings.items()})
+    expected = reference.detect_faces(
+        loc.cpu(),
+        logits.cpu(),
+        landm.cpu(),
+        priors.cpu(),
+        canvas,
+        **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in settings.items()},
+    )
     boxes, scores, landmarks, counts = (t.cpu() for t in got)
     assert counts.tolist() == expected[3].tolist()
     # The CPU kernel's exp (in the sigmoid and the decoding) may differ from torch's
@@ -60,15 +66,25 @@ def test_the_crowd_photo_in_batches(device):
     assert limited[3].max() == 50 and bool((limited[3] <= counts).all())
 
 
-@pytest.mark.parametrize("score_threshold, top_k, nms_threshold, keep_top_k",
-                         [(0.02, 5000, 0.4, 750), (0.0, 7, 0.4, 750), (0.5, 5000, 0.0, 3), (0.9, 1, 1.0, 1),
-                          (1.0, 5000, 0.4, 750)])
+@pytest.mark.parametrize(
+    "score_threshold, top_k, nms_threshold, keep_top_k",
+    [(0.02, 5000, 0.4, 750), (0.0, 7, 0.4, 750), (0.5, 5000, 0.0, 3), (0.9, 1, 1.0, 1), (1.0, 5000, 0.4, 750)],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_settings_and_dtypes(device, score_threshold, top_k, nms_threshold, keep_top_k, dtype):
     priors = prior_boxes(CANVAS, dtype=dtype, device=device)
     loc, logits, landm = (t.to(device) for t in outputs(3, priors, seed=int(score_threshold * 10) + top_k, dtype=dtype))
-    counts = same_as_reference(loc, logits, landm, priors, CANVAS, score_threshold=score_threshold, top_k=top_k,
-                               nms_threshold=nms_threshold, keep_top_k=keep_top_k)[3]
+    counts = same_as_reference(
+        loc,
+        logits,
+        landm,
+        priors,
+        CANVAS,
+        score_threshold=score_threshold,
+        top_k=top_k,
+        nms_threshold=nms_threshold,
+        keep_top_k=keep_top_k,
+    )[3]
     assert all(0 <= c <= min(top_k, keep_top_k) for c in counts.tolist())
     if score_threshold == 1.0:
         assert counts.tolist() == [0, 0, 0]
@@ -86,8 +102,17 @@ def test_scores_just_around_the_threshold(device, score_threshold):
     logit = torch.logit(torch.tensor(score_threshold, dtype=torch.float64)).item()
     logits[..., 0] = 0.0
     logits[..., 1] = (logit + side * step).to(device)
-    counts = same_as_reference(loc, logits, landm, priors, CANVAS, score_threshold=score_threshold,
-                               nms_threshold=1.0, top_k=len(priors), keep_top_k=len(priors))[3]
+    counts = same_as_reference(
+        loc,
+        logits,
+        landm,
+        priors,
+        CANVAS,
+        score_threshold=score_threshold,
+        nms_threshold=1.0,
+        top_k=len(priors),
+        keep_top_k=len(priors),
+    )[3]
     above = (side > 0).sum(1)
     assert counts.tolist() == above.tolist()  # NMS at 1.0 keeps every distinct box
 
@@ -131,8 +156,10 @@ def test_opcheck(device):
     priors = prior_boxes(CANVAS, device=device)
     loc, logits, landm = (t.to(device) for t in outputs(2, priors, seed=2))
     factor = torch.tensor([1.0, 0.5], device=device)
-    torch.library.opcheck(torch.ops.retinaface_ext.detect_faces.default,
-                          (loc, logits, landm, priors, None, factor, *CANVAS, [0.1, 0.2], 0.3, 50, 0.4, 20))
+    torch.library.opcheck(
+        torch.ops.retinaface_ext.detect_faces.default,
+        (loc, logits, landm, priors, None, factor, *CANVAS, [0.1, 0.2], 0.3, 50, 0.4, 20),
+    )
 
 
 def test_works_under_torch_compile():

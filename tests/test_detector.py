@@ -11,17 +11,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from shared_data import CROWD, EXPECTED, WEIGHTS, assert_reproduces_the_pipeline
 
 import retinaface_ext
 from retinaface_ext import Detections, Detector, RetinaFace, draw_detections
 from retinaface_ext.ops.reference import box_iou
 from retinaface_ext.priors import prior_boxes
 
-from shared_data import CROWD, EXPECTED, WEIGHTS, assert_reproduces_the_pipeline
-
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
-
-
 
 
 def test_reproduces_the_pytorch_retinaface_pipeline(detector, crowd):
@@ -55,8 +52,13 @@ def assert_same_detections(a, b, atol=1e-3):
 
 
 def test_batch_of_different_sizes_equals_one_by_one(detector, crowd):
-    images = [crowd, cv2.resize(crowd, (500, 300)), crowd[:400, 250:550].copy(), crowd[100:131, 600:617].copy(),
-              cv2.resize(crowd, (700, 900))]
+    images = [
+        crowd,
+        cv2.resize(crowd, (500, 300)),
+        crowd[:400, 250:550].copy(),
+        crowd[100:131, 600:617].copy(),
+        cv2.resize(crowd, (700, 900)),
+    ]
     batched = detector.detect(images)
     assert len(batched) == len(images)
     for image, together in zip(images, batched):
@@ -245,6 +247,7 @@ def test_tall_and_wide_images_do_not_share_a_giant_canvas(tmp_path):
 
 def declared_size_png(path, height, width):
     """A real (decodable) gray PNG of height x width zeros: a few hundred KB on disk."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -253,8 +256,9 @@ def declared_size_png(path, height, width):
         parts.append(compressor.compress(row))
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -293,18 +297,21 @@ def test_the_prior_cache_is_not_shared_with_callers(detector, crowd):
     assert len(detector.detect(crowd)) == count
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(target_size=0), "target_size must be a positive number"),
-    (dict(target_size=-640), "target_size must be a positive number"),
-    (dict(target_size=float("nan")), "target_size must be a positive number"),
-    (dict(max_size=0), "max_size must be a positive number"),
-    (dict(max_size="2150"), "max_size must be a positive number"),
-    (dict(score_threshold=-0.1), r"score_threshold must be a number in \[0, 1\]"),
-    (dict(score_threshold=float("nan")), r"score_threshold must be a number in \[0, 1\]"),
-    (dict(nms_threshold=float("nan")), r"nms_threshold must be a number in \[0, 1\]"),
-    (dict(batch_size=2.5), "batch_size must be an integer >= 1"),
-    (dict(device="gpu"), "device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target_size=0), "target_size must be a positive number"),
+        (dict(target_size=-640), "target_size must be a positive number"),
+        (dict(target_size=float("nan")), "target_size must be a positive number"),
+        (dict(max_size=0), "max_size must be a positive number"),
+        (dict(max_size="2150"), "max_size must be a positive number"),
+        (dict(score_threshold=-0.1), r"score_threshold must be a number in \[0, 1\]"),
+        (dict(score_threshold=float("nan")), r"score_threshold must be a number in \[0, 1\]"),
+        (dict(nms_threshold=float("nan")), r"nms_threshold must be a number in \[0, 1\]"),
+        (dict(batch_size=2.5), "batch_size must be an integer >= 1"),
+        (dict(device="gpu"), "device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    ],
+)
 def test_out_of_range_settings_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         Detector(WEIGHTS, **kwargs)
@@ -366,8 +373,9 @@ def test_detections_are_iterable_indexable_and_clippable(detector, crowd):
     assert isinstance(top, Detections) and len(top) == 3 and top.image_size == faces.image_size
     with pytest.raises(IndexError):
         faces[len(faces)]
-    edge = Detections(torch.tensor([[-5.0, 10.0, 1100.0, 700.0]]), torch.tensor([0.9]), torch.zeros(1, 5, 2),
-                      (624, 1024))
+    edge = Detections(
+        torch.tensor([[-5.0, 10.0, 1100.0, 700.0]]), torch.tensor([0.9]), torch.zeros(1, 5, 2), (624, 1024)
+    )
     assert edge.clipped().boxes.tolist() == [[0.0, 10.0, 1024.0, 624.0]]
     clipping = Detector(WEIGHTS, device="cpu", clip_boxes=True).detect(crowd)
     assert float(clipping.boxes[:, 2].max()) <= 1024 and float(clipping.boxes.min()) >= 0

@@ -4,8 +4,8 @@ tensor beside the device fixture's tensors. And it lets through what a GPU accep
 import numpy as np
 import pytest
 import torch
-
 from device_guard import DeviceGuard, DeviceMismatch, DeviceName
+
 from retinaface_ext import ops
 
 
@@ -35,8 +35,12 @@ def test_a_gradient_drawn_on_the_host_for_a_device_output(guard):
 
 def test_host_tensors_beside_device_tensors_fail(guard):
     on_device = torch.zeros(4, device=guard.device)
-    for make_host in (lambda: torch.ones(4), lambda: torch.as_tensor(np.ones(4, np.float32)),
-                      lambda: on_device.cpu(), lambda: on_device.to("cpu")):
+    for make_host in (
+        lambda: torch.ones(4),
+        lambda: torch.as_tensor(np.ones(4, np.float32)),
+        lambda: on_device.cpu(),
+        lambda: on_device.to("cpu"),
+    ):
         host = make_host()
         with pytest.raises(DeviceMismatch):
             torch.cat([on_device, host])

@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
-
-import retinaface_ext.inference.onnx_network as onnx_engine
-from retinaface_ext import Detector, RetinaFace
-from retinaface_ext.export import to_onnx
-from retinaface_ext.models import InferenceRetinaFace
-from retinaface_ext import ops
-from retinaface_ext.ops import box_iou
-from retinaface_ext.priors import prior_boxes
 from shared_data import CROWD, HAVE_SHARED, WEIGHTS, assert_reproduces_the_pipeline
 
+import retinaface_ext.inference.onnx_network as onnx_engine
+from retinaface_ext import Detector, RetinaFace, ops
+from retinaface_ext.export import to_onnx
+from retinaface_ext.models import InferenceRetinaFace
+from retinaface_ext.ops import box_iou
+from retinaface_ext.priors import prior_boxes
+
 pytestmark = pytest.mark.skipif(not HAVE_SHARED, reason="../shared missing")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +47,7 @@ def test_onnxruntime_reproduces_the_pipeline_as_the_torch_engine_does(onnx_detec
     assert_same_faces(ours, detector.detect(crowd))
 
 
-def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, detector, crowd, cache,
-                                                          monkeypatch):
+def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, detector, crowd, cache, monkeypatch):
     images = [crowd, cv2.resize(crowd, (640, 480)), crowd, crowd[:300, :500]]
     for a, b in zip(onnx_detector.detect(images), detector.detect(images)):
         assert_same_faces(a, b)
@@ -86,8 +82,9 @@ def test_engine_errors_are_one_line_and_name_the_fix(monkeypatch):
         Detector(WEIGHTS, device="cpu", half=True)
 
     def missing():
-        raise ImportError("engine='onnxruntime' needs onnxruntime (No module named 'onnxruntime'): "
-                          + onnx_engine.INSTALL_HINT)
+        raise ImportError(
+            "engine='onnxruntime' needs onnxruntime (No module named 'onnxruntime'): " + onnx_engine.INSTALL_HINT
+        )
 
     monkeypatch.setattr(onnx_engine, "import_onnxruntime", missing)
     with pytest.raises(ImportError, match=r"pip install onnxruntime \(or pip install \"retinaface_ext\[onnx\]\"\)"):
@@ -127,8 +124,9 @@ def test_half_precision_on_cuda_finds_the_same_faces(crowd, dcn):
 def test_the_network_compiles_to_one_graph(dcn):
     model = InferenceRetinaFace(RetinaFace("mobilenet0.25", dcn=dcn).eval())
     with torch.inference_mode():
-        explained = torch._dynamo.explain(model)(torch.randn(1, 3, 96, 128).contiguous(
-            memory_format=torch.channels_last))
+        explained = torch._dynamo.explain(model)(
+            torch.randn(1, 3, 96, 128).contiguous(memory_format=torch.channels_last)
+        )
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     if dcn:
         targets = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
@@ -137,8 +135,10 @@ def test_the_network_compiles_to_one_graph(dcn):
 
 def test_the_post_processing_compiles_without_breaks_at_our_ops(detector, crowd):
     x = detector.network_input(crowd)
-    with torch.inference_mode(), torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True,
-                                                            capture_scalar_outputs=True):
+    with (
+        torch.inference_mode(),
+        torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True),
+    ):
         loc, logits, landmarks = detector.model(x)
         priors = prior_boxes(tuple(x.shape[-2:]))
         explained = torch._dynamo.explain(ops.detect_faces)(loc, logits, landmarks, priors, tuple(x.shape[-2:]))
@@ -168,8 +168,9 @@ def test_the_commands_take_the_engine(tmp_path, capsys, cache, monkeypatch):
     assert counts[0] == counts[1] and "faces" in counts[0]
     code, out, _ = run_cli(capsys, "bench", CROWD, "--weights", WEIGHTS, "--engine", "onnxruntime", "--runs", "2")
     assert code == 0 and "with onnxruntime on cpu" in out
-    code, _, error = run_cli(capsys, "detect", CROWD, "--weights", WEIGHTS, "--engine", "onnxruntime", "--device",
-                             "cuda")
+    code, _, error = run_cli(
+        capsys, "detect", CROWD, "--weights", WEIGHTS, "--engine", "onnxruntime", "--device", "cuda"
+    )
     assert code == 2 and ("engine='onnxruntime' runs on the CPU" in error or "CUDA is not available" in error)
 
 
@@ -182,12 +183,18 @@ class OtherNetwork(torch.nn.Module):
 
     def forward(self, images):
         rows = images.flatten(2).transpose(1, 2).repeat(1, 1, 4)  # [B, H*W, 12]
-        return rows[..., :self.loc_width], rows[..., :2], rows[..., :10]
+        return rows[..., : self.loc_width], rows[..., :2], rows[..., :10]
 
 
 def other_onnx(path, loc_width):
-    torch.onnx.export(OtherNetwork(loc_width), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
-                      input_names=["images"], output_names=["loc", "logits", "landmarks"])
+    torch.onnx.export(
+        OtherNetwork(loc_width),
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["loc", "logits", "landmarks"],
+    )
     return path
 
 
@@ -197,15 +204,18 @@ def test_an_onnx_file_with_our_names_and_other_shapes_is_refused_in_one_line(tmp
     from cli_run import run_cli
 
     declared = other_onnx(tmp_path / "declared.onnx", loc_width=3)
-    with pytest.raises(ValueError, match=r"declared.onnx: not an exported RetinaFace network: loc is .* \[1, 1024, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"declared.onnx: not an exported RetinaFace network: loc is .* \[1, 1024, 3\]"
+    ):
         Detector(str(declared))
     image = torch.zeros(3, 32, 32)
     with monkeypatch.context() as patch:  # a graph that does not declare its shapes: found when it runs
         patch.setattr(onnx_engine.OnnxRuntimeNetwork, "_check_declared_shapes", lambda self: None)
         with pytest.raises(ValueError, match=r"declared.onnx: not an exported .*: for images \[1, 3, 32, 32\] gives"):
             Detector(str(declared)).detect(image)
-    with pytest.raises(ValueError, match="the network gives 1024 rows for a 32x32 canvas; the mobilenet0.25 preset "
-                                         "has 42 priors there"):
+    with pytest.raises(
+        ValueError, match="the network gives 1024 rows for a 32x32 canvas; the mobilenet0.25 preset has 42 priors there"
+    ):
         Detector(str(other_onnx(tmp_path / "rows.onnx", loc_width=4))).detect(image)
     cv2.imwrite(str(tmp_path / "image.png"), np.zeros((32, 32, 3), np.uint8))
     code, _, err = run_cli(capsys, "detect", tmp_path / "image.png", "--weights", declared)

@@ -4,12 +4,12 @@ exporters), the post-processing graph, and onnxruntime's DeformConv against our 
 import numpy as np
 import pytest
 import torch
-
 from cli_run import run_cli
+from shared_data import HAVE_SHARED, WEIGHTS, match_one_to_one
+
 from retinaface_ext import Detector, RetinaFace, ops
 from retinaface_ext.export import DETECTION_OUTPUTS, NETWORK_OUTPUTS, to_onnx
 from retinaface_ext.models import InferenceRetinaFace
-from shared_data import HAVE_SHARED, WEIGHTS, match_one_to_one
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -64,8 +64,11 @@ def random_resnet(seed=0):
 def models():
     plain = RetinaFace.from_checkpoint(WEIGHTS) if HAVE_SHARED else RetinaFace("mobilenet0.25")
     dcn = RetinaFace.from_checkpoint(WEIGHTS, dcn=True) if HAVE_SHARED else RetinaFace("mobilenet0.25", dcn=True)
-    return {"mobilenet0.25": plain.eval(), "resnet50": random_resnet(),
-            "mobilenet0.25+dcn": with_deformations(dcn).eval()}
+    return {
+        "mobilenet0.25": plain.eval(),
+        "resnet50": random_resnet(),
+        "mobilenet0.25+dcn": with_deformations(dcn).eval(),
+    }
 
 
 MODELS = {}
@@ -88,9 +91,16 @@ def exported(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name, exporter", [("mobilenet0.25", "dynamo"), ("mobilenet0.25", "torchscript"),
-                                            ("resnet50", "dynamo"), ("mobilenet0.25+dcn", "dynamo"),
-                                            ("mobilenet0.25+dcn", "torchscript")])
+@pytest.mark.parametrize(
+    "name, exporter",
+    [
+        ("mobilenet0.25", "dynamo"),
+        ("mobilenet0.25", "torchscript"),
+        ("resnet50", "dynamo"),
+        ("mobilenet0.25+dcn", "dynamo"),
+        ("mobilenet0.25+dcn", "torchscript"),
+    ],
+)
 def test_round_trip_at_three_sizes_and_batch_two(exported, name, exporter):
     model, path = exported(name, exporter)
     network = InferenceRetinaFace(model, channels_last=False, fuse_activations=False)
@@ -102,8 +112,13 @@ def test_round_trip_at_three_sizes_and_batch_two(exported, name, exporter):
         found = run.run(list(NETWORK_OUTPUTS), {"images": x.numpy()})
         for label, want, got in zip(NETWORK_OUTPUTS, expected, found):
             assert want.abs().max() > 0.01, "outputs this small would hide differences"
-            torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4,
-                                       msg=lambda m: f"{name} {exporter} {label} at {height}x{width}: {m}")
+            torch.testing.assert_close(
+                torch.from_numpy(got),
+                want,
+                rtol=1e-4,
+                atol=1e-4,
+                msg=lambda m: f"{name} {exporter} {label} at {height}x{width}: {m}",
+            )
 
 
 def test_the_deformations_matter(exported):
@@ -156,7 +171,6 @@ def test_bad_arguments_are_named(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-
 @needs_shared
 def test_the_post_processing_graph_gives_the_detectors_faces(tmp_path, crowd):
     report = to_onnx(WEIGHTS, tmp_path / "detector.onnx", postprocess=True, check=False)
@@ -183,12 +197,23 @@ def onnx_deform_conv(x, weight, offset, mask, bias, stride=1, padding=1, dilatio
     from onnx import TensorProto, helper
 
     names = ["X", "W", "offset", "B", "mask"]
-    node = helper.make_node("DeformConv", names, ["Y"], dilations=[dilation] * 2, group=groups,
-                            kernel_shape=list(weight.shape[2:]), offset_group=offset_groups, pads=[padding] * 4,
-                            strides=[stride] * 2)
-    graph = helper.make_graph([node], "deform_conv", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                                      for n in names],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    node = helper.make_node(
+        "DeformConv",
+        names,
+        ["Y"],
+        dilations=[dilation] * 2,
+        group=groups,
+        kernel_shape=list(weight.shape[2:]),
+        offset_group=offset_groups,
+        pads=[padding] * 4,
+        strides=[stride] * 2,
+    )
+    graph = helper.make_graph(
+        [node],
+        "deform_conv",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     feed = dict(zip(names, (t.numpy() for t in (x, weight, offset, bias, mask))))
     return torch.from_numpy(session_from_bytes(model.SerializeToString()).run(None, feed)[0])
@@ -201,8 +226,9 @@ def session_from_bytes(data):
         pytest.xfail(f"onnxruntime {ort.__version__} cannot run ONNX DeformConv: {error}")
 
 
-@pytest.mark.parametrize("case", ["small offsets", "large offsets", "far outside", "border integers", "groups",
-                                  "dilation and stride"])
+@pytest.mark.parametrize(
+    "case", ["small offsets", "large offsets", "far outside", "border integers", "groups", "dilation and stride"]
+)
 def test_onnxruntime_deform_conv_equals_our_kernel(case):
     """The export maps our op onto DeformConv one to one: onnxruntime must compute the same
     function, border rule included (integer coordinates at -1 and H - 1, points far out)."""
@@ -221,12 +247,12 @@ def test_onnxruntime_deform_conv_equals_our_kernel(case):
     scale = {"small offsets": 0.5, "large offsets": 3.0, "far outside": 20.0}.get(case, 2.0)
     offset = torch.randn(N, offset_groups * 18, Ho, Wo, generator=g) * scale
     if case == "border integers":
-        offset = torch.tensor([-1.0, -2.0, 8.0, 9.0, 10.0, 0.0, -0.5])[
-            torch.randint(0, 7, offset.shape, generator=g)]
+        offset = torch.tensor([-1.0, -2.0, 8.0, 9.0, 10.0, 0.0, -0.5])[torch.randint(0, 7, offset.shape, generator=g)]
     ours = ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
     theirs = onnx_deform_conv(x, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups)
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5,
-                               msg=lambda m: f"onnxruntime {ort.__version__} DeformConv, {case}: {m}")
+    torch.testing.assert_close(
+        theirs, ours, rtol=1e-5, atol=1e-5, msg=lambda m: f"onnxruntime {ort.__version__} DeformConv, {case}: {m}"
+    )
 
 
 @needs_shared
@@ -263,17 +289,27 @@ def test_a_failed_check_writes_nothing(tmp_path, monkeypatch, capsys):
         to_onnx(model, tmp_path / "m.onnx", dynamic=False, size=(64, 64))
     assert not (tmp_path / "m.onnx").exists()
     if HAVE_SHARED:
-        code, _, error = run_cli(capsys, "export", "--weights", WEIGHTS, "--onnx", tmp_path / "m.onnx", "--size",
-                                 "64", "64")
+        code, _, error = run_cli(
+            capsys, "export", "--weights", WEIGHTS, "--onnx", tmp_path / "m.onnx", "--size", "64", "64"
+        )
         assert code == 2 and "nothing written" in error and not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.parametrize("opset, message", [
-    (999, r"opset must be in \[1, \d+\] \(the opsets onnx .* knows\), got 999"),
-    (1, "opset 1 was asked for, but torch's dynamo exporter wrote opset 18"),  # once reported as opset 1
-])
+@pytest.mark.parametrize(
+    "opset, message",
+    [
+        (999, r"opset must be in \[1, \d+\] \(the opsets onnx .* knows\), got 999"),
+        (1, "opset 1 was asked for, but torch's dynamo exporter wrote opset 18"),  # once reported as opset 1
+    ],
+)
 def test_an_opset_the_exporter_cannot_write_is_refused(tmp_path, opset, message):
     with pytest.raises(ValueError, match=message):
-        to_onnx(RetinaFace("mobilenet0.25").eval(), tmp_path / "m.onnx", dynamic=False, size=(64, 64), opset=opset,
-                check=False)
+        to_onnx(
+            RetinaFace("mobilenet0.25").eval(),
+            tmp_path / "m.onnx",
+            dynamic=False,
+            size=(64, 64),
+            opset=opset,
+            check=False,
+        )
     assert not (tmp_path / "m.onnx").exists()

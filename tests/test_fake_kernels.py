@@ -11,9 +11,15 @@ import retinaface_ext  # noqa: F401  (registers the ops)
 
 def _refusals():
     """(name, op arguments) the kernels refuse, each one check of deform_conv_checks.cpp."""
+
     def case(**changes):
-        args = dict(input=torch.randn(2, 4, 6, 6), weight=torch.randn(6, 2, 3, 3), offset=torch.randn(2, 18, 6, 6),
-                    mask=torch.rand(2, 9, 6, 6), bias=torch.randn(6))
+        args = dict(
+            input=torch.randn(2, 4, 6, 6),
+            weight=torch.randn(6, 2, 3, 3),
+            offset=torch.randn(2, 18, 6, 6),
+            mask=torch.rand(2, 9, 6, 6),
+            bias=torch.randn(6),
+        )
         args.update(changes)
         return [args[k] for k in ("input", "weight", "offset", "mask", "bias")] + [1, 1, 1, 1, 1, 1]
 
@@ -55,12 +61,16 @@ def test_deform_conv2d_backward():
     with FakeTensorMode() as mode, pytest.raises(RuntimeError, match="input must have a non-empty image"):
         torch.ops.retinaface_ext.deform_conv2d_backward(*faked(mode, empty))
 
-@pytest.mark.parametrize("image, mean, message", [
-    (torch.zeros(4, 5, 5, dtype=torch.uint8), [0.0] * 5, "image must have 1 to 4 channels"),
-    (torch.zeros(4, 5, 3, dtype=torch.int32), [0.0] * 3, "image must be uint8 or float32"),
-    (torch.zeros(4, 5, 3, dtype=torch.uint8), [0.0] * 2, "mean must hold one value per channel"),
-    (torch.zeros(5, 3, dtype=torch.uint8), [0.0] * 3, "image must have shape"),
-])
+
+@pytest.mark.parametrize(
+    "image, mean, message",
+    [
+        (torch.zeros(4, 5, 5, dtype=torch.uint8), [0.0] * 5, "image must have 1 to 4 channels"),
+        (torch.zeros(4, 5, 3, dtype=torch.int32), [0.0] * 3, "image must be uint8 or float32"),
+        (torch.zeros(4, 5, 3, dtype=torch.uint8), [0.0] * 2, "mean must hold one value per channel"),
+        (torch.zeros(5, 3, dtype=torch.uint8), [0.0] * 3, "image must have shape"),
+    ],
+)
 def test_image_planes(image, mean, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.retinaface_ext.image_planes(image, mean)

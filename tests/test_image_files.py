@@ -5,22 +5,23 @@ that name each image as the caller does."""
 import cv2
 import numpy as np
 import pytest
+from shared_data import CROWD, WEIGHTS
 
 import retinaface_ext
 from retinaface_ext import Detector
 from retinaface_ext.ops.reference import box_iou
-from shared_data import CROWD, WEIGHTS
 
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 
-
-
-@pytest.mark.parametrize("header, declared", [
-    (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n", (12000, 12000)),
-    (b"#?RGBE\n\n+X 15000 -Y 9000\n", (9000, 15000)),
-    (b"PF\n13000 11000\n-1\n", (11000, 13000)),
-])
+@pytest.mark.parametrize(
+    "header, declared",
+    [
+        (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n", (12000, 12000)),
+        (b"#?RGBE\n\n+X 15000 -Y 9000\n", (9000, 15000)),
+        (b"PF\n13000 11000\n-1\n", (11000, 13000)),
+    ],
+)
 def test_formats_pillow_cannot_measure_are_measured_before_decoding(detector, tmp_path, monkeypatch, header, declared):
     """A Radiance HDR or PFM file named .jpg declaring 100+ MP: once decoded by OpenCV
     (2-2.7 GB) before the refusal."""

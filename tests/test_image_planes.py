@@ -96,4 +96,3 @@ def test_bad_input_names_the_argument(image, mean, message):
 def test_not_a_tensor_is_named():
     with pytest.raises(TypeError, match="image_planes: image must be a torch.Tensor, got ndarray"):
         ops.image_planes(np.zeros((2, 2, 3), np.uint8), MEAN)
-

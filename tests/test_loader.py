@@ -13,8 +13,9 @@ from retinaface_ext.priors import prior_boxes
 
 @pytest.fixture(scope="module")
 def labels(tmp_path_factory):
-    return make_synthetic_faces(tmp_path_factory.mktemp("loader") / "set", num_train=12, num_val=2, seed=1,
-                                image_size=96).train_labels
+    return make_synthetic_faces(
+        tmp_path_factory.mktemp("loader") / "set", num_train=12, num_val=2, seed=1, image_size=96
+    ).train_labels
 
 
 def items(count, seed=0, size=64):
@@ -23,7 +24,7 @@ def items(count, seed=0, size=64):
     for n in [3, 0, 7, 1][:count]:
         corner = torch.rand(n, 2, generator=g) * 0.7
         side = 0.05 + torch.rand(n, 2, generator=g) * 0.25
-        landms = (corner.repeat(1, 5) + torch.rand(n, 10, generator=g) * side.repeat(1, 5))
+        landms = corner.repeat(1, 5) + torch.rand(n, 10, generator=g) * side.repeat(1, 5)
         label = torch.where(torch.rand(n, 1, generator=g) < 0.7, 1.0, -1.0)
         landms = torch.where(label > 0, landms, torch.full_like(landms, -1.0))
         result.append((torch.rand(3, size, size, generator=g), torch.cat([corner, corner + side, landms, label], 1)))
@@ -38,8 +39,9 @@ def test_collate_pads_into_what_match_takes_and_equals_matching_each_image_alone
     priors = prior_boxes((64, 64))
     together = ops.match(batch.truths, batch.labels, batch.landms, batch.num_truths, priors)
     for b, (_, target) in enumerate(items(4)):
-        alone = ops.match(target[None, :, :4], target[None, :, 14].long(), target[None, :, 4:14],
-                          torch.tensor([len(target)]), priors)
+        alone = ops.match(
+            target[None, :, :4], target[None, :, 14].long(), target[None, :, 4:14], torch.tensor([len(target)]), priors
+        )
         for got, expected in zip(together, alone):
             torch.testing.assert_close(got[b], expected[0], rtol=0, atol=0)
     assert (together[1][2] != 0).any()  # the matching did find faces

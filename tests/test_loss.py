@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from seed_reference import SeedMultiBoxLoss
 
 from retinaface_ext.data import collate
 from retinaface_ext.loss import MultiBoxLoss, pad_targets
 from retinaface_ext.priors import prior_boxes
-from seed_reference import SeedMultiBoxLoss
 
 SIZE = (160, 192)
 
@@ -29,8 +29,10 @@ def real_looking_targets(counts, seed=0, unlabelled=0.3):
 def predictions(batch, priors, seed=1):
     g = torch.Generator().manual_seed(seed)
     P = len(priors)
-    return tuple((torch.randn(batch, P, k, generator=g) * scale).double().requires_grad_()
-                 for k, scale in ((4, 1.0), (2, 2.0), (10, 1.0)))
+    return tuple(
+        (torch.randn(batch, P, k, generator=g) * scale).double().requires_grad_()
+        for k, scale in ((4, 1.0), (2, 2.0), (10, 1.0))
+    )
 
 
 @pytest.mark.parametrize("counts", [[3, 0, 12, 1], [0, 0], [25], [5, 7, 2]])

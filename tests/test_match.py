@@ -4,12 +4,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from seed_reference import seed_batch, seed_jaccard, seed_point_form
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
 from retinaface_ext.ops.match import _check_match_values
 from retinaface_ext.priors import prior_boxes
-from seed_reference import seed_batch, seed_jaccard, seed_point_form
 
 VARIANCES = [0.1, 0.2]
 
@@ -22,7 +22,9 @@ def random_batch(batch, max_truths, seed, dtype=torch.float32, min_side=0.004, m
     corner = torch.rand(batch, max_truths, 2, generator=g, dtype=torch.float64) * 1.1 - 0.05  # partly outside
     side = min_side + torch.rand(batch, max_truths, 2, generator=g, dtype=torch.float64) * (max_side - min_side)
     truths = torch.cat([corner, corner + side], -1)
-    landms = (corner.repeat(1, 1, 5) + torch.rand(batch, max_truths, 10, generator=g, dtype=torch.float64) * side.repeat(1, 1, 5))
+    landms = corner.repeat(1, 1, 5) + torch.rand(batch, max_truths, 10, generator=g, dtype=torch.float64) * side.repeat(
+        1, 1, 5
+    )
     labels = torch.where(torch.rand(batch, max_truths, generator=g) < 0.7, 1, -1)
     landms[labels == -1] = -1.0
     num_truths = torch.randint(0, max_truths + 1, (batch,), generator=g)
@@ -50,7 +52,9 @@ def assert_all_equal(batch, priors, threshold=0.35):
 @pytest.mark.parametrize("batch, max_truths", [(1, 1), (1, 30), (4, 30), (16, 200), (64, 8)])
 def test_random_batches(batch, max_truths, dtype):
     priors = prior_boxes((640, 640), dtype=dtype)
-    _, conf_t, _ = assert_all_equal(random_batch(batch, max_truths, seed=batch * 1000 + max_truths, dtype=dtype), priors)
+    _, conf_t, _ = assert_all_equal(
+        random_batch(batch, max_truths, seed=batch * 1000 + max_truths, dtype=dtype), priors
+    )
     assert (conf_t != 0).any()
 
 
@@ -140,8 +144,12 @@ def test_opcheck():
 def test_bad_input_names_the_argument(change, message):
     truths = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.7, 0.8], [0.2, 0.6, 0.3, 0.9]]]).repeat(2, 1, 1)
     args = dict(
-        truths=truths, labels=torch.ones(2, 3, dtype=torch.long), landms=torch.rand(2, 3, 10),
-        num_truths=torch.tensor([3, 2]), priors=prior_boxes((64, 64)).clone(), variances=VARIANCES,
+        truths=truths,
+        labels=torch.ones(2, 3, dtype=torch.long),
+        landms=torch.rand(2, 3, 10),
+        num_truths=torch.tensor([3, 2]),
+        priors=prior_boxes((64, 64)).clone(),
+        variances=VARIANCES,
     )
     change(args)
     with pytest.raises(RuntimeError, match=message):
@@ -202,15 +210,19 @@ def test_cuda_mismatched_devices_and_bad_values():
 pixel = st.integers(min_value=-4, max_value=68)
 DEVICES = [
     pytest.param("cpu"),
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]),
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")],
+    ),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=150, deadline=None)
 @given(
-    boxes=st.lists(st.tuples(pixel, pixel, st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, -1])), max_size=12),
+    boxes=st.lists(
+        st.tuples(pixel, pixel, st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, -1])), max_size=12
+    ),
     threshold=st.sampled_from([0.0, 0.2, 0.35, 0.5, 0.9]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )

@@ -6,8 +6,15 @@ import pathlib
 import pytest
 import torch
 
-from retinaface_ext.models import (MOBILENET_025, RESNET50, PaddingMask, RetinaFace, config_for,
-                                   fold_batchnorm, read_state_dict)
+from retinaface_ext.models import (
+    MOBILENET_025,
+    RESNET50,
+    PaddingMask,
+    RetinaFace,
+    config_for,
+    fold_batchnorm,
+    read_state_dict,
+)
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 MNET_WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
@@ -186,7 +193,7 @@ def test_padded_batch_equals_each_image_alone(backbone):
         unmasked = model(batch)
         for index, image in enumerate(images):
             alone = model(image[None])
-            for together, single, plain in zip(padded, alone, unmasked):
+            for together, single, _ in zip(padded, alone, unmasked):
                 torch.testing.assert_close(together[index][inside[index]], single[0], rtol=1e-4, atol=1e-4)
             if sizes[index] != canvas:
                 assert not torch.allclose(unmasked[0][index][inside[index]], alone[0][0], atol=1e-3)
@@ -271,25 +278,31 @@ def test_a_batch_of_zero_images_gives_empty_outputs(backbone):
             assert logits.shape[-1] == 2 and landmarks.shape[-1] == 10
 
 
-@pytest.mark.parametrize("images, message", [
-    (torch.zeros(3, 64, 64), r"images must have shape \[B, 3, H, W\]"),
-    (torch.zeros(1, 1, 64, 64), r"images must have shape \[B, 3, H, W\]"),
-    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "images must be floating point"),
-    (torch.zeros(1, 3, 0, 64), "images must not be empty"),
-])
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.zeros(3, 64, 64), r"images must have shape \[B, 3, H, W\]"),
+        (torch.zeros(1, 1, 64, 64), r"images must have shape \[B, 3, H, W\]"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "images must be floating point"),
+        (torch.zeros(1, 3, 0, 64), "images must not be empty"),
+    ],
+)
 def test_bad_images_are_explained(images, message):
     with pytest.raises(ValueError, match=message):
         RetinaFace("mobilenet0.25")(images)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(out_channels=0), "out_channels must be a positive multiple of 4"),
-    (dict(out_channels=30), "out_channels must be a positive multiple of 4"),
-    (dict(in_channels=(64, 0, 256)), "in_channels must be three positive"),
-    (dict(steps=(8, 16)), "min_sizes and steps must describe the 3 FPN levels"),
-    (dict(min_sizes=((16,), (64,), (256,))), "anchors_per_location"),
-    (dict(variances=(0.1, 0.0)), "variances must be two positive numbers"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(out_channels=0), "out_channels must be a positive multiple of 4"),
+        (dict(out_channels=30), "out_channels must be a positive multiple of 4"),
+        (dict(in_channels=(64, 0, 256)), "in_channels must be three positive"),
+        (dict(steps=(8, 16)), "min_sizes and steps must describe the 3 FPN levels"),
+        (dict(min_sizes=((16,), (64,), (256,))), "anchors_per_location"),
+        (dict(variances=(0.1, 0.0)), "variances must be two positive numbers"),
+    ],
+)
 def test_a_config_that_cannot_work_is_refused(change, message):
     import dataclasses
 

@@ -18,7 +18,9 @@ def kernel_reference_torchvision(boxes, scores, threshold, check_torchvision=Tru
     expected = reference.nms(boxes.cpu(), scores.cpu(), threshold)
     torch.testing.assert_close(kept.cpu(), expected, rtol=0, atol=0)
     if check_torchvision and boxes.dtype in (torch.float32, torch.float64):
-        torch.testing.assert_close(kept.cpu(), torchvision.ops.nms(boxes.cpu(), scores.cpu(), threshold), rtol=0, atol=0)
+        torch.testing.assert_close(
+            kept.cpu(), torchvision.ops.nms(boxes.cpu(), scores.cpu(), threshold), rtol=0, atol=0
+        )
     return kept
 
 
@@ -172,7 +174,9 @@ def test_batched_nms(boxes_factory, device, num_classes):
 def test_batched_nms_accepts_int32_idxs(boxes_factory):
     boxes, scores = boxes_factory("crowd", 500, seed=2)
     idxs = torch.arange(500, dtype=torch.int32) % 5
-    torch.testing.assert_close(ops.batched_nms(boxes, scores, idxs, 0.5), ops.batched_nms(boxes, scores, idxs.long(), 0.5))
+    torch.testing.assert_close(
+        ops.batched_nms(boxes, scores, idxs, 0.5), ops.batched_nms(boxes, scores, idxs.long(), 0.5)
+    )
 
 
 def test_opcheck(boxes_factory, device):
@@ -235,15 +239,19 @@ def test_bad_idxs(idxs, message):
 
 def test_idxs_of_any_integer_dtype_but_not_float():
     for dtype in (torch.int32, torch.int16, torch.uint8, torch.bool):
-        torch.testing.assert_close(ops.batched_nms(BOXES, SCORES, torch.zeros(2, dtype=dtype), 0.5),
-                                   ops.batched_nms(BOXES, SCORES, torch.zeros(2, dtype=torch.long), 0.5))
+        torch.testing.assert_close(
+            ops.batched_nms(BOXES, SCORES, torch.zeros(2, dtype=dtype), 0.5),
+            ops.batched_nms(BOXES, SCORES, torch.zeros(2, dtype=torch.long), 0.5),
+        )
     with pytest.raises(TypeError, match="batched_nms: idxs must hold integer categories"):
         ops.batched_nms(BOXES, SCORES, torch.zeros(2), 0.5)
 
 
 def test_batched_nms_of_nothing_in_any_shape_is_empty(device):
     for boxes in (torch.empty(0, device=device), torch.empty(0, 4, device=device)):
-        kept = ops.batched_nms(boxes, torch.empty(0, device=device), torch.empty(0, dtype=torch.long, device=device), 0.5)
+        kept = ops.batched_nms(
+            boxes, torch.empty(0, device=device), torch.empty(0, dtype=torch.long, device=device), 0.5
+        )
         assert kept.dtype == torch.int64 and kept.shape == (0,) and kept.device == boxes.device
         expected = torchvision.ops.batched_nms(boxes.cpu(), torch.empty(0), torch.empty(0, dtype=torch.long), 0.5)
         assert expected.shape == kept.shape
@@ -261,8 +269,11 @@ def test_not_a_tensor_is_named():
 def test_boxes_piled_up_in_x(boxes_factory, device, layout, n):
     """Where the x-sweep degenerates, the kernel scans the score-order tail instead."""
     boxes, scores = boxes_factory(layout, n)
-    kept = kernel_reference_torchvision(boxes.to(device), scores.to(device), 0.3, check_torchvision=True) \
-        if n <= 300 else ops.nms(boxes.to(device), scores.to(device), 0.3)
+    kept = (
+        kernel_reference_torchvision(boxes.to(device), scores.to(device), 0.3, check_torchvision=True)
+        if n <= 300
+        else ops.nms(boxes.to(device), scores.to(device), 0.3)
+    )
     torch.testing.assert_close(kept.cpu(), torchvision.ops.nms(boxes, scores, 0.3), rtol=0, atol=0)
     classes = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(1))
     kept = ops.batched_nms(boxes.to(device), scores.to(device), classes.to(device), 0.3).cpu()
@@ -288,8 +299,9 @@ class TestCUDA:
         boxes, scores = boxes_factory(kind, 5000, seed=2, dtype=dtype, device="cuda")
         idxs = torch.randint(0, 20, (5000,), generator=torch.Generator().manual_seed(2)).to("cuda")
         torch.testing.assert_close(ops.nms(boxes, scores, 0.4), ops.nms(boxes.float(), scores.float(), 0.4))
-        torch.testing.assert_close(ops.batched_nms(boxes, scores, idxs, 0.4),
-                                   ops.batched_nms(boxes.float(), scores.float(), idxs, 0.4))
+        torch.testing.assert_close(
+            ops.batched_nms(boxes, scores, idxs, 0.4), ops.batched_nms(boxes.float(), scores.float(), idxs, 0.4)
+        )
 
     def test_mismatched_devices(self):
         with pytest.raises(RuntimeError, match="scores must be on the device of boxes"):

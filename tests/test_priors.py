@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from seed_reference import prior_box_oracle
 
 from retinaface_ext.priors import cached_prior_boxes, prior_boxes
-from seed_reference import prior_box_oracle
 
 
 @pytest.mark.parametrize("size", [(640, 640), (1024, 624), (624, 1024), (1, 1), (37, 101), (840, 840), (481, 353)])
@@ -17,7 +17,9 @@ def test_equal_to_prior_box(size):
 
 def test_counts_and_clip():
     assert prior_boxes((640, 640)).shape == (16800, 4)
-    torch.testing.assert_close(prior_boxes((37, 101), clip=True), prior_box_oracle((37, 101), clip=True), rtol=0, atol=0)
+    torch.testing.assert_close(
+        prior_boxes((37, 101), clip=True), prior_box_oracle((37, 101), clip=True), rtol=0, atol=0
+    )
     assert prior_boxes((37, 101), clip=True).max() <= 1
 
 

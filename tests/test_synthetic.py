@@ -16,8 +16,9 @@ SIZE = 192
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    return make_synthetic_faces(tmp_path_factory.mktemp("synthetic") / "set", num_train=24, num_val=6, seed=3,
-                                image_size=SIZE)
+    return make_synthetic_faces(
+        tmp_path_factory.mktemp("synthetic") / "set", num_train=24, num_val=6, seed=3, image_size=SIZE
+    )
 
 
 def all_files(root):
@@ -42,8 +43,9 @@ def test_two_runs_with_one_seed_are_byte_identical_and_another_seed_differs(synt
     match, mismatch, errors = filecmp.cmpfiles(synthetic.root, again.root, files, shallow=False)
     assert mismatch == [] and errors == []
     other = make_synthetic_faces(tmp_path / "other", num_train=24, num_val=6, seed=4, image_size=SIZE)
-    _, mismatch, _ = filecmp.cmpfiles(synthetic.root, other.root, [f for f in files if f.endswith(".jpg")],
-                                      shallow=False)
+    _, mismatch, _ = filecmp.cmpfiles(
+        synthetic.root, other.root, [f for f in files if f.endswith(".jpg")], shallow=False
+    )
     assert len(mismatch) == 30
 
 
@@ -75,8 +77,12 @@ def test_faces_are_sound(tmp_path):
         assert (faces[faces[:, 14] < 0, 4:14] == -1).all()
         points = labelled[:, 4:14].reshape(-1, 5, 2)
         margin = 2.0
-        assert (points[..., 0] >= labelled[:, None, 0] - margin).all() and (points[..., 0] <= labelled[:, None, 2] + margin).all()
-        assert (points[..., 1] >= labelled[:, None, 1] - margin).all() and (points[..., 1] <= labelled[:, None, 3] + margin).all()
+        assert (points[..., 0] >= labelled[:, None, 0] - margin).all() and (
+            points[..., 0] <= labelled[:, None, 2] + margin
+        ).all()
+        assert (points[..., 1] >= labelled[:, None, 1] - margin).all() and (
+            points[..., 1] <= labelled[:, None, 3] + margin
+        ).all()
         assert (points[:, 0, 0] < points[:, 1, 0]).all()  # left eye on the image's left
         assert (points[:, 3, 0] < points[:, 4, 0]).all()  # and the left mouth corner
         eyes_y = points[:, :2, 1].max(1)

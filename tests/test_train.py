@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 import torch
-
 from cli_run import run_cli
+
 from retinaface_ext import RetinaFace
 from retinaface_ext.train import TrainConfig, Trainer, TrainingStopped
 from retinaface_ext.train.options import SyntheticDefaults
@@ -20,9 +20,19 @@ from retinaface_ext.train.state import load_checkpoint, save_checkpoint
 
 def tiny(tmp_path, name="run", **overrides):
     """A run on 24 synthetic images of 96 px, trained at 64 px, batch 4."""
-    settings = dict(data="synthetic", synthetic_dir=str(tmp_path / "cache"), out=str(tmp_path / name), workers=0,
-                    epochs=2, batch_size=4, image_size=64, lr=0.01, warmup_epochs=0.5, dcn=True,
-                    synthetic=SyntheticDefaults(num_train=24, num_val=4, source_size=96))
+    settings = dict(
+        data="synthetic",
+        synthetic_dir=str(tmp_path / "cache"),
+        out=str(tmp_path / name),
+        workers=0,
+        epochs=2,
+        batch_size=4,
+        image_size=64,
+        lr=0.01,
+        warmup_epochs=0.5,
+        dcn=True,
+        synthetic=SyntheticDefaults(num_train=24, num_val=4, source_size=96),
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -158,14 +168,17 @@ def test_an_earlier_run_is_never_overwritten(tmp_path):
     Trainer(tiny(tmp_path, epochs=1, exist_ok=True), show_progress=False)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backbone", "vgg"], "invalid choice: 'vgg'"),
-    (["--data", "no/such/label.txt"], "--data no/such/label.txt: no such label file"),
-    (["--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
-    (["--image-size", "100"], "--image-size must be a multiple of 32"),
-    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs CUDA"),
-    (["--weights", "missing.pth"], "--weights missing.pth: no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backbone", "vgg"], "invalid choice: 'vgg'"),
+        (["--data", "no/such/label.txt"], "--data no/such/label.txt: no such label file"),
+        (["--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
+        (["--image-size", "100"], "--image-size must be a multiple of 32"),
+        (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs CUDA"),
+        (["--weights", "missing.pth"], "--weights missing.pth: no such file"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path / "cache"))
@@ -176,8 +189,16 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, monkeypatch, argv, mess
 def test_a_minute_of_training_finds_faces_that_an_untrained_model_does_not(tmp_path):
     """DCN on the CPU: 160 synthetic images, 30 short epochs at 128 px. The loss falls
     clearly and the validation AP (not the loss) rises far above the untrained model's."""
-    config = tiny(tmp_path, epochs=30, batch_size=16, image_size=128, lr=0.02, warmup_epochs=1, val_every=100,
-                  synthetic=SyntheticDefaults(num_train=160, num_val=20, source_size=192))
+    config = tiny(
+        tmp_path,
+        epochs=30,
+        batch_size=16,
+        image_size=128,
+        lr=0.02,
+        warmup_epochs=1,
+        val_every=100,
+        synthetic=SyntheticDefaults(num_train=160, num_val=20, source_size=192),
+    )
     trainer = Trainer(config, show_progress=False)
     untrained = trainer.validate()["ap50"]
     trained = trainer.fit()["ap50"]
@@ -198,14 +219,43 @@ def test_bf16_mixed_precision_on_the_cpu(tmp_path):
 def test_the_command_trains_reports_the_ap_and_keeps_its_files(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path / "cache"))
-    code, out, err = run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--epochs", 1,
-                             "--batch-size", 4, "--image-size", 64, "--workers", 0, "--dcn")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--synthetic-train",
+        8,
+        "--synthetic-val",
+        2,
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--image-size",
+        64,
+        "--workers",
+        0,
+        "--dcn",
+    )
     assert code == 0, err
     assert out.startswith("AP@0.5: 0.") or out.startswith("AP@0.5: 1.")
     run = tmp_path / "runs" / "train"
     assert {"last.pt", "best.pt", "log.jsonl", "val_detections.jpg"} <= set(os.listdir(run))
-    code, _, err = run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--epochs", 1,
-                           "--batch-size", 4, "--image-size", 64, "--workers", 0)
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--synthetic-train",
+        8,
+        "--synthetic-val",
+        2,
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--image-size",
+        64,
+        "--workers",
+        0,
+    )
     assert code == 2 and "holds an earlier run" in err
 
 
@@ -257,8 +307,10 @@ def test_validation_reports_the_widerface_aps(tmp_path):
     folder = tmp_path / "WIDER_val" / "images" / first.event
     folder.mkdir(parents=True)
     shutil.copyfile(CROWD, folder / f"{first.name}.jpg")
-    trainer = Trainer(tiny(tmp_path, epochs=1, widerface_val=str(tmp_path / "WIDER_val" / "images"),
-                           widerface_gt=str(GROUND_TRUTH)), show_progress=False)
+    trainer = Trainer(
+        tiny(tmp_path, epochs=1, widerface_val=str(tmp_path / "WIDER_val" / "images"), widerface_gt=str(GROUND_TRUTH)),
+        show_progress=False,
+    )
     metrics = trainer.fit()
     assert {"ap50", "easy", "medium", "hard"} <= set(metrics)
     assert all(0 <= metrics[k] <= 1 for k in ("easy", "medium", "hard"))

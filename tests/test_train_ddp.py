@@ -41,13 +41,34 @@ def test_two_processes_train_what_one_does(tmp_path):
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    one = subprocess.run([sys.executable, str(script), str(cache), str(tmp_path / "one"), str(tmp_path / "one.pt")],
-                         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(script), str(cache), str(tmp_path / "one"), str(tmp_path / "one.pt")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(cache), str(tmp_path / "two"), str(tmp_path / "two.pt")],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(cache),
+            str(tmp_path / "two"),
+            str(tmp_path / "two.pt"),
+        ],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     single, split = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for key, value in single.items():

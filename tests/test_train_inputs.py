@@ -7,12 +7,12 @@ import re
 
 import pytest
 import torch
-
 from cli_run import run_cli
+from test_train import tiny
+
 from retinaface_ext.data.synthetic import MANIFEST, make_synthetic_faces
 from retinaface_ext.train import TrainConfig, Trainer
 from retinaface_ext.train.state import FORMAT, load_checkpoint
-from test_train import tiny
 
 GROUND_TRUTH_FILES = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat")
 
@@ -39,8 +39,23 @@ def one_line_error(code, err, *fragments):
 
 
 def train_cli(capsys, tmp_path, *argv):
-    return run_cli(capsys, "train", "--synthetic-train", 8, "--synthetic-val", 2, "--batch-size", 4,
-                   "--image-size", 64, "--workers", 0, "--epochs", 1, *argv)
+    return run_cli(
+        capsys,
+        "train",
+        "--synthetic-train",
+        8,
+        "--synthetic-val",
+        2,
+        "--batch-size",
+        4,
+        "--image-size",
+        64,
+        "--workers",
+        0,
+        "--epochs",
+        1,
+        *argv,
+    )
 
 
 def test_resuming_another_run_into_a_run_folder_writes_nothing_there(tmp_path):
@@ -73,16 +88,24 @@ def test_widerface_settings_are_checked_before_the_first_step(tmp_path, label_fi
     folder.mkdir(parents=True)
     (tmp_path / "gt").mkdir()
     with pytest.raises(ValueError, match="--widerface-val and --widerface-gt need validation data"):
-        Trainer(tiny(tmp_path, data=train, widerface_val=str(folder), widerface_gt=str(tmp_path / "gt")),
-                show_progress=False)
+        Trainer(
+            tiny(tmp_path, data=train, widerface_val=str(folder), widerface_gt=str(tmp_path / "gt")),
+            show_progress=False,
+        )
     with pytest.raises(FileNotFoundError, match="--widerface-val .*nowhere: no such folder"):
-        Trainer(on_labels(tmp_path, label_files, widerface_val=str(tmp_path / "nowhere"),
-                          widerface_gt=str(tmp_path / "gt")), show_progress=False)
+        Trainer(
+            on_labels(
+                tmp_path, label_files, widerface_val=str(tmp_path / "nowhere"), widerface_gt=str(tmp_path / "gt")
+            ),
+            show_progress=False,
+        )
     for name in GROUND_TRUTH_FILES:
         (tmp_path / "gt" / name).write_bytes(b"not a .mat file")
     with pytest.raises(ValueError, match="--widerface-gt .*gt: "):
-        Trainer(on_labels(tmp_path, label_files, widerface_val=str(folder), widerface_gt=str(tmp_path / "gt")),
-                show_progress=False)
+        Trainer(
+            on_labels(tmp_path, label_files, widerface_val=str(folder), widerface_gt=str(tmp_path / "gt")),
+            show_progress=False,
+        )
 
 
 def test_the_epoch_is_saved_before_it_is_validated(tmp_path, monkeypatch):
@@ -105,11 +128,14 @@ def test_the_epoch_is_saved_before_it_is_validated(tmp_path, monkeypatch):
     assert "validation_due" not in load_checkpoint(str(tmp_path / "run" / "last.pt"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--image-size", "32000000"], "--image-size must be at most 8192"),  # once: a petabyte allocated
-    (["--batch-size", "1", "--image-size", "32"], "--batch-size 1 at --image-size 32 leaves BatchNorm"),
-    (["--seed", str(10**30)], "--seed must be in [0, 2**64 - 1]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--image-size", "32000000"], "--image-size must be at most 8192"),  # once: a petabyte allocated
+        (["--batch-size", "1", "--image-size", "32"], "--batch-size 1 at --image-size 32 leaves BatchNorm"),
+        (["--seed", str(10**30)], "--seed must be in [0, 2**64 - 1]"),
+    ],
+)
 def test_sizes_and_seeds_that_cannot_run_are_one_line_errors(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path / "cache"))
@@ -136,8 +162,9 @@ def test_forged_checkpoints_are_one_line_errors(tmp_path, capsys, monkeypatch):
         forged(tmp_path, "types", lambda c: c.update(epoch="1")): "'epoch' is str",
         forged(tmp_path, "args", lambda c: c["args"].pop("lr")): "args.lr missing",
         forged(tmp_path, "rng", lambda c: c["rng"].update(torch=torch.zeros(3))): "does not fit the run",
-        forged(tmp_path, "shape", lambda c: c["model"].update(
-            {k: torch.zeros(3) for k in list(c["model"])[:1]})): "does not fit the run",
+        forged(
+            tmp_path, "shape", lambda c: c["model"].update({k: torch.zeros(3) for k in list(c["model"])[:1]})
+        ): "does not fit the run",
         forged(tmp_path, "optimizer", lambda c: c["optimizer"].update(param_groups=[])): "does not fit the run",
     }
     for path, message in cases.items():
@@ -151,8 +178,9 @@ def test_a_bad_image_met_by_a_loader_worker_is_one_line(tmp_path, capsys, monkey
     for image in os.listdir(os.path.join(os.path.dirname(train), "images")):
         (tmp_path / "faces" / "train" / "images" / image).write_bytes(b"not a JPEG")
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "train", "--data", train, "--batch-size", 4, "--image-size", 64, "--workers", 1,
-                           "--epochs", 1)
+    code, _, err = run_cli(
+        capsys, "train", "--data", train, "--batch-size", 4, "--image-size", 64, "--workers", 1, "--epochs", 1
+    )
     one_line_error(code, err, "cannot decode image file", "faces/train/images/0000")
 
 
@@ -168,9 +196,11 @@ def test_a_resumed_run_keeps_its_recipe(tmp_path):
     """Once: another --workers silently changed the losses, and --lr was ignored while
     args.json recorded it."""
     Trainer(tiny(tmp_path, epochs=1, lr=0.02, workers=0), show_progress=False).fit()
-    for change, message in [(dict(workers=1), "the run used --workers 0, this one says 1"),
-                            (dict(lr=0.05), "the run used --lr 0.02, this one says 0.05"),
-                            (dict(weights=str(tmp_path / "run" / "last.pt")), "--weights starts a run")]:
+    for change, message in [
+        (dict(workers=1), "the run used --workers 0, this one says 1"),
+        (dict(lr=0.05), "the run used --lr 0.02, this one says 0.05"),
+        (dict(weights=str(tmp_path / "run" / "last.pt")), "--weights starts a run"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             Trainer(tiny(tmp_path, epochs=2, resume="auto", **{"lr": 0.02, **change}), show_progress=False)
     # Not given again, the run's values apply (and are what args.json records).

@@ -7,10 +7,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from augment_oracle import reference_crop_draw, reference_distort, reference_geometry
+
 from retinaface_ext.data.transforms import (
-    INTERPOLATIONS, MEAN_BGR, Distortion, Draws, TrainTransform, crop_faces, distort, draw_crop, mirror_faces,
+    INTERPOLATIONS,
+    MEAN_BGR,
+    Distortion,
+    Draws,
+    TrainTransform,
+    crop_faces,
+    distort,
+    draw_crop,
+    mirror_faces,
 )
 
 
@@ -59,9 +67,11 @@ def test_the_crop_search_keeps_squares_that_wholly_contain_a_face():
         assert crop is not None
         left, top, right, bottom = crop
         side = right - left
-        assert bottom - top == side and side in {max(1, int(s * min(height, width))) for s in (0.3, 0.45, 0.6, 0.8, 1.0)}
+        assert bottom - top == side and side in {
+            max(1, int(s * min(height, width))) for s in (0.3, 0.45, 0.6, 0.8, 1.0)
+        }
         assert 0 <= left and right <= width and 0 <= top and bottom <= height
-        inside = ((target[:, 0] >= left) & (target[:, 1] >= top) & (target[:, 2] <= right) & (target[:, 3] <= bottom))
+        inside = (target[:, 0] >= left) & (target[:, 1] >= top) & (target[:, 2] <= right) & (target[:, 3] <= bottom)
         assert inside.any()
     assert draw_crop(rng, 100, 100, np.array([[0, 0, 100, 100.5]]), tries=20) is None  # no square can hold it
 
@@ -109,7 +119,7 @@ def test_landmarks_follow_the_pixels(mirror, crop):
     brightness = out_image.sum(0) + torch.tensor(MEAN_BGR).sum()
     y, x = divmod(int(brightness.argmax()), 200)
     eye = 1 if mirror else 0
-    expected = out[0, 4 + 2 * eye:6 + 2 * eye].numpy() * 200
+    expected = out[0, 4 + 2 * eye : 6 + 2 * eye].numpy() * 200
     assert abs(x + 0.5 - expected[0]) <= 2.5 and abs(y + 0.5 - expected[1]) <= 2.5, ((x, y), expected)
 
 
@@ -134,14 +144,21 @@ def test_pixels_are_the_crop_resized_minus_the_mean():
 def test_the_distortion_gives_the_references_values(contrast_first, seed):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    params = Distortion(contrast_first, float(rng.uniform(-32, 32)), float(rng.uniform(0.5, 1.5)),
-                        float(rng.uniform(0.5, 1.5)) if seed % 3 else None, int(rng.integers(-18, 19)) if seed % 2 else 7)
+    params = Distortion(
+        contrast_first,
+        float(rng.uniform(-32, 32)),
+        float(rng.uniform(0.5, 1.5)),
+        float(rng.uniform(0.5, 1.5)) if seed % 3 else None,
+        int(rng.integers(-18, 19)) if seed % 2 else 7,
+    )
     before = image.copy()
     np.testing.assert_array_equal(distort(image, params), reference_distort(image, *params))
     np.testing.assert_array_equal(image, before)  # the input is untouched
     # Without saturation and hue only brightness and contrast apply (no HSV round trip).
     plain = distort(image, Distortion(contrast_first, 10.0, 1.2))
-    np.testing.assert_array_equal(plain, np.clip(np.clip(image + 10.0, 0, 255).astype(np.uint8) * 1.2, 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        plain, np.clip(np.clip(image + 10.0, 0, 255).astype(np.uint8) * 1.2, 0, 255).astype(np.uint8)
+    )
 
 
 def test_the_same_seed_gives_the_same_output_and_another_differs():

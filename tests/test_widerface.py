@@ -5,10 +5,10 @@ import pathlib
 
 import numpy as np
 import pytest
+import widerface_port
 
 from retinaface_ext.evaluation import widerface
 from retinaface_ext.evaluation.widerface import GroundTruth, GroundTruthImage, evaluate
-import widerface_port
 
 GT_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "widerface_gt"
 needs_gt = pytest.mark.skipif(not GT_DIR.exists(), reason="../shared/widerface_gt missing")
@@ -50,8 +50,11 @@ def test_hand_worked_case():
     boxes = np.array([[10, 10, 20, 20], [100, 100, 30, 30], [200, 10, 15, 15]], dtype=np.float64)
     keep = {s: np.array([0, 1]) for s in widerface.SETTINGS}
     truth = GroundTruth([GroundTruthImage("0--Event", "img", boxes, keep)])
-    predictions = {"img": np.array([[10, 10, 20, 20, 0.9], [200, 10, 15, 15, 0.85],
-                                    [400, 400, 20, 20, 0.8], [100, 100, 30, 30, 0.7]])}
+    predictions = {
+        "img": np.array(
+            [[10, 10, 20, 20, 0.9], [200, 10, 15, 15, 0.85], [400, 400, 20, 20, 0.8], [100, 100, 30, 30, 0.7]]
+        )
+    }
     result = evaluate(predictions, truth)
     for setting in widerface.SETTINGS:
         assert result.ap[setting] == pytest.approx(5 / 6, abs=1e-12)
@@ -66,8 +69,13 @@ def test_hand_worked_case():
 
 def test_a_face_counts_once_and_unmatched_settings_ignore():
     boxes = np.array([[0, 0, 50, 50]], dtype=np.float64)
-    truth = GroundTruth([GroundTruthImage("e", "a", boxes, {"easy": np.array([], dtype=np.int64),
-                                                            "medium": np.array([0]), "hard": np.array([0])})])
+    truth = GroundTruth(
+        [
+            GroundTruthImage(
+                "e", "a", boxes, {"easy": np.array([], dtype=np.int64), "medium": np.array([0]), "hard": np.array([0])}
+            )
+        ]
+    )
     twice = {"a": np.array([[0, 0, 50, 50, 0.9], [1, 1, 50, 50, 0.8]])}
     result = evaluate(twice, truth)
     # medium: the duplicate is a false positive: P drops to 1/2 at full recall after recall 1 at P 1.
@@ -126,7 +134,7 @@ def expected_recall(ground_truth, setting, images=None):
             continue
         for index in image.keep[setting]:
             earlier = image.boxes[:index]
-            if not proper(image.boxes[index:index + 1])[0]:
+            if not proper(image.boxes[index : index + 1])[0]:
                 continue
             if not np.any(np.all(earlier == image.boxes[index], axis=1)):
                 found += 1
@@ -201,13 +209,16 @@ def test_prediction_files_round_trip(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "image name on line 1"),
-    ("a\nthree\n", r":2: expected the number of faces"),
-    ("a\n1\n1 2 3 4\n", r":3: expected 'x y w h score'"),
-    ("a\n1\n1 2 3 4 nan\n", r":3: expected"),
-    ("a\n2\n1 2 3 4 0.5\n", "announces 2 faces but 1 follow"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "image name on line 1"),
+        ("a\nthree\n", r":2: expected the number of faces"),
+        ("a\n1\n1 2 3 4\n", r":3: expected 'x y w h score'"),
+        ("a\n1\n1 2 3 4 nan\n", r":3: expected"),
+        ("a\n2\n1 2 3 4 0.5\n", "announces 2 faces but 1 follow"),
+    ],
+)
 def test_malformed_prediction_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_text(content)

@@ -15,7 +15,6 @@ struct Candidates {
   at::Tensor scores;       // [K]
 };
 Candidates select_candidates(const at::Tensor& loc, const at::Tensor& conf, const at::Tensor& landm,
-                             const at::Tensor& priors, at::ArrayRef<double> variances,
-                             double score_threshold);
+                             const at::Tensor& priors, at::ArrayRef<double> variances, double score_threshold);
 
 }  // namespace rfe

@@ -15,17 +15,15 @@ namespace {
 constexpr int64_t kCandidatesPerTask = 2048;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_detections_cpu(
-    const at::Tensor& loc_in, const at::Tensor& conf, const at::Tensor& landm_in,
-    const at::Tensor& priors_in, at::ArrayRef<double> variances, double score_threshold) {
+    const at::Tensor& loc_in, const at::Tensor& conf, const at::Tensor& landm_in, const at::Tensor& priors_in,
+    at::ArrayRef<double> variances, double score_threshold) {
   TORCH_CHECK(loc_in.scalar_type() == at::kFloat || loc_in.scalar_type() == at::kDouble,
-              "decode_detections: loc on the CPU must be float32 or float64, got ",
-              loc_in.scalar_type());
+              "decode_detections: loc on the CPU must be float32 or float64, got ", loc_in.scalar_type());
   Candidates c = select_candidates(loc_in, conf, landm_in, priors_in, variances, score_threshold);
   const int64_t K = c.image_index.size(0), P = priors_in.size(0);
   at::Tensor boxes = at::empty({K, 4}, loc_in.options());
   at::Tensor landmarks = at::empty({K, 10}, loc_in.options());
-  const at::Tensor loc = loc_in.contiguous(), landm = landm_in.contiguous(),
-                   priors = priors_in.contiguous();
+  const at::Tensor loc = loc_in.contiguous(), landm = landm_in.contiguous(), priors = priors_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES(loc.scalar_type(), "decode_detections_cpu", [&] {
     using T = scalar_t;
     const T v0 = static_cast<T>(variances[0]), v1 = static_cast<T>(variances[1]);

@@ -4,23 +4,20 @@
 
 namespace rfe {
 
-std::pair<at::Tensor, at::Tensor> box_iou_batched_views(const at::Tensor& boxes1,
-                                                        const at::Tensor& boxes2) {
+std::pair<at::Tensor, at::Tensor> box_iou_batched_views(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   TORCH_CHECK((boxes1.dim() == 2 || boxes1.dim() == 3) && boxes1.size(-1) == 4,
               "box_iou: boxes1 must have shape [N, 4] or [B, N, 4], got ", boxes1.sizes());
-  TORCH_CHECK(boxes2.dim() == boxes1.dim() && boxes2.size(-1) == 4,
-              "box_iou: boxes2 must have shape ", boxes1.dim() == 2 ? "[M, 4]" : "[B, M, 4]",
-              " like boxes1, got ", boxes2.sizes());
+  TORCH_CHECK(boxes2.dim() == boxes1.dim() && boxes2.size(-1) == 4, "box_iou: boxes2 must have shape ",
+              boxes1.dim() == 2 ? "[M, 4]" : "[B, M, 4]", " like boxes1, got ", boxes2.sizes());
   TORCH_CHECK(boxes1.dim() == 2 || boxes1.size(0) == boxes2.size(0),
-              "box_iou: boxes1 and boxes2 must have the same batch size, got ", boxes1.size(0),
-              " and ", boxes2.size(0));
-  TORCH_CHECK(at::isFloatingType(boxes1.scalar_type()),
-              "box_iou: boxes1 must be a floating point tensor, got ", boxes1.scalar_type());
-  TORCH_CHECK(boxes2.scalar_type() == boxes1.scalar_type(),
-              "box_iou: boxes2 must have the dtype of boxes1 (", boxes1.scalar_type(), "), got ",
-              boxes2.scalar_type());
-  TORCH_CHECK(boxes2.device() == boxes1.device(), "box_iou: boxes2 must be on the device of boxes1 (",
-              boxes1.device(), "), got ", boxes2.device());
+              "box_iou: boxes1 and boxes2 must have the same batch size, got ", boxes1.size(0), " and ",
+              boxes2.size(0));
+  TORCH_CHECK(at::isFloatingType(boxes1.scalar_type()), "box_iou: boxes1 must be a floating point tensor, got ",
+              boxes1.scalar_type());
+  TORCH_CHECK(boxes2.scalar_type() == boxes1.scalar_type(), "box_iou: boxes2 must have the dtype of boxes1 (",
+              boxes1.scalar_type(), "), got ", boxes2.scalar_type());
+  TORCH_CHECK(boxes2.device() == boxes1.device(), "box_iou: boxes2 must be on the device of boxes1 (", boxes1.device(),
+              "), got ", boxes2.device());
   if (boxes1.dim() == 2) return {boxes1.unsqueeze(0).contiguous(), boxes2.unsqueeze(0).contiguous()};
   return {boxes1.contiguous(), boxes2.contiguous()};
 }

@@ -18,15 +18,14 @@ __global__ void box_iou_kernel(int64_t B, int64_t N, int64_t M, const scalar_t* 
                                const scalar_t* __restrict__ b, scalar_t* __restrict__ out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t total = B * N * M;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = i % M, row = i / M, batch = row / N;
     const scalar_t* x = a + 4 * row;
     const scalar_t* y = b + 4 * (batch * M + j);
     const acc_t x1 = x[0], x2 = x[1], x3 = x[2], x4 = x[3];
     const acc_t y1 = y[0], y2 = y[1], y3 = y[2], y4 = y[3];
-    out[i] = static_cast<scalar_t>(box_iou(x1, x2, x3, x4, plain_area(x1, x2, x3, x4), y1, y2, y3, y4,
-                                           plain_area(y1, y2, y3, y4)));
+    out[i] = static_cast<scalar_t>(
+        box_iou(x1, x2, x3, x4, plain_area(x1, x2, x3, x4), y1, y2, y3, y4, plain_area(y1, y2, y3, y4)));
   }
 }
 

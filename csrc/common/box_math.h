@@ -10,8 +10,7 @@ namespace rfe {
 // inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1)),
 // iou = inter / (area_a + area_b - inter).
 template <typename T>
-RFE_HOST_DEVICE inline T box_iou(T ax1, T ay1, T ax2, T ay2, T area_a,
-                                 T bx1, T by1, T bx2, T by2, T area_b) {
+RFE_HOST_DEVICE inline T box_iou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
   const T w = max_of(min_of(ax2, bx2) - max_of(ax1, bx1), T(0));
   const T h = max_of(min_of(ay2, by2) - max_of(ay1, by1), T(0));
   const T inter = mul_rn(w, h);

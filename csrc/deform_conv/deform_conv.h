@@ -132,8 +132,7 @@ struct SamplePoints {
   }
 
   // The backward's view of the point (see bilinear()) and its modulation.
-  RFE_HOST_DEVICE Bilinear<acc_t> at(int64_t n, int64_t g, int64_t k, int64_t i, int64_t j,
-                                     acc_t* modulation) const {
+  RFE_HOST_DEVICE Bilinear<acc_t> at(int64_t n, int64_t g, int64_t k, int64_t i, int64_t j, acc_t* modulation) const {
     acc_t y, x;
     point(n, g, k, i, j, &y, &x, modulation);
     return bilinear(y, x, s.H, s.W);
@@ -161,10 +160,8 @@ int64_t positions_per_tile(const DeformShape& s, int64_t backend_default);
 // Sets the column budget in elements (0: each backend's default); returns the previous.
 int64_t set_column_budget(int64_t elements);
 
-DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight,
-                                   const at::Tensor& offset, const at::Tensor& mask,
-                                   const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
-                                   int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-                                   int64_t dilation_w);
+DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
+                                   const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
+                                   int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w);
 
 }  // namespace rfe

@@ -104,8 +104,8 @@ inline int64_t floor_index(T v) {
 
 // The taps of kernel point k, offset group g, for positions [l0, l0 + count) of image n.
 template <typename T>
-__attribute__((always_inline)) inline void taps(const TapSource<T>& points, int64_t n, int64_t g, int64_t k,
-                                                 int64_t l0, int64_t count, Tap<T>* out) {
+__attribute__((always_inline)) inline void taps(const TapSource<T>& points, int64_t n, int64_t g, int64_t k, int64_t l0,
+                                                int64_t count, Tap<T>* out) {
   const DeformShape& s = points.s;
   const int64_t L = s.L(), channel = g * s.K() + k;
   const T* offset_y = points.offset + n * points.offset_image_stride + channel * 2 * L;
@@ -167,8 +167,7 @@ RFE_VECTOR_CLONES void tile_columns(const T* image, const TapSource<T>& points, 
           T* column = columns + t * layout.width + layout.at(k, run.begin);
           const int64_t width = kWidth > 0 ? kWidth : run.end - run.begin;
 #pragma omp simd
-          for (int64_t c = 0; c < width; ++c)
-            column[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
+          for (int64_t c = 0; c < width; ++c) column[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
         }
       }
     }
@@ -190,9 +189,8 @@ __attribute__((always_inline)) inline T pairwise_sum16(T* a) {
 // gradients, and re-forms the columns (for the weight gradient). kWidth as tile_columns.
 template <typename T, int kWidth>
 RFE_VECTOR_CLONES void tile_backward(const T* image, const TapSource<T>& points, const ChannelRuns& runs,
-                                     const Columns& layout, int64_t n, int64_t l0, int64_t count,
-                                     Tap<T>* tap_buffer, const T* grad_columns, T* grad_image, T* columns,
-                                     T* grad_offset, T* grad_mask) {
+                                     const Columns& layout, int64_t n, int64_t l0, int64_t count, Tap<T>* tap_buffer,
+                                     const T* grad_columns, T* grad_image, T* columns, T* grad_offset, T* grad_mask) {
   const DeformShape& s = points.s;
   const int64_t K = s.K(), L = s.L(), row = (s.W + 2) * s.C;
   constexpr int kLanes = 16;
@@ -282,8 +280,9 @@ void store_outputs(const T* products, int64_t count, int64_t O, const T* bias, T
 // weight [O, Cg, kh, kw] -> [groups, O / groups, K * Cg] in the columns' order.
 at::Tensor weight_as_columns(const at::Tensor& weight, const DeformShape& s) {
   const int64_t Cg = s.C / s.groups;
-  return weight.reshape({s.groups, s.O / s.groups, Cg, s.K()}).permute({0, 1, 3, 2}).reshape(
-      {s.groups, s.O / s.groups, s.K() * Cg});
+  return weight.reshape({s.groups, s.O / s.groups, Cg, s.K()})
+      .permute({0, 1, 3, 2})
+      .reshape({s.groups, s.O / s.groups, s.K() * Cg});
 }
 
 template <typename T>
@@ -294,12 +293,12 @@ TapSource<T> tap_source(const DeformShape& s, const at::Tensor& offset, const at
 
 at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
                              const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_,
-                             int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                             int64_t dilation_h, int64_t dilation_w) {
+                             int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                             int64_t dilation_w) {
   const at::Tensor mask = mask_.has_value() ? images_contiguous(*mask_) : at::Tensor();
   const at::Tensor bias = bias_.has_value() ? bias_->contiguous() : at::Tensor();
-  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w,
-                                               pad_h, pad_w, dilation_h, dilation_w);
+  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                                               dilation_h, dilation_w);
   TORCH_CHECK(input_.scalar_type() == at::kFloat || input_.scalar_type() == at::kDouble,
               "deform_conv2d: input on the CPU must be float32 or float64, got ", input_.scalar_type());
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input_.options());
@@ -340,17 +339,16 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& weight_
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
-    const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& weight_,
-    const at::Tensor& offset_, const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_,
-    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-    int64_t dilation_w) {
+    const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
+    const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_, int64_t stride_h, int64_t stride_w,
+    int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
   const at::Tensor mask = mask_.has_value() ? images_contiguous(*mask_) : at::Tensor();
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
-  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w,
-                                               pad_h, pad_w, dilation_h, dilation_w);
+  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                                               dilation_h, dilation_w);
   TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({s.N, s.O, s.Ho, s.Wo}),
-              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo,
-              "], got ", grad_out_.sizes());
+              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo, "], got ",
+              grad_out_.sizes());
   const at::Tensor offset = images_contiguous(offset_), grad_out = grad_out_.contiguous();
   const at::Tensor input = bordered_channels_last(input_), weight = weight_as_columns(weight_, s);
   const int64_t K = s.K(), L = s.L(), Og = s.O / s.groups, Cg = s.C / s.groups;
@@ -391,9 +389,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
           }
           with_channel_width(s, [&](auto width) {
             tile_backward<T, width>(input.data_ptr<T>() + n * image_size, points, runs, layout, n, l0, count,
-                                    tap_buffer.data(), grad_columns.data_ptr<T>(), grad_image,
-                                    columns.data_ptr<T>(), grad_offset.data_ptr<T>(),
-                                    mask.defined() ? grad_mask.data_ptr<T>() : nullptr);
+                                    tap_buffer.data(), grad_columns.data_ptr<T>(), grad_image, columns.data_ptr<T>(),
+                                    grad_offset.data_ptr<T>(), mask.defined() ? grad_mask.data_ptr<T>() : nullptr);
           });
           for (int64_t G = 0; G < s.groups; ++G)  // [O/g, count] x [count, K * Cg]
             grad_weight[G].addmm_(go.narrow(0, G * Og, Og), cols.narrow(1, G * K * Cg, K * Cg));

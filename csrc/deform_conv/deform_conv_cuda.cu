@@ -3,10 +3,10 @@
 // gradients with atomics (into a float32 buffer for float16/bfloat16) and writes each
 // offset/mask gradient from the one thread that owns it. 64-bit indexing throughout.
 #include <ATen/ATen.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+#include <ATen/cuda/Atomic.cuh>
 
 #include <algorithm>
 #include <limits>
@@ -103,16 +103,16 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& weight
                               int64_t dilation_w) {
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
-  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h,
-                                               pad_w, dilation_h, dilation_w);
+  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                                               dilation_h, dilation_w);
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous();
   const at::Tensor weight = grouped(weight_.contiguous(), s);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   const int64_t chunk = images_per_chunk(s, kColumnBudget);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
-    const SamplePoints<scalar_t, acc_type<scalar_t>> points{
-        s, offset.data_ptr<scalar_t>(), mask.defined() ? mask.data_ptr<scalar_t>() : nullptr};
+    const SamplePoints<scalar_t, acc_type<scalar_t>> points{s, offset.data_ptr<scalar_t>(),
+                                                            mask.defined() ? mask.data_ptr<scalar_t>() : nullptr};
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
       at::Tensor columns = at::empty({s.C * s.K(), nb * s.L()}, input.options());
@@ -127,15 +127,15 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& weight
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
     const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
-    const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_, int64_t stride_h,
-    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
+    const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_, int64_t stride_h, int64_t stride_w,
+    int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
-  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h,
-                                               pad_w, dilation_h, dilation_w);
+  const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                                               dilation_h, dilation_w);
   TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({s.N, s.O, s.Ho, s.Wo}),
-              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo,
-              "], got ", grad_out_.sizes());
+              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo, "], got ",
+              grad_out_.sizes());
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), grad_out = grad_out_.contiguous();
   const at::Tensor weight = grouped(weight_.contiguous(), s);
@@ -149,17 +149,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     const SamplePoints<scalar_t, acc_t> points{s, offset.data_ptr<scalar_t>(),
-                                                mask.defined() ? mask.data_ptr<scalar_t>() : nullptr};
+                                               mask.defined() ? mask.data_ptr<scalar_t>() : nullptr};
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
-      const at::Tensor go = grad_out.narrow(0, n0, nb).view({nb, s.groups, s.O / s.groups, L})
-                                .permute({1, 2, 0, 3}).reshape({s.groups, s.O / s.groups, nb * L});
+      const at::Tensor go = grad_out.narrow(0, n0, nb)
+                                .view({nb, s.groups, s.O / s.groups, L})
+                                .permute({1, 2, 0, 3})
+                                .reshape({s.groups, s.O / s.groups, nb * L});
       const at::Tensor grad_columns = at::bmm(weight.transpose(1, 2), go).contiguous();
       const int64_t work = nb * s.offset_groups * K * L;
       col2im_coord_kernel<scalar_t><<<blocks_for(work), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          grad_columns.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), points, n0, nb,
-          grad_input.data_ptr<acc_t>(), grad_offset.data_ptr<scalar_t>(),
-          mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
+          grad_columns.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), points, n0, nb, grad_input.data_ptr<acc_t>(),
+          grad_offset.data_ptr<scalar_t>(), mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       at::Tensor columns = at::empty({s.C * K, nb * L}, input.options());
       launch_im2col(input, points, n0, nb, columns);

@@ -26,8 +26,8 @@ void check_detect_faces_args(const at::Tensor& loc, const at::Tensor& logits, co
   TORCH_CHECK(canvas_height > 0 && canvas_width > 0, "detect_faces: the canvas size must be positive, got ",
               canvas_height, "x", canvas_width);
   TORCH_CHECK(variances.size() == 2, "detect_faces: variances must hold 2 numbers, got ", variances.size());
-  TORCH_CHECK(score_threshold >= 0.0 && score_threshold <= 1.0,
-              "detect_faces: score_threshold must be in [0, 1], got ", score_threshold);
+  TORCH_CHECK(score_threshold >= 0.0 && score_threshold <= 1.0, "detect_faces: score_threshold must be in [0, 1], got ",
+              score_threshold);
   TORCH_CHECK(nms_threshold >= 0.0 && nms_threshold <= 1.0, "detect_faces: nms_threshold must be in [0, 1], got ",
               nms_threshold);
   TORCH_CHECK(top_k >= 1 && keep_top_k >= 1, "detect_faces: top_k and keep_top_k must be at least 1, got ", top_k,

@@ -120,8 +120,8 @@ ImageDetections<T> detect_image(const ImageInputs<T>& in, T v0, T v1, T score_th
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detect_faces_cpu(
     const at::Tensor& loc_in, const at::Tensor& logits, const at::Tensor& landm_in, const at::Tensor& priors_in,
     const c10::optional<at::Tensor>& inside, const c10::optional<at::Tensor>& factor_in, int64_t canvas_height,
-    int64_t canvas_width, at::ArrayRef<double> variances, double score_threshold, int64_t top_k,
-    double nms_threshold, int64_t keep_top_k) {
+    int64_t canvas_width, at::ArrayRef<double> variances, double score_threshold, int64_t top_k, double nms_threshold,
+    int64_t keep_top_k) {
   check_detect_faces_args(loc_in, logits, landm_in, priors_in, inside, factor_in, canvas_height, canvas_width,
                           variances, score_threshold, top_k, nms_threshold, keep_top_k);
   const at::Tensor loc = loc_in.contiguous(), landm = landm_in.contiguous(), priors = priors_in.contiguous();
@@ -138,11 +138,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detect_faces_cpu(
     // workers asleep for the onnxruntime engine (see image_planes_cpu.cpp).
     at::parallel_for(0, B, 2, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        const ImageInputs<T> in{loc.data_ptr<T>() + b * P * 4, scores_in.data_ptr<T>() + b * P * 2,
-                                landm.data_ptr<T>() + b * P * 10, priors.data_ptr<T>(),
-                                mask.defined() ? mask.data_ptr<T>() + b * P : nullptr, P,
-                                static_cast<T>(canvas_width), static_cast<T>(canvas_height),
-                                factor.defined() ? factor.data_ptr<T>()[b] : T(1), factor.defined()};
+        const ImageInputs<T> in{loc.data_ptr<T>() + b * P * 4,
+                                scores_in.data_ptr<T>() + b * P * 2,
+                                landm.data_ptr<T>() + b * P * 10,
+                                priors.data_ptr<T>(),
+                                mask.defined() ? mask.data_ptr<T>() + b * P : nullptr,
+                                P,
+                                static_cast<T>(canvas_width),
+                                static_cast<T>(canvas_height),
+                                factor.defined() ? factor.data_ptr<T>()[b] : T(1),
+                                factor.defined()};
         images[b] = detect_image(in, static_cast<T>(variances[0]), static_cast<T>(variances[1]),
                                  static_cast<T>(score_threshold), top_k, nms_threshold, keep_top_k);
       }

@@ -39,8 +39,8 @@ at::Tensor rank_in_image(const at::Tensor& image, int64_t B, at::Tensor* counts)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detect_faces_cuda(
     const at::Tensor& loc, const at::Tensor& logits, const at::Tensor& landm, const at::Tensor& priors,
     const c10::optional<at::Tensor>& inside, const c10::optional<at::Tensor>& factor, int64_t canvas_height,
-    int64_t canvas_width, at::ArrayRef<double> variances, double score_threshold, int64_t top_k,
-    double nms_threshold, int64_t keep_top_k) {
+    int64_t canvas_width, at::ArrayRef<double> variances, double score_threshold, int64_t top_k, double nms_threshold,
+    int64_t keep_top_k) {
   check_detect_faces_args(loc, logits, landm, priors, inside, factor, canvas_height, canvas_width, variances,
                           score_threshold, top_k, nms_threshold, keep_top_k);
   c10::cuda::CUDAGuard guard(loc.device());
@@ -70,8 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detect_faces_cuda(
   if (boxes.size(0) > top_k) {  // the top_k best of each image (candidates come by image)
     const at::Tensor order = at::argsort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true);
     const at::Tensor by_image = order.index_select(0, at::argsort(image.index_select(0, order), /*stable=*/true));
-    const at::Tensor best = by_image.index_select(0, at::nonzero(rank_in_image(image.index_select(0, by_image), B,
-                                                                               &counts) < top_k).squeeze(1));
+    const at::Tensor best = by_image.index_select(
+        0, at::nonzero(rank_in_image(image.index_select(0, by_image), B, &counts) < top_k).squeeze(1));
     boxes = boxes.index_select(0, best);
     scores = scores.index_select(0, best);
     points = points.index_select(0, best);
@@ -79,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detect_faces_cuda(
   }
   at::Tensor keep = batched_nms(boxes, scores, image, nms_threshold);
   keep = keep.index_select(0, at::argsort(image.index_select(0, keep), /*stable=*/true));
-  keep = keep.index_select(0, at::nonzero(rank_in_image(image.index_select(0, keep), B, &counts) < keep_top_k)
-                                  .squeeze(1));
+  keep =
+      keep.index_select(0, at::nonzero(rank_in_image(image.index_select(0, keep), B, &counts) < keep_top_k).squeeze(1));
   counts = at::clamp_max(counts, keep_top_k);
   counts = at::where(bad_scores, kNonFiniteScores, at::where(bad_candidates, kNonFiniteCandidates, counts));
   return {boxes.index_select(0, keep), scores.index_select(0, keep), points.index_select(0, keep), counts};

@@ -20,8 +20,7 @@ struct Mean {
 template <typename scalar_t>
 __global__ void image_planes_kernel(int64_t total, int64_t channels, int64_t height, int64_t width, Mean mean,
                                     const scalar_t* __restrict__ in, float* __restrict__ out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t x = i % width, y = (i / width) % height, c = (i / (width * height)) % channels;
     const int64_t b = i / (width * height * channels);
     out[i] = centred(in[((b * height + y) * width + x) * channels + c], mean.value[c]);
@@ -40,11 +39,11 @@ at::Tensor image_planes_cuda(const at::Tensor& image, at::ArrayRef<double> mean_
     auto stream = at::cuda::getCurrentCUDAStream();
     const int64_t channels = rows.size(3), height = rows.size(1), width = rows.size(2);
     if (rows.scalar_type() == at::kByte) {
-      image_planes_kernel<uint8_t><<<blocks, kThreads, 0, stream>>>(
-          total, channels, height, width, mean, rows.data_ptr<uint8_t>(), planes.data_ptr<float>());
+      image_planes_kernel<uint8_t><<<blocks, kThreads, 0, stream>>>(total, channels, height, width, mean,
+                                                                    rows.data_ptr<uint8_t>(), planes.data_ptr<float>());
     } else {
-      image_planes_kernel<float><<<blocks, kThreads, 0, stream>>>(
-          total, channels, height, width, mean, rows.data_ptr<float>(), planes.data_ptr<float>());
+      image_planes_kernel<float><<<blocks, kThreads, 0, stream>>>(total, channels, height, width, mean,
+                                                                  rows.data_ptr<float>(), planes.data_ptr<float>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -13,14 +13,13 @@ constexpr double kMinForcedOverlap = 0.2;
 constexpr double kForcedOverlap = 2.0;
 
 // Shapes, dtypes, devices, threshold and variances of match's arguments; returns {B, G, P}.
-std::tuple<int64_t, int64_t, int64_t> check_match_args(
-    const at::Tensor& truths, const at::Tensor& labels, const at::Tensor& landms,
-    const at::Tensor& num_truths, const at::Tensor& priors, double threshold,
-    at::ArrayRef<double> variances);
+std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths, const at::Tensor& labels,
+                                                       const at::Tensor& landms, const at::Tensor& num_truths,
+                                                       const at::Tensor& priors, double threshold,
+                                                       at::ArrayRef<double> variances);
 
 // Allocates (uninitialised) loc_t [B, P, 4], conf_t [B, P] int64, landm_t [B, P, 10].
-std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_targets(const at::Tensor& truths,
-                                                             int64_t priors);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_targets(const at::Tensor& truths, int64_t priors);
 
 // loc_t[..., 2:4] = log(ratio) / v1 for the size ratios [B, P, 2] ((x2 - x1) / w and
 // (y2 - y1) / h, overwritten), with ATen's own log, so that it rounds as torch.log does.

@@ -66,8 +66,7 @@ struct PriorTable {
   PriorRuns<T> runs;
 
   PriorTable(const T* priors, int64_t P, T v0)
-      : corners(4 * P), areas(P), centre_x(P), landm_origin(10 * P), landm_scale(10 * P),
-        x1(P), y1(P), x2(P), y2(P) {
+      : corners(4 * P), areas(P), centre_x(P), landm_origin(10 * P), landm_scale(10 * P), x1(P), y1(P), x2(P), y2(P) {
     for (int64_t p = 0; p < P; ++p) {
       const T* c = corners.data() + 4 * p;
       prior_corners(priors + 4 * p, corners.data() + 4 * p);
@@ -93,10 +92,9 @@ struct Scratch {
 // IoU of truth t (area `area`) with priors [first, last), branch-free so that it
 // vectorises. A prior that misses the truth gets IoU 0 exactly, as box_iou gives it.
 template <typename T>
-void window_iou(const T* t, T area, const PriorTable<T>& table, int64_t first, int64_t last,
-                T* __restrict out) {
-  const T *__restrict x1 = table.x1.data(), *__restrict y1 = table.y1.data();
-  const T *__restrict x2 = table.x2.data(), *__restrict y2 = table.y2.data();
+void window_iou(const T* t, T area, const PriorTable<T>& table, int64_t first, int64_t last, T* __restrict out) {
+  const T* __restrict x1 = table.x1.data(), * __restrict y1 = table.y1.data();
+  const T* __restrict x2 = table.x2.data(), * __restrict y2 = table.y2.data();
   const T* __restrict areas = table.areas.data();
   for (int64_t p = first; p < last; ++p)
     out[p - first] = box_iou(t[0], t[1], t[2], t[3], area, x1[p], y1[p], x2[p], y2[p], areas[p]);
@@ -122,8 +120,8 @@ bool match_image(const T* truths, int64_t n, const PriorTable<T>& table, int64_t
       if (min_of(t[3], runs.y2[r]) - max_of(t[1], runs.y1[r]) <= T(0)) continue;
       int64_t first = runs.begin[r], last = runs.begin[r + 1];
       if (runs.sorted_by_cx[r]) {  // a generous window: the IoU decides exactly
-        const T margin = runs.half_width[r] * T(kWindowWidthSlack) +
-                         (std::abs(t[0]) + std::abs(t[2])) * T(kWindowRelativeSlack);
+        const T margin =
+            runs.half_width[r] * T(kWindowWidthSlack) + (std::abs(t[0]) + std::abs(t[2])) * T(kWindowRelativeSlack);
         const T* cx = table.centre_x.data();
         first = std::lower_bound(cx + first, cx + last, t[0] - margin) - cx;
         last = std::lower_bound(cx + first, cx + last, t[2] + margin) - cx;
@@ -159,16 +157,16 @@ bool match_image(const T* truths, int64_t n, const PriorTable<T>& table, int64_t
 // x = (x - origin) / scale elementwise: the landmark encoding of a whole image as one
 // loop that the compiler vectorises (its divisions dominate the encoding otherwise).
 template <typename T>
-void encode_in_place(T* __restrict x, const T* __restrict origin, const T* __restrict scale,
-                     int64_t n) {
+void encode_in_place(T* __restrict x, const T* __restrict origin, const T* __restrict scale, int64_t n) {
   for (int64_t k = 0; k < n; ++k) x[k] = encode_coordinate(x[k], origin[k], scale[k]);
 }
 
 template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(
-    const at::Tensor& truths_t, const at::Tensor& labels_t, const at::Tensor& landms_t,
-    const at::Tensor& num_truths_t, const at::Tensor& priors_t, double threshold_d,
-    at::ArrayRef<double> variances, int64_t B, int64_t G, int64_t P) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(const at::Tensor& truths_t, const at::Tensor& labels_t,
+                                                            const at::Tensor& landms_t, const at::Tensor& num_truths_t,
+                                                            const at::Tensor& priors_t, double threshold_d,
+                                                            at::ArrayRef<double> variances, int64_t B, int64_t G,
+                                                            int64_t P) {
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_t, P);
   if (B == 0 || P == 0) return {loc_t, conf_t, landm_t};
 
@@ -198,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(
         if (!has_targets) {  // all-zero targets
           std::fill_n(loc + 4 * p, 4, T(0));
           for (int k = 0; k < 10; ++k) landm[10 * p + k] = table.landm_origin[10 * p + k];  // -> 0
-          s.ratio[2 * p] = s.ratio[2 * p + 1] = T(1);  // log(1) / v1 = 0
+          s.ratio[2 * p] = s.ratio[2 * p + 1] = T(1);                                       // log(1) / v1 = 0
           conf[p] = 0;
           continue;
         }
@@ -232,37 +230,36 @@ bool all_finite(const T* v, int64_t n) {
 // The value checks of the Python wrapper's check=True, in its order and words; on the
 // CPU they cost next to nothing, so they always run.
 template <typename T>
-void check_match_values(const T* truths, const T* landms, const T* priors, const int64_t* counts,
-                        int64_t B, int64_t G, int64_t P) {
+void check_match_values(const T* truths, const T* landms, const T* priors, const int64_t* counts, int64_t B, int64_t G,
+                        int64_t P) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t g = 0; g < counts[b]; ++g) {
       const T* t = truths + (b * G + g) * 4;
-      TORCH_CHECK(all_finite(t, 4), "match: truths[", b, ", ", g, "] = [", t[0], ", ", t[1], ", ",
-                  t[2], ", ", t[3], "] is not finite");
+      TORCH_CHECK(all_finite(t, 4), "match: truths[", b, ", ", g, "] = [", t[0], ", ", t[1], ", ", t[2], ", ", t[3],
+                  "] is not finite");
     }
   }
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t g = 0; g < counts[b]; ++g) {
       const T* t = truths + (b * G + g) * 4;
-      TORCH_CHECK(t[2] > t[0] && t[3] > t[1], "match: truths[", b, ", ", g, "] = [", t[0], ", ",
-                  t[1], ", ", t[2], ", ", t[3], "] is empty (x2 <= x1 or y2 <= y1)");
+      TORCH_CHECK(t[2] > t[0] && t[3] > t[1], "match: truths[", b, ", ", g, "] = [", t[0], ", ", t[1], ", ", t[2], ", ",
+                  t[3], "] is empty (x2 <= x1 or y2 <= y1)");
     }
   }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t g = 0; g < counts[b]; ++g)
-      TORCH_CHECK(all_finite(landms + (b * G + g) * 10, 10), "match: landms[", b, ", ", g,
-                  "] is not finite");
+      TORCH_CHECK(all_finite(landms + (b * G + g) * 10, 10), "match: landms[", b, ", ", g, "] is not finite");
   for (int64_t p = 0; p < P; ++p) {
     const T* q = priors + 4 * p;
-    TORCH_CHECK(all_finite(q, 4) && q[2] > 0 && q[3] > 0, "match: priors[", p, "] = [", q[0], ", ",
-                q[1], ", ", q[2], ", ", q[3], "] must be finite with w > 0 and h > 0");
+    TORCH_CHECK(all_finite(q, 4) && q[2] > 0 && q[3] > 0, "match: priors[", p, "] = [", q[0], ", ", q[1], ", ", q[2],
+                ", ", q[3], "] must be finite with w > 0 and h > 0");
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cpu(
-    const at::Tensor& truths, const at::Tensor& labels, const at::Tensor& landms,
-    const at::Tensor& num_truths, const at::Tensor& priors, double threshold,
-    at::ArrayRef<double> variances) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cpu(const at::Tensor& truths, const at::Tensor& labels,
+                                                         const at::Tensor& landms, const at::Tensor& num_truths,
+                                                         const at::Tensor& priors, double threshold,
+                                                         at::ArrayRef<double> variances) {
   const auto [B, G, P] = check_match_args(truths, labels, landms, num_truths, priors, threshold, variances);
   const at::Tensor counts = num_truths.contiguous();
   for (int64_t b = 0; b < B; ++b) {

@@ -71,8 +71,7 @@ __global__ void best_prior_kernel(int64_t G, int64_t P, const T* __restrict__ tr
     if (threadIdx.x < stride) {
       const T other = values[threadIdx.x + stride];
       const int64_t other_index = indices[threadIdx.x + stride];
-      if (other > values[threadIdx.x] ||
-          (other == values[threadIdx.x] && other_index < indices[threadIdx.x])) {
+      if (other > values[threadIdx.x] || (other == values[threadIdx.x] && other_index < indices[threadIdx.x])) {
         values[threadIdx.x] = other;
         indices[threadIdx.x] = other_index;
       }
@@ -89,9 +88,9 @@ __global__ void best_prior_kernel(int64_t G, int64_t P, const T* __restrict__ tr
 // prior overlap 2; then every truth, in order, claims its best prior.
 template <typename T>
 __global__ void force_kernel(int64_t B, int64_t G, int64_t P, const int64_t* __restrict__ num_truths,
-                             const int64_t* __restrict__ prior_of_truth,
-                             const T* __restrict__ overlap_of_truth, int64_t* __restrict__ truth_of_prior,
-                             T* __restrict__ overlap_of_prior, bool* __restrict__ has_targets) {
+                             const int64_t* __restrict__ prior_of_truth, const T* __restrict__ overlap_of_truth,
+                             int64_t* __restrict__ truth_of_prior, T* __restrict__ overlap_of_prior,
+                             bool* __restrict__ has_targets) {
   const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (b >= B) return;
   const int64_t n = truth_count(num_truths, b, G);
@@ -107,12 +106,11 @@ __global__ void force_kernel(int64_t B, int64_t G, int64_t P, const int64_t* __r
 }
 
 template <typename T>
-__global__ void encode_kernel(int64_t G, int64_t P, const T* __restrict__ truths,
-                              const int64_t* __restrict__ labels, const T* __restrict__ landms,
-                              const T* __restrict__ priors, const int64_t* __restrict__ truth_of_prior,
-                              const T* __restrict__ overlap_of_prior, const bool* __restrict__ has_targets,
-                              T threshold, T v0, T* __restrict__ loc, int64_t* __restrict__ conf,
-                              T* __restrict__ ratio, T* __restrict__ landm) {
+__global__ void encode_kernel(int64_t G, int64_t P, const T* __restrict__ truths, const int64_t* __restrict__ labels,
+                              const T* __restrict__ landms, const T* __restrict__ priors,
+                              const int64_t* __restrict__ truth_of_prior, const T* __restrict__ overlap_of_prior,
+                              const bool* __restrict__ has_targets, T threshold, T v0, T* __restrict__ loc,
+                              int64_t* __restrict__ conf, T* __restrict__ ratio, T* __restrict__ landm) {
   const int64_t b = blockIdx.y, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (p >= P) return;
   const int64_t i = b * P + p;
@@ -131,21 +129,20 @@ __global__ void encode_kernel(int64_t G, int64_t P, const T* __restrict__ truths
   encode_landmarks(landms + (b * G + g) * 10, priors + 4 * p, v0, landm + 10 * i);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
-    const at::Tensor& truths_in, const at::Tensor& labels_in, const at::Tensor& landms_in,
-    const at::Tensor& num_truths_in, const at::Tensor& priors_in, double threshold,
-    at::ArrayRef<double> variances) {
-  const auto [B, G, P] = check_match_args(truths_in, labels_in, landms_in, num_truths_in, priors_in,
-                                          threshold, variances);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(const at::Tensor& truths_in, const at::Tensor& labels_in,
+                                                          const at::Tensor& landms_in, const at::Tensor& num_truths_in,
+                                                          const at::Tensor& priors_in, double threshold,
+                                                          at::ArrayRef<double> variances) {
+  const auto [B, G, P] =
+      check_match_args(truths_in, labels_in, landms_in, num_truths_in, priors_in, threshold, variances);
   TORCH_CHECK(G <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " truths per image on CUDA, got G = ", G);
   c10::cuda::CUDAGuard guard(truths_in.device());
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_in, P);
   if (B == 0 || P == 0) return {loc_t, conf_t, landm_t};
   TORCH_CHECK(B <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " images per call on CUDA, got B = ", B);
 
-  const at::Tensor truths = truths_in.contiguous(), labels = labels_in.contiguous(),
-                   landms = landms_in.contiguous(), num_truths = num_truths_in.contiguous(),
-                   priors = priors_in.contiguous();
+  const at::Tensor truths = truths_in.contiguous(), labels = labels_in.contiguous(), landms = landms_in.contiguous(),
+                   num_truths = num_truths_in.contiguous(), priors = priors_in.contiguous();
   const auto long_options = truths.options().dtype(at::kLong);
   at::Tensor truth_of_prior = at::empty({B, P}, long_options);
   at::Tensor overlap_of_prior = at::empty({B, P}, truths.options());
@@ -161,12 +158,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
     const T* t = truths.data_ptr<T>();
     const T* pr = priors.data_ptr<T>();
     const int64_t* counts = num_truths.data_ptr<int64_t>();
-    best_truth_kernel<T><<<prior_grid, kThreads, 0, stream>>>(
-        G, P, t, counts, pr, truth_of_prior.data_ptr<int64_t>(), overlap_of_prior.data_ptr<T>());
+    best_truth_kernel<T><<<prior_grid, kThreads, 0, stream>>>(G, P, t, counts, pr, truth_of_prior.data_ptr<int64_t>(),
+                                                              overlap_of_prior.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (G > 0) {
-      best_prior_kernel<T><<<dim3(G, B), kThreads, 0, stream>>>(
-          G, P, t, counts, pr, prior_of_truth.data_ptr<int64_t>(), overlap_of_truth.data_ptr<T>());
+      best_prior_kernel<T><<<dim3(G, B), kThreads, 0, stream>>>(G, P, t, counts, pr, prior_of_truth.data_ptr<int64_t>(),
+                                                                overlap_of_truth.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     force_kernel<T><<<blocks_for(B), kThreads, 0, stream>>>(
@@ -174,10 +171,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(
         truth_of_prior.data_ptr<int64_t>(), overlap_of_prior.data_ptr<T>(), has_targets.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     encode_kernel<T><<<prior_grid, kThreads, 0, stream>>>(
-        G, P, t, labels.data_ptr<int64_t>(), landms.data_ptr<T>(), pr,
-        truth_of_prior.data_ptr<int64_t>(), overlap_of_prior.data_ptr<T>(),
-        has_targets.data_ptr<bool>(), static_cast<T>(threshold), static_cast<T>(variances[0]),
-        loc_t.data_ptr<T>(), conf_t.data_ptr<int64_t>(), size_ratio.data_ptr<T>(), landm_t.data_ptr<T>());
+        G, P, t, labels.data_ptr<int64_t>(), landms.data_ptr<T>(), pr, truth_of_prior.data_ptr<int64_t>(),
+        overlap_of_prior.data_ptr<T>(), has_targets.data_ptr<bool>(), static_cast<T>(threshold),
+        static_cast<T>(variances[0]), loc_t.data_ptr<T>(), conf_t.data_ptr<int64_t>(), size_ratio.data_ptr<T>(),
+        landm_t.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   finish_size_encoding(loc_t, size_ratio, variances[1]);

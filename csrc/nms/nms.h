@@ -28,8 +28,8 @@ inline T threshold_as(double iou_threshold) {
 // Shared argument checks of the NMS ops (both backends): shapes, dtypes, devices,
 // the threshold. Finiteness is checked inside the kernels, which read every value anyway.
 // `idxs` is undefined for plain NMS.
-void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                    double iou_threshold, const char* op_name);
+void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold,
+                    const char* op_name);
 
 // NMS over n boxes [n, 4] on the CPU, for kernels that run it on their own buffers:
 // the kept indices in decreasing score order (equal scores: lower index first); boxes
@@ -40,7 +40,7 @@ std::vector<int64_t> nms_keep_cpu(const scalar_t* boxes, const scalar_t* scores,
                                   double iou_threshold);
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
-at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
-                           const at::Tensor& idxs, double iou_threshold);
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                           double iou_threshold);
 
 }  // namespace rfe

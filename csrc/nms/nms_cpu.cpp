@@ -48,9 +48,9 @@ struct BoxColumns {
 // Boxes in sweep order (by class, then x1).
 template <typename scalar_t>
 struct SweepBoxes : BoxColumns<scalar_t> {
-  std::vector<int32_t> rank;        // position in score order (0 = highest score)
-  std::vector<int64_t> position;    // sweep position of box i (original index)
-  std::vector<int64_t> run_begin;   // per sweep position: the range of its class
+  std::vector<int32_t> rank;       // position in score order (0 = highest score)
+  std::vector<int64_t> position;   // sweep position of box i (original index)
+  std::vector<int64_t> run_begin;  // per sweep position: the range of its class
   std::vector<int64_t> run_end;
   std::vector<double> run_max_width;  // per sweep position: widest box of its class
   std::vector<int32_t> run_id;        // per sweep position: its class, numbered 0, 1, ...
@@ -98,8 +98,7 @@ RankedBoxes<scalar_t> make_ranked(const SweepBoxes<scalar_t>& sweep, const int64
 }
 
 template <typename scalar_t>
-SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes,
-                                const int64_t* order, int64_t n) {
+SweepBoxes<scalar_t> make_sweep(const scalar_t* boxes, const int64_t* classes, const int64_t* order, int64_t n) {
   std::vector<scalar_t> x1(n);
   for (int64_t i = 0; i < n; ++i) x1[i] = boxes[4 * i];
   std::vector<int64_t> by_x = stable_order(x1.data(), n, /*descending=*/false);
@@ -165,8 +164,8 @@ std::vector<int64_t> nms_keep_cpu(const scalar_t* boxes, const scalar_t* scores,
 
     const scalar_t x1 = s.x1[p], x2 = s.x2[p];
     const double width = s.run_max_width[p];
-    const double reach = double(x1) - width - kWindowRelativeSlack * (std::abs(double(x1)) + width) -
-                         kWindowAbsoluteSlack;
+    const double reach =
+        double(x1) - width - kWindowRelativeSlack * (std::abs(double(x1)) + width) - kWindowAbsoluteSlack;
     const scalar_t* run_x1 = s.x1.data();
     const int64_t lo = std::lower_bound(run_x1 + s.run_begin[p], run_x1 + s.run_end[p], reach,
                                         [](scalar_t v, double t) { return double(v) < t; }) -
@@ -177,14 +176,12 @@ std::vector<int64_t> nms_keep_cpu(const scalar_t* boxes, const scalar_t* scores,
     if (hi - lo <= n - r - 1) {
       uint8_t* removed = removed_by_position.data();
       at::parallel_for(lo, hi, kScanGrain, [&](int64_t begin, int64_t end) {
-        suppress(s, p, s.rank.data(), static_cast<int32_t>(r), std::greater<int32_t>(), threshold, begin, end,
-                 removed);
+        suppress(s, p, s.rank.data(), static_cast<int32_t>(r), std::greater<int32_t>(), threshold, begin, end, removed);
       });
     } else {
       uint8_t* removed = removed_by_rank.data();
       at::parallel_for(r + 1, n, kScanGrain, [&](int64_t begin, int64_t end) {
-        suppress(ranked, r, ranked.cls.data(), ranked.cls[r], std::equal_to<int32_t>(), threshold, begin, end,
-                 removed);
+        suppress(ranked, r, ranked.cls.data(), ranked.cls[r], std::equal_to<int32_t>(), threshold, begin, end, removed);
       });
     }
   }
@@ -201,19 +198,19 @@ at::Tensor nms_kernel(const at::Tensor& boxes_in, const at::Tensor& scores_in, c
                       double iou_threshold) {
   const at::Tensor boxes = boxes_in.contiguous(), scores = scores_in.contiguous();
   const at::Tensor idxs = idxs_in.defined() ? idxs_in.contiguous() : idxs_in;
-  std::vector<int64_t> keep = nms_keep_cpu(boxes.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(),
-                                           idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr, boxes.size(0),
-                                           iou_threshold);
+  std::vector<int64_t> keep =
+      nms_keep_cpu(boxes.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(),
+                   idxs.defined() ? idxs.data_ptr<int64_t>() : nullptr, boxes.size(0), iou_threshold);
   return at::from_blob(keep.data(), {static_cast<int64_t>(keep.size())}, at::kLong).clone();
 }
 
-at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                        double iou_threshold, const char* op_name) {
+at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold,
+                        const char* op_name) {
   check_nms_args(boxes, scores, idxs, iou_threshold, op_name);
   TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble, op_name,
               ": boxes on the CPU must be float32 or float64, got ", boxes.scalar_type());
-  TORCH_CHECK(boxes.size(0) < std::numeric_limits<int32_t>::max(), op_name,
-              ": at most 2^31 - 2 boxes, got ", boxes.size(0));
+  TORCH_CHECK(boxes.size(0) < std::numeric_limits<int32_t>::max(), op_name, ": at most 2^31 - 2 boxes, got ",
+              boxes.size(0));
   if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   return AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
     check_finite<scalar_t>(boxes, op_name, "boxes");
@@ -228,8 +225,8 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   return nms_dispatch(boxes, scores, at::Tensor(), iou_threshold, "nms");
 }
 
-at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
-                           const at::Tensor& idxs, double iou_threshold) {
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                           double iou_threshold) {
   TORCH_CHECK(idxs.defined(), "batched_nms: idxs is required");
   return nms_dispatch(boxes, scores, idxs, iou_threshold, "batched_nms");
 }

@@ -21,9 +21,8 @@ constexpr int64_t kBadBoxes = 1, kBadScores = 2;
 // status[0]: number kept; status[1]: kBadBoxes | kBadScores flags.
 template <typename scalar_t, typename acc_t>
 __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, const scalar_t* __restrict__ boxes,
-                                const scalar_t* __restrict__ scores,
-                                const int64_t* __restrict__ classes, acc_t threshold,
-                                unsigned long long* __restrict__ mask,
+                                const scalar_t* __restrict__ scores, const int64_t* __restrict__ classes,
+                                acc_t threshold, unsigned long long* __restrict__ mask,
                                 unsigned long long* __restrict__ status) {
   const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
   if (col_block < row_block) return;
@@ -70,18 +69,15 @@ __global__ void nms_mask_kernel(int64_t n, int64_t col_blocks, const scalar_t* _
 // One block walks the boxes in score order, 64 at a time: thread 0 settles which of the
 // 64 survive (from the diagonal mask words), then all threads OR the survivors' masks
 // into the words of later boxes that they own.
-__global__ void nms_gather_kernel(int64_t n, int64_t col_blocks,
-                                  const unsigned long long* __restrict__ mask,
-                                  const int64_t* __restrict__ order,
-                                  unsigned long long* __restrict__ removed,
+__global__ void nms_gather_kernel(int64_t n, int64_t col_blocks, const unsigned long long* __restrict__ mask,
+                                  const int64_t* __restrict__ order, unsigned long long* __restrict__ removed,
                                   int64_t* __restrict__ keep, unsigned long long* __restrict__ status) {
   __shared__ unsigned long long diagonal[kBoxesPerBlock];
   __shared__ unsigned long long survivors;
   int64_t kept = 0;  // meaningful in thread 0
   for (int64_t block = 0; block < col_blocks; ++block) {
     const int size = static_cast<int>(min_of<int64_t>(n - block * kBoxesPerBlock, kBoxesPerBlock));
-    if (threadIdx.x < size)
-      diagonal[threadIdx.x] = mask[(block * kBoxesPerBlock + threadIdx.x) * col_blocks + block];
+    if (threadIdx.x < size) diagonal[threadIdx.x] = mask[(block * kBoxesPerBlock + threadIdx.x) * col_blocks + block];
     __syncthreads();  // also publishes removed[block], written in the last round
     if (threadIdx.x == 0) {
       unsigned long long dropped = removed[block], alive = 0;
@@ -113,8 +109,7 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   TORCH_CHECK(boxes.is_cuda(), op_name, ": boxes must be a CUDA tensor here");
   const int64_t n = boxes.size(0);
   const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
-  TORCH_CHECK(col_blocks <= kMaxGridYZ, op_name, ": at most ", kMaxGridYZ * kBoxesPerBlock,
-              " boxes on CUDA, got ", n);
+  TORCH_CHECK(col_blocks <= kMaxGridYZ, op_name, ": at most ", kMaxGridYZ * kBoxesPerBlock, " boxes on CUDA, got ", n);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
 
   c10::cuda::CUDAGuard guard(boxes.device());
@@ -138,14 +133,13 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
     const dim3 grid(col_blocks, col_blocks);
     nms_mask_kernel<scalar_t, acc_t><<<grid, kBoxesPerBlock, 0, stream>>>(
         n, col_blocks, sorted_boxes.data_ptr<scalar_t>(), sorted_scores.data_ptr<scalar_t>(),
-        sorted_classes.defined() ? sorted_classes.data_ptr<int64_t>() : nullptr,
-        threshold_as<acc_t>(iou_threshold), mask_ptr, status_ptr);
+        sorted_classes.defined() ? sorted_classes.data_ptr<int64_t>() : nullptr, threshold_as<acc_t>(iou_threshold),
+        mask_ptr, status_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   nms_gather_kernel<<<1, kGatherThreads, 0, stream>>>(
       n, col_blocks, mask_ptr, order.data_ptr<int64_t>(),
-      reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()), keep.data_ptr<int64_t>(),
-      status_ptr);
+      reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()), keep.data_ptr<int64_t>(), status_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const at::Tensor host_status = status.cpu();  // the one synchronisation: the keep count

@@ -23,12 +23,21 @@ from .widerface import add_widerface_predict_command
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="retinaface", description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE "
-                                       "val; make and check training data; train.")
+        prog="retinaface",
+        description="Detect faces and landmarks with RetinaFace; predict and evaluate WIDER FACE "
+        "val; make and check training data; train.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_detect_command, add_widerface_predict_command, add_eval_command, add_bench_command,
-                add_data_commands, add_train_command, add_export_command):
+    for add in (
+        add_detect_command,
+        add_widerface_predict_command,
+        add_eval_command,
+        add_bench_command,
+        add_data_commands,
+        add_train_command,
+        add_export_command,
+    ):
         add(commands)
     return parser
 

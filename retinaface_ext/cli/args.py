@@ -18,6 +18,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------- option values
 
+
 def _number(text: str) -> float:
     try:
         value = float(text)

@@ -38,9 +38,11 @@ def command_bench(args) -> int:
         for fn in stages.values():
             for _ in range(3):
                 fn()
-        print(f"{args.image}: {image.shape[1]}x{image.shape[0]}, network input {size[1]}x{size[0]}, "
-              f"{detector.config.backbone} with {detector.engine.name} on {detector.device} ({torch.get_num_threads()} "
-              f"threads), {args.runs} runs")
+        print(
+            f"{args.image}: {image.shape[1]}x{image.shape[0]}, network input {size[1]}x{size[0]}, "
+            f"{detector.config.backbone} with {detector.engine.name} on {detector.device} ({torch.get_num_threads()} "
+            f"threads), {args.runs} runs"
+        )
         for name, fn in stages.items():
             median, best = _timed(fn, args.runs, detector.device)
             print(f"  {name:13s} median {median:8.2f} ms   min {best:8.2f} ms")
@@ -48,9 +50,12 @@ def command_bench(args) -> int:
 
 
 def add_bench_command(commands) -> None:
-    bench = commands.add_parser("bench", help="time detection on one image",
-                                description="Time the whole detect call, the forward pass and the "
-                                            "post-processing (decode, filter, NMS) on one image.")
+    bench = commands.add_parser(
+        "bench",
+        help="time detection on one image",
+        description="Time the whole detect call, the forward pass and the "
+        "post-processing (decode, filter, NMS) on one image.",
+    )
     bench.add_argument("image")
     add_detector_options(bench)
     bench.add_argument("--runs", type=positive_int, default=20, help="timed runs after 3 warm-up runs (20)")

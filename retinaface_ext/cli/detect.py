@@ -6,8 +6,16 @@ import os
 import sys
 
 from .args import UserError, fraction
-from .shared import (add_detector_options, add_size_options, batches, check_origin_size, image_files, make_detector,
-                     output_folder, progress_bar)
+from .shared import (
+    add_detector_options,
+    add_size_options,
+    batches,
+    check_origin_size,
+    image_files,
+    make_detector,
+    output_folder,
+    progress_bar,
+)
 
 
 def command_detect(args) -> int:
@@ -23,8 +31,9 @@ def command_detect(args) -> int:
         for path in files:
             image_out = os.path.join(args.out, os.path.relpath(path, root))
             if os.path.realpath(image_out) in inputs and not args.no_draw:
-                raise UserError(f"--out {args.out}: the annotated copy of {path} would overwrite it; "
-                                f"choose another folder")
+                raise UserError(
+                    f"--out {args.out}: the annotated copy of {path} would overwrite it; choose another folder"
+                )
             outputs[path] = (image_out, image_out + ".json")
     crops = align_outputs(args.align, files, root) if args.align else {}
     detector = make_detector(args, target_size=args.target_size, max_size=args.max_size)
@@ -33,8 +42,7 @@ def command_detect(args) -> int:
             images = [detector.read_image(path) for path in chunk]
             for path, image, faces in zip(chunk, images, detector.detect(images, names=chunk)):
                 faces = faces.above(args.threshold)
-                record = {"image": path, "width": image.shape[1], "height": image.shape[0],
-                          "faces": faces.to_list()}
+                record = {"image": path, "width": image.shape[1], "height": image.shape[0], "faces": faces.to_list()}
                 if args.out:
                     image_out, json_out = outputs[path]
                     if not args.no_draw:
@@ -67,8 +75,9 @@ def align_outputs(folder, files, root):
         taken = re.compile(re.escape(os.path.realpath(prefix)) + r"\d+" + re.escape(extension) + "$")
         clash = next((other for other in inputs if taken.match(other)), None)
         if clash:
-            raise UserError(f"--align {folder}: a crop of {path} would overwrite the input {clash}; "
-                            f"choose another folder")
+            raise UserError(
+                f"--align {folder}: a crop of {path} would overwrite the input {clash}; choose another folder"
+            )
     return outputs
 
 
@@ -83,11 +92,14 @@ def write_crops(image, faces, names):
 
 
 def add_detect_command(commands) -> None:
-    detect = commands.add_parser("detect", help="detect faces in an image or a folder of images",
-                                 description="Detect faces and their 5 landmarks. With --out, each input's "
-                                             "annotated copy keeps its path relative to IMAGE_OR_DIR and its "
-                                             "file name (JSON: the file name plus .json); inputs are never "
-                                             "overwritten.")
+    detect = commands.add_parser(
+        "detect",
+        help="detect faces in an image or a folder of images",
+        description="Detect faces and their 5 landmarks. With --out, each input's "
+        "annotated copy keeps its path relative to IMAGE_OR_DIR and its "
+        "file name (JSON: the file name plus .json); inputs are never "
+        "overwritten.",
+    )
     detect.add_argument("input", metavar="IMAGE_OR_DIR")
     add_detector_options(detect)
     detect.add_argument("--threshold", type=fraction, default=0.6, help="score to draw and report a face (0.6)")
@@ -95,7 +107,11 @@ def add_detect_command(commands) -> None:
     detect.add_argument("--json", action="store_true", help="write <image>.json per image (stdout without --out)")
     detect.add_argument("--no-draw", action="store_true", help="with --out: do not write annotated images")
     detect.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
-    detect.add_argument("--align", metavar="DIR", default=None,
-                        help="write one aligned 112x112 crop per face (ArcFace template) into DIR")
+    detect.add_argument(
+        "--align",
+        metavar="DIR",
+        default=None,
+        help="write one aligned 112x112 crop per face (ArcFace template) into DIR",
+    )
     add_size_options(detect, "cap the long side at this (alone: shrink only larger images)")
     detect.set_defaults(run=command_detect)

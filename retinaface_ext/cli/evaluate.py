@@ -24,10 +24,15 @@ def command_eval(args) -> int:
 
 
 def add_eval_command(commands) -> None:
-    evaluate = commands.add_parser("eval", help="WIDER FACE val AP (easy, medium, hard)",
-                                   description="Evaluate a prediction folder against the official val ground truth.")
+    evaluate = commands.add_parser(
+        "eval",
+        help="WIDER FACE val AP (easy, medium, hard)",
+        description="Evaluate a prediction folder against the official val ground truth.",
+    )
     evaluate.add_argument("--pred", required=True, help="prediction folder (<event>/<image>.txt)")
-    evaluate.add_argument("--gt", required=True, help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
+    evaluate.add_argument(
+        "--gt", required=True, help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat"
+    )
     evaluate.add_argument("--iou", type=iou_fraction, default=0.5, help="IoU for a match, in (0, 1] (0.5)")
     evaluate.add_argument("--plot", help="write the PR curves to this PNG")
     evaluate.set_defaults(run=command_eval)

@@ -20,9 +20,18 @@ def command_export(args) -> int:
     dynamic = args.dynamic or args.size is None
     size = tuple(args.size) if args.size else (640, 640)
     try:
-        report = to_onnx(args.weights, args.onnx, dynamic=dynamic, opset=args.opset, postprocess=args.postprocess,
-                         size=size, batch=args.batch, exporter=args.exporter, check=not args.no_check,
-                         settings=detection_settings(args))
+        report = to_onnx(
+            args.weights,
+            args.onnx,
+            dynamic=dynamic,
+            opset=args.opset,
+            postprocess=args.postprocess,
+            size=size,
+            batch=args.batch,
+            exporter=args.exporter,
+            check=not args.no_check,
+            settings=detection_settings(args),
+        )
     except RuntimeError as error:  # the check with onnxruntime failed; nothing was written
         raise UserError(f"{error} (nothing written; --no-check writes it anyway)") from None
     print(report)
@@ -32,23 +41,36 @@ def command_export(args) -> int:
 
 def add_export_command(commands) -> None:
     parser = commands.add_parser(
-        "export", help="export a checkpoint to ONNX (any input size, DCN included)",
+        "export",
+        help="export a checkpoint to ONNX (any input size, DCN included)",
         description="Export the network (BatchNorm folded, heads merged) to ONNX; with --postprocess, the "
-                    "whole detector (priors, decoding, NonMaxSuppression) so that a deployment needs no Python. "
-                    "Batch, height and width are dynamic unless --size is given alone. Deformable "
-                    "convolutions become ONNX DeformConv (opset 19+). The file is checked with onnxruntime "
-                    "when it is installed. See the README for the graphs' inputs and outputs.")
+        "whole detector (priors, decoding, NonMaxSuppression) so that a deployment needs no Python. "
+        "Batch, height and width are dynamic unless --size is given alone. Deformable "
+        "convolutions become ONNX DeformConv (opset 19+). The file is checked with onnxruntime "
+        "when it is installed. See the README for the graphs' inputs and outputs.",
+    )
     parser.add_argument("--weights", required=True, help="checkpoint (Pytorch_Retinaface's or ours)")
     parser.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="dynamic batch, height and width (the default without --size)")
-    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
-                        help="the example input's height and width; alone: the graph's fixed size")
+    parser.add_argument(
+        "--dynamic", action="store_true", help="dynamic batch, height and width (the default without --size)"
+    )
+    parser.add_argument(
+        "--size",
+        type=positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="the example input's height and width; alone: the graph's fixed size",
+    )
     parser.add_argument("--batch", type=positive_int, default=1, help="the example (or fixed) batch (1)")
     parser.add_argument("--postprocess", action="store_true", help="include decoding and NMS in the graph")
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 19)")
-    parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
-                        help="torch's exporter: torch.export-based (default) or TorchScript (network only)")
+    parser.add_argument(
+        "--exporter",
+        choices=["dynamo", "torchscript"],
+        default="dynamo",
+        help="torch's exporter: torch.export-based (default) or TorchScript (network only)",
+    )
     add_detection_settings(parser, "with --postprocess: ")
     parser.add_argument("--no-check", action="store_true", help="do not run the file with onnxruntime")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

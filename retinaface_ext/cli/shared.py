@@ -47,8 +47,13 @@ def make_detector(args, **overrides):
 
     if not os.path.isfile(args.weights):
         raise UserError(f"checkpoint not found: {args.weights}")
-    settings = dict(backbone=args.backbone, device=args.device, batch_size=args.batch_size, engine=args.engine,
-                    **dataclasses.asdict(detection_settings(args)))
+    settings = dict(
+        backbone=args.backbone,
+        device=args.device,
+        batch_size=args.batch_size,
+        engine=args.engine,
+        **dataclasses.asdict(detection_settings(args)),
+    )
     settings.update(overrides)
     return Detector(args.weights, **settings)
 
@@ -61,7 +66,7 @@ def progress_bar(total, description, enabled=True):
 
 def batches(items, size):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 # ---------------------------------------------------------------- commands
@@ -81,32 +86,66 @@ def prediction_sizes(args):
 
 
 def add_detector_options(parser, batch_size=1):
-    parser.add_argument("--weights", required=True,
-                        help="Pytorch_Retinaface checkpoint (.pth), or a network exported by 'retinaface export'")
-    parser.add_argument("--backbone", choices=["mobilenet0.25", "resnet50"], default=None,
-                        help="insist on a backbone (default: read from the checkpoint)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="Pytorch_Retinaface checkpoint (.pth), or a network exported by 'retinaface export'",
+    )
+    parser.add_argument(
+        "--backbone",
+        choices=["mobilenet0.25", "resnet50"],
+        default=None,
+        help="insist on a backbone (default: read from the checkpoint)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     add_detection_settings(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
-                        help=f"images per forward pass; similar sizes share one ({batch_size})")
-    parser.add_argument("--engine", choices=["torch", "onnxruntime"], default=None,
-                        help="run the network with PyTorch or onnxruntime (CPU; exported once, cached); default: "
-                             "torch, onnxruntime for an .onnx file")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
+        help=f"images per forward pass; similar sizes share one ({batch_size})",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "onnxruntime"],
+        default=None,
+        help="run the network with PyTorch or onnxruntime (CPU; exported once, cached); default: "
+        "torch, onnxruntime for an .onnx file",
+    )
 
 
 def add_detection_settings(parser, note: str = "") -> None:
     """The flags of :class:`~retinaface_ext.models.DetectionSettings`, with its defaults
     (``--confidence`` and ``--nms``, the older names, still work)."""
     defaults = DetectionSettings()
-    parser.add_argument("--score-threshold", "--confidence", dest="score_threshold", type=fraction,
-                        default=defaults.score_threshold,
-                        help=f"{note}the face score a candidate needs ({defaults.score_threshold})")
-    parser.add_argument("--nms-threshold", "--nms", dest="nms_threshold", type=fraction,
-                        default=defaults.nms_threshold, help=f"{note}NMS IoU threshold ({defaults.nms_threshold})")
-    parser.add_argument("--top-k", type=positive_int, default=defaults.top_k,
-                        help=f"{note}candidates per image that go through NMS ({defaults.top_k})")
-    parser.add_argument("--keep-top-k", type=positive_int, default=defaults.keep_top_k,
-                        help=f"{note}detections kept per image ({defaults.keep_top_k})")
+    parser.add_argument(
+        "--score-threshold",
+        "--confidence",
+        dest="score_threshold",
+        type=fraction,
+        default=defaults.score_threshold,
+        help=f"{note}the face score a candidate needs ({defaults.score_threshold})",
+    )
+    parser.add_argument(
+        "--nms-threshold",
+        "--nms",
+        dest="nms_threshold",
+        type=fraction,
+        default=defaults.nms_threshold,
+        help=f"{note}NMS IoU threshold ({defaults.nms_threshold})",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=defaults.top_k,
+        help=f"{note}candidates per image that go through NMS ({defaults.top_k})",
+    )
+    parser.add_argument(
+        "--keep-top-k",
+        type=positive_int,
+        default=defaults.keep_top_k,
+        help=f"{note}detections kept per image ({defaults.keep_top_k})",
+    )
 
 
 def detection_settings(args) -> DetectionSettings:

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from ..train.options import TrainConfig, SyntheticDefaults
+from ..train.options import SyntheticDefaults, TrainConfig
 from .args import non_negative_int, positive_int, positive_number
 
 VALIDATORS = {"count": positive_int, "count0": non_negative_int, "positive": positive_number, "number": float}
@@ -16,8 +16,12 @@ def command_train(args) -> int:
     from ..train import TrainingStopped, train
 
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         trainer = train(config_from_args(args))
     except TrainingStopped as stop:
@@ -49,13 +53,22 @@ def add_train_arguments(parser) -> None:
             target.add_argument(flag, action="store_true", help=help)
             continue
         shown = f"{help} ({default})" if default is not None else help
-        target.add_argument(flag, type=VALIDATORS.get(meta["kind"], str), choices=meta["choices"], default=default,
-                            help=shown)
+        target.add_argument(
+            flag, type=VALIDATORS.get(meta["kind"], str), choices=meta["choices"], default=default, help=shown
+        )
     data = groups["data"]
-    data.add_argument("--synthetic-train", type=positive_int, default=SyntheticDefaults.num_train,
-                      help=f"training images of the synthetic set ({SyntheticDefaults.num_train})")
-    data.add_argument("--synthetic-val", type=non_negative_int, default=SyntheticDefaults.num_val,
-                      help=f"validation images of the synthetic set ({SyntheticDefaults.num_val})")
+    data.add_argument(
+        "--synthetic-train",
+        type=positive_int,
+        default=SyntheticDefaults.num_train,
+        help=f"training images of the synthetic set ({SyntheticDefaults.num_train})",
+    )
+    data.add_argument(
+        "--synthetic-val",
+        type=non_negative_int,
+        default=SyntheticDefaults.num_val,
+        help=f"validation images of the synthetic set ({SyntheticDefaults.num_val})",
+    )
 
 
 def config_from_args(args) -> TrainConfig:
@@ -66,10 +79,12 @@ def config_from_args(args) -> TrainConfig:
 
 def add_train_command(commands) -> None:
     parser = commands.add_parser(
-        "train", help="train RetinaFace (with --dcn: deformable context modules)",
+        "train",
+        help="train RetinaFace (with --dcn: deformable context modules)",
         description="Train RetinaFace on the built-in synthetic face set (the default: a stand-in for WIDER "
-                    "FACE, drawn on first use) or on a RetinaFace label.txt. A checkpoint is written atomically "
-                    "after every epoch (last.pt, best.pt by validation AP); Ctrl-C saves one and stops; "
-                    "--resume auto continues exactly. Under torchrun, one process per GPU (or CPU process).")
+        "FACE, drawn on first use) or on a RetinaFace label.txt. A checkpoint is written atomically "
+        "after every epoch (last.pt, best.pt by validation AP); Ctrl-C saves one and stops; "
+        "--resume auto continues exactly. Under torchrun, one process per GPU (or CPU process).",
+    )
     add_train_arguments(parser)
     parser.set_defaults(run=command_train)

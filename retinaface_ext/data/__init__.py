@@ -7,6 +7,13 @@ from .loader import Batch, FaceLoader, collate, make_loader
 from .transforms import TrainTransform
 
 __all__ = [
-    "Annotations", "Batch", "FaceLoader", "LabelFileError", "TrainTransform", "WiderFaceDataset", "collate",
-    "make_loader", "read_annotations",
+    "Annotations",
+    "Batch",
+    "FaceLoader",
+    "LabelFileError",
+    "TrainTransform",
+    "WiderFaceDataset",
+    "collate",
+    "make_loader",
+    "read_annotations",
 ]

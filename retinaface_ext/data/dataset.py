@@ -41,8 +41,10 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         return len(self.annotations)
 
     def __repr__(self) -> str:
-        return (f"WiderFaceDataset({self.label_file!r}: {len(self)} images, {self.num_faces} faces, "
-                f"format {self.annotations.format}, images in {self.images_dir!r})")
+        return (
+            f"WiderFaceDataset({self.label_file!r}: {len(self)} images, {self.num_faces} faces, "
+            f"format {self.annotations.format}, images in {self.images_dir!r})"
+        )
 
     @property
     def num_faces(self) -> int:
@@ -71,8 +73,11 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         missing = self.missing_images()
         if missing:
             shown = "\n  ".join(missing[:_MISSING_SHOWN])
-            more = (f"\n  ... and {len(missing) - _MISSING_SHOWN} more (missing_images() lists them all)"
-                    if len(missing) > _MISSING_SHOWN else "")
+            more = (
+                f"\n  ... and {len(missing) - _MISSING_SHOWN} more (missing_images() lists them all)"
+                if len(missing) > _MISSING_SHOWN
+                else ""
+            )
             raise FileNotFoundError(
                 f"{len(missing)} of the {len(self)} images of {self.label_file} are missing "
                 f"(images folder {self.images_dir}):\n  {shown}{more}"

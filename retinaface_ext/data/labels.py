@@ -71,7 +71,7 @@ class Annotations:
         return len(self.names)
 
     def faces(self, index: int) -> np.ndarray:
-        return self.targets[self.offsets[index]:self.offsets[index + 1]]
+        return self.targets[self.offsets[index] : self.offsets[index + 1]]
 
 
 def read_annotations(path) -> Annotations:
@@ -88,7 +88,7 @@ def read_annotations(path) -> Annotations:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise LabelFileError(path, data[:error.start].count(b"\n") + 1, "not UTF-8 text") from None
+        raise LabelFileError(path, data[: error.start].count(b"\n") + 1, "not UTF-8 text") from None
     scanned = scan_lines(data, newlines)
     retinaface = _is_retinaface(scanned.texts if scanned is not None else text.split("\n"))
     annotations = None
@@ -112,8 +112,11 @@ def _check_line_lengths(path: str, data: bytes, newlines: np.ndarray) -> None:
     lengths = np.diff(newlines, prepend=-1, append=len(data)) - 1  # without the newline
     long = np.flatnonzero(lengths > MAX_LINE)
     if len(long):
-        raise LabelFileError(path, int(long[0]) + 1, f"a line of {int(lengths[long[0]])} bytes (at most {MAX_LINE}: "
-                                                     f"an image path, or one face's numbers)")
+        raise LabelFileError(
+            path,
+            int(long[0]) + 1,
+            f"a line of {int(lengths[long[0]])} bytes (at most {MAX_LINE}: an image path, or one face's numbers)",
+        )
 
 
 def _is_retinaface(lines: Sequence[str]) -> bool:
@@ -127,7 +130,11 @@ def _fast_retinaface(path: str, scanned: ScannedLines) -> Optional[Annotations]:
     headers = scanned.text_lines
     face_lines = np.flatnonzero(scanned.counts > 0)
     widths = scanned.counts[face_lines]
-    if len(headers) == 0 or (len(face_lines) and face_lines[0] < headers[0]) or not np.isin(widths, RETINAFACE_FIELDS).all():
+    if (
+        len(headers) == 0
+        or (len(face_lines) and face_lines[0] < headers[0])
+        or not np.isin(widths, RETINAFACE_FIELDS).all()
+    ):
         return None
     names = [_image_name(text, path, int(line) + 1) for text, line in zip(scanned.texts, headers)]
     first_value = (np.cumsum(scanned.counts) - scanned.counts)[face_lines]
@@ -163,7 +170,7 @@ def _fast_wider_bbx_gt(path: str, scanned: ScannedLines) -> Optional[Annotations
             if at < len(order) and not is_text[order[at]] and counts[order[at]] == WIDER_FIELDS:
                 at += 1
             continue
-        faces = order[at:at + count]
+        faces = order[at : at + count]
         if len(faces) < count or is_text[faces].any() or (counts[faces] != WIDER_FIELDS).any():
             return None
         face_ranges.append((len(names) - 1, faces))
@@ -171,8 +178,9 @@ def _fast_wider_bbx_gt(path: str, scanned: ScannedLines) -> Optional[Annotations
     face_lines = np.array([line for _, lines in face_ranges for line in lines], dtype=np.int64)
     image_of_face = np.repeat([image for image, _ in face_ranges], [len(lines) for _, lines in face_ranges])
     rows = values[first_value[face_lines][:, None] + np.arange(WIDER_FIELDS)].reshape(-1, WIDER_FIELDS)
-    return _assemble(path, WIDER_BBX_GT, names, image_of_face.astype(np.int64), _wider_targets(rows),
-                     rows[:, 2:4], face_lines + 1)
+    return _assemble(
+        path, WIDER_BBX_GT, names, image_of_face.astype(np.int64), _wider_targets(rows), rows[:, 2:4], face_lines + 1
+    )
 
 
 def _image_name(header: str, path: str, number: int) -> str:
@@ -207,15 +215,23 @@ def _read_retinaface(path: str, lines: Sequence[str]) -> Annotations:
     widths = np.fromiter((len(line.split()) for line in face_lines), np.int64, len(face_lines))
     for row in np.flatnonzero(~np.isin(widths, RETINAFACE_FIELDS)):
         raise LabelFileError(
-            path, face_numbers[row],
+            path,
+            face_numbers[row],
             f"expected 20 numbers (x y w h, five landmarks as x y visibility, score), 19 "
             f"(no score) or 4 (x y w h), got {widths[row]}",
         )
     values = _parse_numbers(path, face_lines, face_numbers, int(widths.sum()))
     first_value = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
     rows = _retinaface_rows(values, first_value, widths)
-    return _assemble(path, RETINAFACE, names, np.asarray(image_of_face, np.int64), _retinaface_targets(rows),
-                     rows[:, 2:4], np.asarray(face_numbers, np.int64))
+    return _assemble(
+        path,
+        RETINAFACE,
+        names,
+        np.asarray(image_of_face, np.int64),
+        _retinaface_targets(rows),
+        rows[:, 2:4],
+        np.asarray(face_numbers, np.int64),
+    )
 
 
 def _retinaface_rows(values: np.ndarray, first_value: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -253,8 +269,12 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
     while at < len(entries):
         number, name = entries[at]
         if len(name.split()) != 1 or _is_number(name):
-            raise LabelFileError(path, number, f"expected an image path, got {name!r}"
-                                 + (f" (the count of {names[-1]} does not match its faces)" if names else ""))
+            raise LabelFileError(
+                path,
+                number,
+                f"expected an image path, got {name!r}"
+                + (f" (the count of {names[-1]} does not match its faces)" if names else ""),
+            )
         names.append(name)
         if at + 1 >= len(entries):
             raise LabelFileError(path, number, f"{name} has no face count line after it")
@@ -264,18 +284,25 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
         count = int(count_text)
         at += 2
         if count == 0:  # the official files follow a count of 0 with one line of zeros
-            if at < len(entries) and len(entries[at][1].split()) == WIDER_FIELDS and _is_number(entries[at][1].split()[0]):
+            if (
+                at < len(entries)
+                and len(entries[at][1].split()) == WIDER_FIELDS
+                and _is_number(entries[at][1].split()[0])
+            ):
                 at += 1
             continue
         for k in range(count):
             if at >= len(entries) or len(entries[at][1].split()) == 1:
                 where, ending = (entries[at][0], "") if at < len(entries) else (entries[-1][0], " (the file ends)")
-                raise LabelFileError(path, where, f"{name} (line {number}) announces {count} faces but {k} follow{ending}")
+                raise LabelFileError(
+                    path, where, f"{name} (line {number}) announces {count} faces but {k} follow{ending}"
+                )
             face_number, face = entries[at]
             fields = len(face.split())
             if fields != WIDER_FIELDS:
                 raise LabelFileError(
-                    path, face_number,
+                    path,
+                    face_number,
                     f"expected {WIDER_FIELDS} numbers (x y w h blur expression illumination invalid "
                     f"occlusion pose), got {fields}",
                 )
@@ -285,8 +312,15 @@ def _read_wider_bbx_gt(path: str, lines: Sequence[str]) -> Annotations:
             at += 1
     values = _parse_numbers(path, face_lines, face_numbers, WIDER_FIELDS * len(face_lines))
     values = values.reshape(-1, WIDER_FIELDS)
-    return _assemble(path, WIDER_BBX_GT, names, np.asarray(image_of_face, np.int64), _wider_targets(values),
-                     values[:, 2:4], np.asarray(face_numbers, np.int64))
+    return _assemble(
+        path,
+        WIDER_BBX_GT,
+        names,
+        np.asarray(image_of_face, np.int64),
+        _wider_targets(values),
+        values[:, 2:4],
+        np.asarray(face_numbers, np.int64),
+    )
 
 
 def _is_number(text: str) -> bool:
@@ -315,15 +349,23 @@ def _parse_numbers(path: str, face_lines: List[str], face_numbers: List[int], ex
     return values
 
 
-def _assemble(path: str, format: str, names: List[str], image_of_face: np.ndarray, targets: np.ndarray,
-              sizes: np.ndarray, face_numbers: np.ndarray) -> Annotations:
+def _assemble(
+    path: str,
+    format: str,
+    names: List[str],
+    image_of_face: np.ndarray,
+    targets: np.ndarray,
+    sizes: np.ndarray,
+    face_numbers: np.ndarray,
+) -> Annotations:
     kept = (sizes > 0).all(axis=1)
     _check_trainable(path, targets, kept, face_numbers)
     image_of_face = image_of_face[kept]
     counts = np.bincount(image_of_face, minlength=len(names))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Annotations(path, format, names, offsets, np.ascontiguousarray(targets[kept]),
-                       face_numbers[kept], int((~kept).sum()))
+    return Annotations(
+        path, format, names, offsets, np.ascontiguousarray(targets[kept]), face_numbers[kept], int((~kept).sum())
+    )
 
 
 def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numbers: np.ndarray) -> None:
@@ -338,12 +380,16 @@ def _check_trainable(path: str, targets: np.ndarray, kept: np.ndarray, face_numb
     if len(bad):
         row = int(bad[0])
         if too_large[row]:
-            raise LabelFileError(path, int(face_numbers[row]),
-                                 f"a coordinate beyond {MAX_COORDINATE:.0e} pixels (in float32: "
-                                 f"{coordinates[row].tolist()})")
-        raise LabelFileError(path, int(face_numbers[row]),
-                             f"the box is empty in float32 ({targets[row, :4].tolist()}): width or height too "
-                             f"small for its position")
+            raise LabelFileError(
+                path,
+                int(face_numbers[row]),
+                f"a coordinate beyond {MAX_COORDINATE:.0e} pixels (in float32: {coordinates[row].tolist()})",
+            )
+        raise LabelFileError(
+            path,
+            int(face_numbers[row]),
+            f"the box is empty in float32 ({targets[row, :4].tolist()}): width or height too small for its position",
+        )
 
 
 def format_face_line(target: Sequence[float], score: float = 1.0, decimals: int = 2) -> str:

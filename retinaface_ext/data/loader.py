@@ -53,9 +53,11 @@ def collate(batch: Sequence) -> Batch:
     counts = [len(t) for t in targets]
     padded = torch.zeros(len(batch), max(counts), WIDTH)
     for b, target in enumerate(targets):
-        padded[b, :len(target)] = target
+        padded[b, : len(target)] = target
     truths, labels, landms = split_rows(padded)
-    return Batch(images, truths.contiguous(), labels.long(), landms.contiguous(), torch.tensor(counts, dtype=torch.long))
+    return Batch(
+        images, truths.contiguous(), labels.long(), landms.contiguous(), torch.tensor(counts, dtype=torch.long)
+    )
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -117,8 +119,16 @@ def _without_worker_traceback(error: Exception) -> Exception:
         return ValueError(message)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
-                distributed: bool = False, drop_last: bool = False, pin_memory: Optional[bool] = None) -> FaceLoader:
+def make_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    distributed: bool = False,
+    drop_last: bool = False,
+    pin_memory: Optional[bool] = None,
+) -> FaceLoader:
     """A loader of :class:`Batch` es with repeatable randomness.
 
     Shuffling and the workers' seeds come from a generator seeded with ``seed``; each
@@ -140,9 +150,16 @@ def make_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int
     if num_workers == 0 and hasattr(dataset, "reseed"):
         dataset.reseed(epoch_seed(seed, 0, rank))
     loader = FaceLoader(
-        dataset, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=int(num_workers), collate_fn=collate, worker_init_fn=seed_worker, generator=generator,
-        drop_last=drop_last, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=int(num_workers),
+        collate_fn=collate,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )
     loader.seed, loader.rank = int(seed), rank
     return loader

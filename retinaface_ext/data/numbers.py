@@ -17,7 +17,7 @@ import numpy as np
 _SEPARATOR, _DIGIT, _POINT, _MINUS, _PLUS, _OTHER = range(6)
 _CLASS = np.full(256, _OTHER, dtype=np.int8)
 _CLASS[[ord(c) for c in " \t\r\v\f\n"]] = _SEPARATOR
-_CLASS[ord("0"):ord("9") + 1] = _DIGIT
+_CLASS[ord("0") : ord("9") + 1] = _DIGIT
 _CLASS[ord(".")] = _POINT
 _CLASS[ord("-")] = _MINUS
 _CLASS[ord("+")] = _PLUS
@@ -55,8 +55,8 @@ def scan_lines(data: bytes, newlines: Optional[np.ndarray] = None) -> Optional[S
     is_text[np.searchsorted(line_starts, other, side="right") - 1] = True
     text_lines = np.flatnonzero(is_text)
     if len(text_lines):
-        kind[np.repeat(is_text, line_ends - line_starts + 1)[:len(chars)]] = _SEPARATOR
-    texts = [data[line_starts[i]:line_ends[i]].decode("utf-8").strip() for i in text_lines]
+        kind[np.repeat(is_text, line_ends - line_starts + 1)[: len(chars)]] = _SEPARATOR
+    texts = [data[line_starts[i] : line_ends[i]].decode("utf-8").strip() for i in text_lines]
 
     values, token_starts = [], []
     start = 0
@@ -92,8 +92,12 @@ def _parse_piece(chars: np.ndarray, kind: np.ndarray):
     point_token = np.searchsorted(starts, points, side="right") - 1
     point_count = np.bincount(point_token, minlength=len(starts))
     digit_count = ends - starts - point_count - signed
-    if (signed.sum() != len(signs) or (point_count > 1).any() or (digit_count == 0).any()
-            or (digit_count > _MAX_DIGITS).any()):
+    if (
+        signed.sum() != len(signs)
+        or (point_count > 1).any()
+        or (digit_count == 0).any()
+        or (digit_count > _MAX_DIGITS).any()
+    ):
         return None
     # Each digit's place in the integer its token's digits make, the point ignored.
     digits_to_end = np.cumsum(digit_count)

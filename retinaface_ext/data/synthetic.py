@@ -34,12 +34,24 @@ MIN_FACE, MAX_FACE = 10, 300
 JPEG_QUALITY = 90
 _SHIFT = 4  # drawing coordinates in 1/16 pixel
 _ONE = 1 << _SHIFT
-SKIN_TONES_BGR = np.array([
-    [189, 224, 255], [160, 200, 241], [141, 185, 234], [125, 172, 224], [103, 150, 198],
-    [84, 129, 180], [66, 105, 156], [52, 86, 128], [40, 66, 100], [30, 50, 75],
-], dtype=np.float64)
-HAIR_BGR = np.array([[20, 20, 25], [30, 40, 60], [40, 70, 110], [90, 140, 190], [150, 150, 155], [30, 30, 120]],
-                    dtype=np.float64)
+SKIN_TONES_BGR = np.array(
+    [
+        [189, 224, 255],
+        [160, 200, 241],
+        [141, 185, 234],
+        [125, 172, 224],
+        [103, 150, 198],
+        [84, 129, 180],
+        [66, 105, 156],
+        [52, 86, 128],
+        [40, 66, 100],
+        [30, 50, 75],
+    ],
+    dtype=np.float64,
+)
+HAIR_BGR = np.array(
+    [[20, 20, 25], [30, 40, 60], [40, 70, 110], [90, 140, 190], [150, 150, 155], [30, 30, 120]], dtype=np.float64
+)
 #: (u, v) of the five landmarks on the head ellipse (u across, v down, both in [-1, 1]).
 LANDMARKS_UV = np.array([[-0.40, -0.12], [0.40, -0.12], [0.0, 0.22], [-0.30, 0.50], [0.30, 0.50]])
 
@@ -51,14 +63,20 @@ class SyntheticFaces(NamedTuple):
 
 
 class Face(NamedTuple):
-    box: np.ndarray        # x1, y1, x2, y2
+    box: np.ndarray  # x1, y1, x2, y2
     landmarks: np.ndarray  # [5, 2]
     has_landmarks: bool
 
 
-def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, seed: int = 0,
-                         image_size: int = 640, workers: Optional[int] = None,
-                         progress: bool = False) -> SyntheticFaces:
+def make_synthetic_faces(
+    out_dir,
+    num_train: int = 2000,
+    num_val: int = 200,
+    seed: int = 0,
+    image_size: int = 640,
+    workers: Optional[int] = None,
+    progress: bool = False,
+) -> SyntheticFaces:
     """Writes (or finds already written) the synthetic set under ``out_dir``:
     ``train/label.txt``, ``train/images/*.jpg``, the same for ``val/``, and
     ``synthetic.json`` recording the settings, written last.
@@ -69,15 +87,22 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
     images; ``workers`` processes draw them (default: one per CPU for large sets);
     ``progress`` shows a progress bar.
     """
-    settings = {"generator": __name__, "version": VERSION, "seed": int(seed), "image_size": int(image_size),
-                "num_train": int(num_train), "num_val": int(num_val)}
+    settings = {
+        "generator": __name__,
+        "version": VERSION,
+        "seed": int(seed),
+        "image_size": int(image_size),
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+    }
     if int(image_size) < 32:
         raise ValueError(f"image_size must be at least 32, got {image_size}")
     if int(num_train) < 1 or int(num_val) < 0:
         raise ValueError(f"num_train must be >= 1 and num_val >= 0, got {num_train} and {num_val}")
     root = os.path.abspath(os.fspath(out_dir))
-    result = SyntheticFaces(root, os.path.join(root, "train", "label.txt"),
-                            os.path.join(root, "val", "label.txt") if num_val else None)
+    result = SyntheticFaces(
+        root, os.path.join(root, "train", "label.txt"), os.path.join(root, "val", "label.txt") if num_val else None
+    )
     manifest_path = os.path.join(root, MANIFEST)
     if os.path.isfile(manifest_path):
         try:
@@ -86,21 +111,24 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
         except (OSError, ValueError) as error:
             recorded = error
         if not isinstance(recorded, dict):
-            raise ValueError(f"{manifest_path}: not a synthetic set's manifest ({recorded}); delete {root} to "
-                             f"draw the set again")
+            raise ValueError(
+                f"{manifest_path}: not a synthetic set's manifest ({recorded}); delete {root} to draw the set again"
+            )
         same = {k: recorded.get(k) for k in settings} == settings
         if same and recorded.get("complete"):
             return result
         if not same:
-            raise FileExistsError(f"{root} holds a synthetic face set made with other settings "
-                                  f"({recorded}); choose another folder or delete it")
+            raise FileExistsError(
+                f"{root} holds a synthetic face set made with other settings "
+                f"({recorded}); choose another folder or delete it"
+            )
     elif os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(f"{root} is not empty and is not a synthetic face set; choose another folder")
     atomic_write_text(manifest_path, json.dumps({**settings, "complete": False}, indent=1))
     jobs = [(split, index) for split, count in zip(SPLITS, (num_train, num_val)) for index in range(count)]
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if len(jobs) >= 64 else 1
-    chunks = [jobs[i::max(1, workers) * 4] for i in range(max(1, workers) * 4)]
+    chunks = [jobs[i :: max(1, workers) * 4] for i in range(max(1, workers) * 4)]
     lines = {}
     from tqdm import tqdm
 
@@ -113,8 +141,9 @@ def make_synthetic_faces(out_dir, num_train: int = 2000, num_val: int = 200, see
             # Forked like DataLoader workers: spawned ones would re-run a caller's unguarded script.
             method = "fork" if "fork" in get_all_start_methods() else "spawn"
             with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
-                for done in pool.map(_draw_and_write, [root] * len(chunks), [seed] * len(chunks),
-                                     [image_size] * len(chunks), chunks):
+                for done in pool.map(
+                    _draw_and_write, [root] * len(chunks), [seed] * len(chunks), [image_size] * len(chunks), chunks
+                ):
                     lines.update(done)
                     bar.update(len(done))
     for split, count in zip(SPLITS, (num_train, num_val)):
@@ -151,9 +180,10 @@ def draw_image(seed: int, split: str, index: int, image_size: int) -> Tuple[np.n
     image = _background(rng, height, width)
     sizes = _face_sizes(rng, min(height, width))
     boxes = _place(rng, height, width, sizes, [])
-    distractors = _place(rng, height, width, _face_sizes(rng, min(height, width), count=rng.integers(1, 5)),
-                         [b for b, _ in boxes])
-    for box, shape in distractors:
+    distractors = _place(
+        rng, height, width, _face_sizes(rng, min(height, width), count=rng.integers(1, 5)), [b for b, _ in boxes]
+    )
+    for _, shape in distractors:
         _draw_distractor(rng, image, shape)
     faces = []
     for box, shape in boxes:
@@ -175,7 +205,7 @@ def _background(rng, height: int, width: int) -> np.ndarray:
     colours = rng.uniform(0, 255, (2, 3))
     angle = rng.uniform(0, 2 * math.pi)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    ramp = (xs * math.cos(angle) + ys * math.sin(angle))
+    ramp = xs * math.cos(angle) + ys * math.sin(angle)
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
     image = colours[0] + ramp[..., None] * (colours[1] - colours[0])
     cells = rng.uniform(-1, 1, (height // 24 + 2, width // 24 + 2, 1)) + rng.uniform(-0.3, 0.3, (1, 1, 3))
@@ -209,8 +239,16 @@ def _draw_clutter(rng, image: np.ndarray) -> None:
         cv2.fillPoly(image, [points], _colour(rng), cv2.LINE_AA)
     else:
         text = "".join(chr(c) for c in rng.integers(65, 91, int(rng.integers(2, 8))))
-        cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, max(0.3, size / 60), _colour(rng),
-                    int(rng.integers(1, 4)), cv2.LINE_AA)
+        cv2.putText(
+            image,
+            text,
+            (x, y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            max(0.3, size / 60),
+            _colour(rng),
+            int(rng.integers(1, 4)),
+            cv2.LINE_AA,
+        )
 
 
 def _face_sizes(rng, short_side: int, count: Optional[int] = None) -> np.ndarray:
@@ -233,8 +271,8 @@ def _face_sizes(rng, short_side: int, count: Optional[int] = None) -> np.ndarray
 class _Shape(NamedTuple):
     centre: np.ndarray
     half_axes: np.ndarray  # a (across), b (down)
-    roll: float            # radians
-    yaw: float             # radians
+    roll: float  # radians
+    yaw: float  # radians
 
 
 def _shape_box(shape: _Shape) -> np.ndarray:
@@ -292,7 +330,9 @@ def _line(image, start, end, colour, thickness):
 def _skin(rng) -> np.ndarray:
     tone = rng.uniform(0, len(SKIN_TONES_BGR) - 1)
     low = int(tone)
-    skin = SKIN_TONES_BGR[low] + (tone - low) * (SKIN_TONES_BGR[min(low + 1, len(SKIN_TONES_BGR) - 1)] - SKIN_TONES_BGR[low])
+    skin = SKIN_TONES_BGR[low] + (tone - low) * (
+        SKIN_TONES_BGR[min(low + 1, len(SKIN_TONES_BGR) - 1)] - SKIN_TONES_BGR[low]
+    )
     return np.clip(skin + rng.normal(0, 8, 3), 0, 255)
 
 
@@ -317,7 +357,7 @@ def _draw_face(rng, image: np.ndarray, shape: _Shape) -> np.ndarray:
     thin = max(1.0, size / 40)
     eye_w, eye_h = 0.16 * a, 0.075 * b
     for k, eye in enumerate(points[:2]):
-        brow = _to_image(shape, uv[k:k + 1] + np.array([[-0.17, -0.16], [0.17, -0.18]]))
+        brow = _to_image(shape, uv[k : k + 1] + np.array([[-0.17, -0.16], [0.17, -0.18]]))
         _line(image, brow[0], brow[1], tuple(hair * 0.8), thin)
         squeeze = math.cos(np.arcsin(np.clip(uv[k, 0], -1, 1)) + shape.yaw)
         if size < 24:
@@ -330,8 +370,9 @@ def _draw_face(rng, image: np.ndarray, shape: _Shape) -> np.ndarray:
     _ellipse(image, tip + (tip - bridge) * 0.08, (0.09 * a, 0.04 * b), shape.roll, tuple(skin * 0.6))
     middle = (points[3] + points[4]) / 2
     lips = tuple(np.clip(skin * np.array([0.55, 0.55, 0.95]), 0, 255))
-    _ellipse(image, middle, (np.linalg.norm(points[4] - points[3]) / 2, (0.05 + 0.06 * rng.random()) * b),
-             shape.roll, lips)
+    _ellipse(
+        image, middle, (np.linalg.norm(points[4] - points[3]) / 2, (0.05 + 0.06 * rng.random()) * b), shape.roll, lips
+    )
     _line(image, points[3], points[4], tuple(skin * 0.35), thin)
     if rng.random() < 0.08:  # sunglasses
         _line(image, points[0], points[1], (20, 20, 20), 2.2 * eye_h)
@@ -350,8 +391,9 @@ def _occlude(rng, image: np.ndarray, shape: _Shape) -> None:
     else:
         side = 1 if rng.random() < 0.5 else -1
         start = rng.uniform(0.2, 0.6)
-        corners = _to_image(shape, np.array([[side * start, -1.2], [side * 1.3, -1.2], [side * 1.3, 1.2],
-                                             [side * (start - 0.2), 1.2]]))
+        corners = _to_image(
+            shape, np.array([[side * start, -1.2], [side * 1.3, -1.2], [side * 1.3, 1.2], [side * (start - 0.2), 1.2]])
+        )
         colour = _colour(rng)
     cv2.fillPoly(image, [np.round(corners * _ONE).astype(np.int32)], colour, cv2.LINE_AA, _SHIFT)
 
@@ -373,8 +415,13 @@ def _draw_distractor(rng, image: np.ndarray, shape: _Shape) -> None:
     a, b = shape.half_axes
     if kind == 0:
         if rng.random() < 0.5:
-            _ellipse(image, _to_image(shape, np.array([[0.0, -0.2]]))[0], (1.05 * a, 0.9 * b), shape.roll,
-                     tuple(HAIR_BGR[rng.integers(len(HAIR_BGR))]))
+            _ellipse(
+                image,
+                _to_image(shape, np.array([[0.0, -0.2]]))[0],
+                (1.05 * a, 0.9 * b),
+                shape.roll,
+                tuple(HAIR_BGR[rng.integers(len(HAIR_BGR))]),
+            )
         _ellipse(image, shape.centre, shape.half_axes, shape.roll, tuple(_skin(rng)))
     elif kind == 1:
         _ellipse(image, shape.centre, shape.half_axes, shape.roll, _colour(rng), max(1, int(b / 8)))

@@ -64,8 +64,14 @@ class Draws(NamedTuple):
     interpolation: int
 
 
-def draw_crop(rng: np.random.Generator, height: int, width: int, boxes: np.ndarray,
-              scales: Sequence[float] = CROP_SCALES, tries: int = CROP_TRIES):
+def draw_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    boxes: np.ndarray,
+    scales: Sequence[float] = CROP_SCALES,
+    tries: int = CROP_TRIES,
+):
     """A random square of side ``scale * min(height, width)`` that fully contains at
     least one of ``boxes`` ([G, 4] x1y1x2y2 pixels), tried up to ``tries`` times; None if
     none does. With no boxes, the first square drawn."""
@@ -77,7 +83,7 @@ def draw_crop(rng: np.random.Generator, height: int, width: int, boxes: np.ndarr
         right, bottom = left + side, top + side
         if len(boxes) == 0:
             return left, top, right, bottom
-        inside = ((boxes[:, 0] >= left) & (boxes[:, 1] >= top) & (boxes[:, 2] <= right) & (boxes[:, 3] <= bottom))
+        inside = (boxes[:, 0] >= left) & (boxes[:, 1] >= top) & (boxes[:, 2] <= right) & (boxes[:, 3] <= bottom)
         if inside.any():
             return left, top, right, bottom
     return None
@@ -150,8 +156,9 @@ def pad_to_square(image: np.ndarray, fill: Sequence[float] = MEAN_BGR) -> np.nda
     ``fill`` (the reference's padding when no crop was found)."""
     height, width = image.shape[:2]
     side = max(height, width)
-    return cv2.copyMakeBorder(image, 0, side - height, 0, side - width, cv2.BORDER_CONSTANT,
-                              value=[float(v) for v in fill])
+    return cv2.copyMakeBorder(
+        image, 0, side - height, 0, side - width, cv2.BORDER_CONSTANT, value=[float(v) for v in fill]
+    )
 
 
 def normalise_faces(faces: np.ndarray, side: int) -> np.ndarray:
@@ -197,10 +204,18 @@ class TrainTransform:
             the mean there with :meth:`retinaface_ext.data.Batch.normalized` (same values).
     """
 
-    def __init__(self, image_size: int = 640, mean: Sequence[float] = MEAN_BGR,
-                 crop_scales: Sequence[float] = CROP_SCALES, crop_tries: int = CROP_TRIES,
-                 distort: bool = True, mirror: bool = True, subtract_mean: bool = True,
-                 interpolations: Sequence[int] = INTERPOLATIONS, seed: Optional[int] = None):
+    def __init__(
+        self,
+        image_size: int = 640,
+        mean: Sequence[float] = MEAN_BGR,
+        crop_scales: Sequence[float] = CROP_SCALES,
+        crop_tries: int = CROP_TRIES,
+        distort: bool = True,
+        mirror: bool = True,
+        subtract_mean: bool = True,
+        interpolations: Sequence[int] = INTERPOLATIONS,
+        seed: Optional[int] = None,
+    ):
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size}")
         if not crop_scales or not all(0 < s <= 1 for s in crop_scales):
@@ -220,8 +235,10 @@ class TrainTransform:
         self.reseed(seed)
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(image_size={self.image_size}, crop_scales={self.crop_scales}, "
-                f"distort={self.distort}, mirror={self.mirror})")
+        return (
+            f"TrainTransform(image_size={self.image_size}, crop_scales={self.crop_scales}, "
+            f"distort={self.distort}, mirror={self.mirror})"
+        )
 
     def reseed(self, seed: Optional[int]) -> None:
         self.rng = np.random.default_rng(seed)
@@ -267,7 +284,11 @@ class TrainTransform:
 
 def _as_target(target) -> np.ndarray:
     target = target.numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
-    target = target.astype(np.float32, copy=False).reshape(-1, WIDTH) if target.size == 0 else target.astype(np.float32, copy=False)
+    target = (
+        target.astype(np.float32, copy=False).reshape(-1, WIDTH)
+        if target.size == 0
+        else target.astype(np.float32, copy=False)
+    )
     if target.ndim != 2 or target.shape[1] != 15:
         raise ValueError(f"target must be [G, 15] (x1 y1 x2 y2, ten landmark values, label), got {target.shape}")
     return target

@@ -33,8 +33,11 @@ def prediction_files(folder: str) -> List[str]:
     for event in sorted(os.listdir(folder)):
         event_dir = os.path.join(folder, event)
         if os.path.isdir(event_dir):
-            found += [f"{event}/{name}" for name in sorted(os.listdir(event_dir))
-                      if name.endswith(".txt") and not name.startswith(".")]
+            found += [
+                f"{event}/{name}"
+                for name in sorted(os.listdir(event_dir))
+                if name.endswith(".txt") and not name.startswith(".")
+            ]
     return found
 
 
@@ -45,8 +48,11 @@ def read_record(folder: str) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
-        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict) \
-                or not isinstance(record.get("files"), dict):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("settings"), dict)
+            or not isinstance(record.get("files"), dict)
+        ):
             raise ValueError("not a prediction run record")
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: unreadable run record ({error}); remove it or use another folder") from None
@@ -75,8 +81,10 @@ class PredictionRun:
             self.files = {k: v for k, v in record["files"].items() if k in existing}
         elif existing or record is not None:
             if not overwrite:
-                raise ValueError(f"{self.folder} holds predictions of {self._describe(record)}; pass --overwrite to "
-                                 f"replace them, or choose another folder (runs must not mix)")
+                raise ValueError(
+                    f"{self.folder} holds predictions of {self._describe(record)}; pass --overwrite to "
+                    f"replace them, or choose another folder (runs must not mix)"
+                )
             for name in existing:
                 os.remove(os.path.join(self.folder, *name.split("/")))
             if record is not None:
@@ -86,10 +94,14 @@ class PredictionRun:
     def _describe(self, record) -> str:
         if record is None:
             return "an unrecorded run"
-        changed = sorted(k for k in set(record["settings"]) | set(self.settings)
-                         if record["settings"].get(k) != self.settings.get(k))
-        return "another run (" + ", ".join(
-            f"{k}: {record['settings'].get(k)!r} there, {self.settings.get(k)!r} now" for k in changed) + ")"
+        changed = sorted(
+            k for k in set(record["settings"]) | set(self.settings) if record["settings"].get(k) != self.settings.get(k)
+        )
+        return (
+            "another run ("
+            + ", ".join(f"{k}: {record['settings'].get(k)!r} there, {self.settings.get(k)!r} now" for k in changed)
+            + ")"
+        )
 
     def add(self, relative_path: str) -> None:
         self.files[relative_path] = file_digest(os.path.join(self.folder, *relative_path.split("/")))
@@ -109,12 +121,19 @@ def check_prediction_folder(folder: str) -> List[str]:
         return []
     warnings = []
     recorded = record["files"]
-    foreign = [name for name in prediction_files(folder)
-               if recorded.get(name) != file_digest(os.path.join(folder, *name.split("/")))]
+    foreign = [
+        name
+        for name in prediction_files(folder)
+        if recorded.get(name) != file_digest(os.path.join(folder, *name.split("/")))
+    ]
     if foreign:
-        warnings.append(f"{len(foreign)} prediction files (e.g. {foreign[0]}) were not written by the run recorded "
-                        f"in {os.path.join(folder, RECORD_NAME)}: they come from another run or were edited")
+        warnings.append(
+            f"{len(foreign)} prediction files (e.g. {foreign[0]}) were not written by the run recorded "
+            f"in {os.path.join(folder, RECORD_NAME)}: they come from another run or were edited"
+        )
     if record.get("status") != "complete":
-        warnings.append(f"the run recorded in {os.path.join(folder, RECORD_NAME)} did not finish "
-                        f"(status {record.get('status')!r}): images it did not reach count as without faces")
+        warnings.append(
+            f"the run recorded in {os.path.join(folder, RECORD_NAME)} did not finish "
+            f"(status {record.get('status')!r}): images it did not reach count as without faces"
+        )
     return warnings

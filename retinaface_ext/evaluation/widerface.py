@@ -23,8 +23,12 @@ import numpy as np
 from ..files import atomic_write_text
 
 SETTINGS = ("easy", "medium", "hard")
-GT_FILES = {"all": "wider_face_val.mat", "easy": "wider_easy_val.mat",
-            "medium": "wider_medium_val.mat", "hard": "wider_hard_val.mat"}
+GT_FILES = {
+    "all": "wider_face_val.mat",
+    "easy": "wider_easy_val.mat",
+    "medium": "wider_medium_val.mat",
+    "hard": "wider_hard_val.mat",
+}
 
 
 @dataclass
@@ -57,8 +61,9 @@ def load_ground_truth(gt_dir: Union[str, os.PathLike]) -> GroundTruth:
     for key, filename in GT_FILES.items():
         path = os.path.join(gt_dir, filename)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: missing (the WIDER FACE val ground truth needs "
-                                    f"{', '.join(GT_FILES.values())})")
+            raise FileNotFoundError(
+                f"{path}: missing (the WIDER FACE val ground truth needs {', '.join(GT_FILES.values())})"
+            )
         try:
             mats[key] = loadmat(path)
         except Exception as error:
@@ -75,8 +80,11 @@ def load_ground_truth(gt_dir: Union[str, os.PathLike]) -> GroundTruth:
                     reading = setting
                     keep[setting] = mats[setting]["gt_list"][e][0][j][0].astype(np.int64).reshape(-1) - 1
                 reading = "all"
-                images.append(GroundTruthImage(event, str(files[e][0][j][0][0]),
-                                               boxes[e][0][j][0].astype(np.float64).reshape(-1, 4), keep))
+                images.append(
+                    GroundTruthImage(
+                        event, str(files[e][0][j][0][0]), boxes[e][0][j][0].astype(np.float64).reshape(-1, 4), keep
+                    )
+                )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
         path = os.path.join(gt_dir, GT_FILES[reading])
         what = f"no {error.args[0]!r} variable" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
@@ -85,6 +93,7 @@ def load_ground_truth(gt_dir: Union[str, os.PathLike]) -> GroundTruth:
 
 
 # ---------------------------------------------------------------- prediction files
+
 
 def write_prediction_file(path: Union[str, os.PathLike], image_name: str, detections) -> None:
     """Write one image's ``[N, 5]`` x, y, w, h, score rows in the standard layout (name,
@@ -150,6 +159,7 @@ def read_prediction_dir(pred_dir: Union[str, os.PathLike]) -> Dict[str, np.ndarr
 
 
 # ---------------------------------------------------------------- the protocol
+
 
 @dataclass
 class EvaluationResult:
@@ -224,9 +234,12 @@ def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def evaluate(predictions: Union[Mapping[str, np.ndarray], str, os.PathLike],
-             ground_truth: Union[GroundTruth, str, os.PathLike], iou_threshold: float = 0.5,
-             thresholds: int = 1000) -> EvaluationResult:
+def evaluate(
+    predictions: Union[Mapping[str, np.ndarray], str, os.PathLike],
+    ground_truth: Union[GroundTruth, str, os.PathLike],
+    iou_threshold: float = 0.5,
+    thresholds: int = 1000,
+) -> EvaluationResult:
     """Easy / medium / hard AP of ``predictions`` (a mapping of image name to ``[N, 5]``
     x, y, w, h, score, or a prediction folder) against ``ground_truth`` (a GroundTruth or
     the folder of the four .mat files)."""
@@ -264,12 +277,21 @@ def evaluate(predictions: Union[Mapping[str, np.ndarray], str, os.PathLike],
             gathered[setting][2].append(recalled)
 
     levels = 1 - np.arange(1, thresholds + 1) / thresholds
-    result = EvaluationResult({}, {}, {}, {}, len(ground_truth.images), missing,
-                              len(set(cleaned) - {i.name for i in ground_truth.images}), levels)
+    result = EvaluationResult(
+        {},
+        {},
+        {},
+        {},
+        len(ground_truth.images),
+        missing,
+        len(set(cleaned) - {i.name for i in ground_truth.images}),
+        levels,
+    )
     for setting in SETTINGS:
         faces = ground_truth.faces(setting)
-        all_scores, proposals, recalled = (np.concatenate(parts) if parts else np.zeros(0)
-                                           for parts in gathered[setting])
+        all_scores, proposals, recalled = (
+            np.concatenate(parts) if parts else np.zeros(0) for parts in gathered[setting]
+        )
         order = np.argsort(-all_scores, kind="stable")
         passing = np.searchsorted(-all_scores[order], -levels, side="right")  # scores >= level
         proposed = np.concatenate(([0.0], np.cumsum(proposals[order])))[passing]
@@ -294,10 +316,8 @@ def plot_pr_curves(result: EvaluationResult, path: Union[str, os.PathLike], titl
         raise ImportError("plotting needs matplotlib: pip install matplotlib") from error
     figure, axes = plt.subplots(figsize=(6, 5))
     for setting in SETTINGS:
-        axes.plot(result.recall[setting], result.precision[setting],
-                  label=f"{setting} AP {result.ap[setting]:.4f}")
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-             title=title or "WIDER FACE val")
+        axes.plot(result.recall[setting], result.precision[setting], label=f"{setting} AP {result.ap[setting]:.4f}")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title or "WIDER FACE val")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
     figure.tight_layout()

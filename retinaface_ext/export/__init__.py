@@ -65,9 +65,11 @@ class ExportReport:
 
     def __str__(self) -> str:
         graph = "network + post-processing" if self.postprocess else "network"
-        text = (f"{self.path}: {graph}{' with DCN' if self.dcn else ''}, opset {self.opset}, "
-                f"{'dynamic' if self.dynamic else 'fixed'} size, {self.size_bytes / 1e6:.1f} MB, "
-                f"exported in {self.seconds:.1f} s ({self.exporter} exporter)")
+        text = (
+            f"{self.path}: {graph}{' with DCN' if self.dcn else ''}, opset {self.opset}, "
+            f"{'dynamic' if self.dynamic else 'fixed'} size, {self.size_bytes / 1e6:.1f} MB, "
+            f"exported in {self.seconds:.1f} s ({self.exporter} exporter)"
+        )
         if self.checked_with is None:
             return text + "; not checked (onnxruntime is not installed)"
         worst = max(self.differences.values(), default=0.0)
@@ -77,8 +79,10 @@ class ExportReport:
 def _network(model) -> InferenceRetinaFace:
     if isinstance(model, InferenceRetinaFace):
         if any(type(m).__name__ == "ConvActivation" for m in model.modules()):
-            raise ValueError("to_onnx: this InferenceRetinaFace fuses activations into oneDNN calls that ONNX does "
-                             "not know; pass the RetinaFace (or make it with fuse_activations=False)")
+            raise ValueError(
+                "to_onnx: this InferenceRetinaFace fuses activations into oneDNN calls that ONNX does "
+                "not know; pass the RetinaFace (or make it with fuse_activations=False)"
+            )
         return model.eval()
     if not isinstance(model, RetinaFace):
         if isinstance(model, torch.nn.Module):
@@ -97,10 +101,18 @@ def _size(size) -> Tuple[int, int]:
     return height, width
 
 
-def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict], path: Union[str, os.PathLike],
-            dynamic: bool = True, opset: Optional[int] = None, postprocess: bool = False,
-            size: Tuple[int, int] = (640, 640), batch: int = 1, exporter: str = "dynamo", check: bool = True,
-            settings: DetectionSettings = DetectionSettings()) -> ExportReport:
+def to_onnx(
+    model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict],
+    path: Union[str, os.PathLike],
+    dynamic: bool = True,
+    opset: Optional[int] = None,
+    postprocess: bool = False,
+    size: Tuple[int, int] = (640, 640),
+    batch: int = 1,
+    exporter: str = "dynamo",
+    check: bool = True,
+    settings: Optional[DetectionSettings] = None,
+) -> ExportReport:
     """Export a RetinaFace (a model, or a checkpoint as :class:`~retinaface_ext.Detector`
     takes it) to the ONNX file ``path`` (written whole or not at all) and return an
     :class:`ExportReport`.
@@ -110,7 +122,7 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
             ``size``.
         opset: the ONNX opset; None means 19, the first with ``DeformConv``.
         postprocess: the detection graph instead of the network alone (see the module
-            docstring), reading detections as ``settings`` says (the Detector's defaults).
+            docstring), reading detections as ``settings`` says (default: the Detector's).
         size, batch: the example input's (height, width) and batch.
         exporter: ``"dynamo"`` (torch.export-based, the default) or ``"torchscript"``
             (network only).
@@ -121,21 +133,26 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
     if exporter not in EXPORTERS:
         raise ValueError(f"to_onnx: exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if postprocess and exporter != "dynamo":
-        raise ValueError("to_onnx: the post-processing graph needs exporter='dynamo' (the TorchScript exporter "
-                         "cannot keep the priors' sizes symbolic)")
+        raise ValueError(
+            "to_onnx: the post-processing graph needs exporter='dynamo' (the TorchScript exporter "
+            "cannot keep the priors' sizes symbolic)"
+        )
     opset = DEFORM_CONV_OPSET if opset is None else int(opset)
     onnx = _require("onnx", "ONNX export")
     if not 1 <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"to_onnx: opset must be in [1, {onnx.defs.onnx_opset_version()}] (the opsets onnx "
-                         f"{onnx.__version__} knows), got {opset}")
+        raise ValueError(
+            f"to_onnx: opset must be in [1, {onnx.defs.onnx_opset_version()}] (the opsets onnx "
+            f"{onnx.__version__} knows), got {opset}"
+        )
     network = _network(model)
     if network.dcn and opset < DEFORM_CONV_OPSET:
-        raise ValueError(f"to_onnx: a DCN model needs opset {DEFORM_CONV_OPSET} or later (ONNX DeformConv), "
-                         f"got {opset}")
+        raise ValueError(
+            f"to_onnx: a DCN model needs opset {DEFORM_CONV_OPSET} or later (ONNX DeformConv), got {opset}"
+        )
     height, width = _size(size)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"to_onnx: batch must be a whole number >= 1, got {batch!r}")
-    module = DetectionGraph(network, settings).eval() if postprocess else network
+    module = DetectionGraph(network, settings or DetectionSettings()).eval() if postprocess else network
     outputs = DETECTION_OUTPUTS if postprocess else NETWORK_OUTPUTS
     example = _example_images(batch, height, width, raw=postprocess)
     started = time.perf_counter()
@@ -143,10 +160,13 @@ def to_onnx(model: Union[RetinaFace, InferenceRetinaFace, str, os.PathLike, dict
     seconds = time.perf_counter() - started
     written = _written_opset(data)
     if written != opset:  # torch's exporter falls back to a version it can write, silently
-        raise ValueError(f"to_onnx: opset {opset} was asked for, but torch's {exporter} exporter wrote opset "
-                         f"{written} (it cannot convert to {opset}); nothing written")
-    report = ExportReport(os.fspath(path), opset, exporter, dynamic, postprocess, network.dcn, seconds, len(data),
-                          NETWORK_INPUTS, outputs)
+        raise ValueError(
+            f"to_onnx: opset {opset} was asked for, but torch's {exporter} exporter wrote opset "
+            f"{written} (it cannot convert to {opset}); nothing written"
+        )
+    report = ExportReport(
+        os.fspath(path), opset, exporter, dynamic, postprocess, network.dcn, seconds, len(data), NETWORK_INPUTS, outputs
+    )
     if check:  # before the file is written: a graph that fails its check is not left behind
         _check(report, data, module, example, dynamic)
     atomic_write_bytes(path, data)
@@ -186,12 +206,24 @@ def _export(module, example, dynamic: bool, opset: int, exporter: str, outputs) 
             _require("onnxscript", "ONNX export")
             shapes = None
             if dynamic:
-                dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=32),
-                        3: torch.export.Dim("width", min=32)}
+                dims = {
+                    0: torch.export.Dim("batch"),
+                    2: torch.export.Dim("height", min=32),
+                    3: torch.export.Dim("width", min=32),
+                }
                 shapes = {"images": dims}
-            program = torch.onnx.export(module, (example,), None, dynamo=True, input_names=list(NETWORK_INPUTS),
-                                        output_names=list(outputs), dynamic_shapes=shapes, opset_version=opset,
-                                        custom_translation_table=custom_translations(), verbose=False)
+            program = torch.onnx.export(
+                module,
+                (example,),
+                None,
+                dynamo=True,
+                input_names=list(NETWORK_INPUTS),
+                output_names=list(outputs),
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                custom_translation_table=custom_translations(),
+                verbose=False,
+            )
             return program.model_proto.SerializeToString()
         register_torchscript_symbolics()
         buffer = io.BytesIO()
@@ -199,8 +231,16 @@ def _export(module, example, dynamic: bool, opset: int, exporter: str, outputs) 
         if dynamic:
             axes = {"images": {0: "batch", 2: "height", 3: "width"}}
             axes.update({name: {0: "batch", 1: "priors"} for name in outputs})
-        torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=list(NETWORK_INPUTS),
-                          output_names=list(outputs), dynamic_axes=axes, opset_version=opset)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=list(NETWORK_INPUTS),
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=opset,
+        )
         return buffer.getvalue()
 
 
@@ -221,12 +261,16 @@ def _check(report: ExportReport, data: bytes, module, example, dynamic: bool) ->
         found = session.run(list(report.outputs), {report.inputs[0]: images.numpy()})
         for name, want, got in zip(report.outputs, expected, found):
             if want.shape != got.shape:
-                raise RuntimeError(f"to_onnx: onnxruntime's {name} has shape {list(got.shape)} at input "
-                                   f"{list(images.shape)}, PyTorch's {list(want.shape)}")
+                raise RuntimeError(
+                    f"to_onnx: onnxruntime's {name} has shape {list(got.shape)} at input "
+                    f"{list(images.shape)}, PyTorch's {list(want.shape)}"
+                )
             difference = float(np.abs(want.astype(np.float64) - got).max()) if want.size else 0.0
             key = f"{name}@{images.shape[2]}x{images.shape[3]}"
             report.differences[key] = difference
             if difference > 1e-3 * max(1.0, float(np.abs(want).max()) if want.size else 1.0):
-                raise RuntimeError(f"to_onnx: onnxruntime {onnxruntime.__version__} differs from PyTorch by "
-                                   f"{difference:.3g} in {name} at input {list(images.shape)}")
+                raise RuntimeError(
+                    f"to_onnx: onnxruntime {onnxruntime.__version__} differs from PyTorch by "
+                    f"{difference:.3g} in {name} at input {list(images.shape)}"
+                )
     report.checked_with = onnxruntime.__version__

@@ -2,7 +2,7 @@
 post-processing (priors for the input's size, decoding, top-k, NMS), written in
 operations that torch.export keeps symbolic in the batch, height and width."""
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -31,17 +31,18 @@ class DetectionGraph(nn.Module):
     above ``score_threshold``, at most ``keep_top_k`` kept.
     """
 
-    def __init__(self, network: InferenceRetinaFace, settings: DetectionSettings = DetectionSettings()):
+    def __init__(self, network: InferenceRetinaFace, settings: Optional[DetectionSettings] = None):
         super().__init__()
         self.network = network
-        self.config, self.settings = network.config, settings
+        self.config, self.settings = network.config, settings or DetectionSettings()
         self.register_buffer("mean", torch.tensor(self.config.mean_bgr).reshape(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         loc, logits, landmarks = self.network(images - self.mean)
         height, width = images.shape[2], images.shape[3]
-        priors = make_prior_boxes(height, width, self.config.min_sizes, self.config.steps, device=loc.device,
-                                  dtype=loc.dtype)
+        priors = make_prior_boxes(
+            height, width, self.config.min_sizes, self.config.steps, device=loc.device, dtype=loc.dtype
+        )
         scale = torch.stack([torch.full((), width), torch.full((), height)]).to(loc.dtype)
         boxes = reference.decode(loc, priors, self.config.variances) * scale.repeat(2)
         points = reference.decode_landm(landmarks, priors, self.config.variances) * scale.repeat(5)

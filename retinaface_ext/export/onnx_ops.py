@@ -19,8 +19,9 @@ DEFORM_CONV_OPSET = 19
 
 
 @torch.library.custom_op("retinaface_ext::nms_per_image", mutates_args=())
-def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, max_per_image: int, iou_threshold: float,
-                  score_threshold: float) -> torch.Tensor:
+def nms_per_image(
+    boxes: torch.Tensor, scores: torch.Tensor, max_per_image: int, iou_threshold: float, score_threshold: float
+) -> torch.Tensor:
     """ONNX ``NonMaxSuppression`` with one class: per image, greedy NMS (IoU strictly
     above ``iou_threshold`` suppresses) over the boxes ``[B, N, 4]`` whose ``scores
     [B, N]`` are above ``score_threshold``, best first, at most ``max_per_image``.
@@ -29,8 +30,7 @@ def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, max_per_image: int,
     flat_scores = scores.reshape(-1)
     candidates = torch.nonzero(flat_scores > score_threshold).flatten()
     image = candidates // count
-    keep = candidates[ops.batched_nms(boxes.reshape(-1, 4)[candidates], flat_scores[candidates], image,
-                                      iou_threshold)]
+    keep = candidates[ops.batched_nms(boxes.reshape(-1, 4)[candidates], flat_scores[candidates], image, iou_threshold)]
     keep = keep[torch.argsort(keep // count, stable=True)]
     image = keep // count
     per_image = torch.bincount(image, minlength=batch)
@@ -45,20 +45,26 @@ def _nms_per_image_fake(boxes, scores, max_per_image, iou_threshold, score_thres
     return scores.new_empty((kept, 2), dtype=torch.long)
 
 
-def _deform_conv_attributes(input_channels, weight_shape, offset_channels, stride_h, stride_w, pad_h, pad_w,
-                            dilation_h, dilation_w):
+def _deform_conv_attributes(
+    input_channels, weight_shape, offset_channels, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+):
     kh, kw = int(weight_shape[2]), int(weight_shape[3])
-    return dict(dilations=[dilation_h, dilation_w], group=int(input_channels) // int(weight_shape[1]),
-                kernel_shape=[kh, kw], offset_group=int(offset_channels) // (2 * kh * kw),
-                pads=[pad_h, pad_w, pad_h, pad_w], strides=[stride_h, stride_w])
+    return dict(
+        dilations=[dilation_h, dilation_w],
+        group=int(input_channels) // int(weight_shape[1]),
+        kernel_shape=[kh, kw],
+        offset_group=int(offset_channels) // (2 * kh * kw),
+        pads=[pad_h, pad_w, pad_h, pad_w],
+        strides=[stride_h, stride_w],
+    )
 
 
-def _deform_conv2d_onnx(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                        dilation_w):
+def _deform_conv2d_onnx(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w):
     from onnxscript import opset19 as op
 
-    attributes = _deform_conv_attributes(input.shape[1], weight.shape, offset.shape[1], stride_h, stride_w,
-                                         pad_h, pad_w, dilation_h, dilation_w)
+    attributes = _deform_conv_attributes(
+        input.shape[1], weight.shape, offset.shape[1], stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    )
     return op.DeformConv(input, weight, offset, bias, mask, **attributes)
 
 
@@ -66,8 +72,12 @@ def _nms_per_image_onnx(boxes, scores, max_per_image, iou_threshold, score_thres
     from onnxscript import opset19 as op
 
     selected = op.NonMaxSuppression(  # [K, 3]: image, class, box
-        boxes, op.Unsqueeze(scores, [1]), op.Constant(value_ints=[max_per_image]),
-        op.Constant(value_floats=[iou_threshold]), op.Constant(value_floats=[score_threshold]))
+        boxes,
+        op.Unsqueeze(scores, [1]),
+        op.Constant(value_ints=[max_per_image]),
+        op.Constant(value_floats=[iou_threshold]),
+        op.Constant(value_floats=[score_threshold]),
+    )
     return op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)
 
 
@@ -80,8 +90,9 @@ def custom_translations() -> dict:
     }
 
 
-def _deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                            dilation_w):
+def _deform_conv2d_symbolic(
+    g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+):
     from torch.onnx import symbolic_helper
 
     def value(v):
@@ -91,9 +102,17 @@ def _deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, stri
     input_shape, offset_shape = symbolic_helper._get_tensor_sizes(input), symbolic_helper._get_tensor_sizes(offset)
     if None in weight_shape or input_shape[1] is None or offset_shape[1] is None:
         raise RuntimeError("deform_conv2d: ONNX export needs static channel counts and kernel size")
-    attributes = _deform_conv_attributes(input_shape[1], weight_shape, offset_shape[1], value(stride_h),
-                                         value(stride_w), value(pad_h), value(pad_w), value(dilation_h),
-                                         value(dilation_w))
+    attributes = _deform_conv_attributes(
+        input_shape[1],
+        weight_shape,
+        offset_shape[1],
+        value(stride_h),
+        value(stride_w),
+        value(pad_h),
+        value(pad_w),
+        value(dilation_h),
+        value(dilation_w),
+    )
     if symbolic_helper._is_none(bias):  # an omitted input in the middle: a zero bias instead
         bias = g.op("Constant", value_t=torch.zeros(weight_shape[0]))
     inputs = [input, weight, offset, bias] + ([] if symbolic_helper._is_none(mask) else [mask])
@@ -107,6 +126,7 @@ def register_torchscript_symbolics() -> None:
     """Teach ``torch.onnx.export(dynamo=False)`` our deformable convolution (once)."""
     global _registered
     if not _registered:
-        torch.onnx.register_custom_op_symbolic("retinaface_ext::deform_conv2d", _deform_conv2d_symbolic,
-                                               DEFORM_CONV_OPSET)
+        torch.onnx.register_custom_op_symbolic(
+            "retinaface_ext::deform_conv2d", _deform_conv2d_symbolic, DEFORM_CONV_OPSET
+        )
         _registered = True

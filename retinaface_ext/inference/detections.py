@@ -40,8 +40,9 @@ class Detections:
         return (self[i] for i in range(len(self)))
 
     def __getitem__(self, index: Union[int, slice, torch.Tensor, List[int]]) -> Union[Face, "Detections"]:
-        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0
-                                      and not index.dtype == torch.bool):
+        if isinstance(index, int) or (
+            isinstance(index, torch.Tensor) and index.dim() == 0 and not index.dtype == torch.bool
+        ):
             i = int(index)
             if not -len(self) <= i < len(self):
                 raise IndexError(f"face index {i} out of range for {len(self)} faces")
@@ -68,5 +69,7 @@ class Detections:
     def to_list(self) -> List[dict]:
         """JSON-ready: one dict per face with ``box``, ``score`` and ``landmarks``."""
         boxes, scores, landmarks = (t.detach().cpu().tolist() for t in (self.boxes, self.scores, self.landmarks))
-        return [{"box": box, "score": score, "landmarks": dict(zip(LANDMARK_NAMES, points))}
-                for box, score, points in zip(boxes, scores, landmarks)]
+        return [
+            {"box": box, "score": score, "landmarks": dict(zip(LANDMARK_NAMES, points))}
+            for box, score, points in zip(boxes, scores, landmarks)
+        ]

@@ -31,8 +31,9 @@ MAX_PADDING_FACTOR = 2.0
 DEFAULTS = DetectionSettings()
 
 
-def padding_groups(sizes: Sequence[Tuple[int, int]], max_images: int,
-                   max_padding: float = MAX_PADDING_FACTOR) -> List[List[int]]:
+def padding_groups(
+    sizes: Sequence[Tuple[int, int]], max_images: int, max_padding: float = MAX_PADDING_FACTOR
+) -> List[List[int]]:
     """Indices of ``sizes`` (h, w) in groups that share a padded canvas: at most
     ``max_images`` per group, and a group's canvas pixels times its images at most
     ``max_padding`` times their own pixels. First fit, largest images first."""
@@ -89,23 +90,36 @@ class Detector:
         compile: ``torch.compile`` the network and the post-processing (torch engine).
     """
 
-    def __init__(self, weights_or_model: Union[str, os.PathLike, dict, RetinaFace],
-                 backbone: Optional[str] = None, device=None, score_threshold: float = DEFAULTS.score_threshold,
-                 nms_threshold: float = DEFAULTS.nms_threshold, top_k: int = DEFAULTS.top_k,
-                 keep_top_k: int = DEFAULTS.keep_top_k, target_size: Optional[float] = None,
-                 max_size: Optional[float] = None, fold_batchnorm: bool = True, channels_last: bool = True,
-                 batch_size: int = 8, clip_boxes: bool = False, engine: Optional[str] = None, half: bool = False,
-                 compile: bool = False, confidence_threshold: Optional[float] = None):
+    def __init__(
+        self,
+        weights_or_model: Union[str, os.PathLike, dict, RetinaFace],
+        backbone: Optional[str] = None,
+        device=None,
+        score_threshold: float = DEFAULTS.score_threshold,
+        nms_threshold: float = DEFAULTS.nms_threshold,
+        top_k: int = DEFAULTS.top_k,
+        keep_top_k: int = DEFAULTS.keep_top_k,
+        target_size: Optional[float] = None,
+        max_size: Optional[float] = None,
+        fold_batchnorm: bool = True,
+        channels_last: bool = True,
+        batch_size: int = 8,
+        clip_boxes: bool = False,
+        engine: Optional[str] = None,
+        half: bool = False,
+        compile: bool = False,
+        confidence_threshold: Optional[float] = None,
+    ):
         if confidence_threshold is not None:
-            warnings.warn("Detector(confidence_threshold=...) is now score_threshold", DeprecationWarning,
-                          stacklevel=2)
+            warnings.warn("Detector(confidence_threshold=...) is now score_threshold", DeprecationWarning, stacklevel=2)
             score_threshold = confidence_threshold
         self.settings = DetectionSettings(score_threshold, nms_threshold, top_k, keep_top_k)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        onnx_file = isinstance(weights_or_model, (str, os.PathLike)) and \
-            os.fspath(weights_or_model).lower().endswith(".onnx")
+        onnx_file = isinstance(weights_or_model, (str, os.PathLike)) and os.fspath(weights_or_model).lower().endswith(
+            ".onnx"
+        )
         engine = ("onnxruntime" if onnx_file else "torch") if engine is None else engine
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -121,11 +135,13 @@ class Detector:
                 self.engine = OnnxRuntimeEngine(model, model.config, device)
         else:
             model, device = self._load_model(weights_or_model, backbone, device)
-            self.engine = TorchEngine(model, resolve_device(device), fold_batchnorm, channels_last, bool(half),
-                                      bool(compile))
+            self.engine = TorchEngine(
+                model, resolve_device(device), fold_batchnorm, channels_last, bool(half), bool(compile)
+            )
         self.device, self.config = self.engine.device, self.engine.config
-        self.preprocessing = Preprocessing(self.device, self.config.mean_bgr, self.engine.channels_last,
-                                           target_size, max_size)
+        self.preprocessing = Preprocessing(
+            self.device, self.config.mean_bgr, self.engine.channels_last, target_size, max_size
+        )
         self.postprocess = Postprocessing(self.config, self.settings, clip_boxes, self.engine.compiled)
 
     @property
@@ -137,8 +153,9 @@ class Detector:
     def _load_model(weights_or_model, backbone, device):
         if isinstance(weights_or_model, torch.nn.Module):
             if not isinstance(weights_or_model, RetinaFace):
-                raise TypeError(f"weights_or_model: expected a RetinaFace or a checkpoint, "
-                                f"got {type(weights_or_model).__name__}")
+                raise TypeError(
+                    f"weights_or_model: expected a RetinaFace or a checkpoint, got {type(weights_or_model).__name__}"
+                )
             model = weights_or_model
             check_finite(model.state_dict(), "weights_or_model")
             if device is None:
@@ -153,8 +170,9 @@ class Detector:
         return self.detect(images, color, names)
 
     @torch.inference_mode()
-    def detect(self, images: Union[ImageLike, Sequence[ImageLike]], color: str = "bgr",
-               names: Optional[Sequence[str]] = None) -> Union[Detections, List[Detections]]:
+    def detect(
+        self, images: Union[ImageLike, Sequence[ImageLike]], color: str = "bgr", names: Optional[Sequence[str]] = None
+    ) -> Union[Detections, List[Detections]]:
         """Detect faces in one image (returns :class:`Detections`) or in a list of images
         (returns a list).
 
@@ -175,7 +193,7 @@ class Detector:
             raise ValueError(f"names must hold one name per image ({len(batch)}), got {names!r}")
         results = []
         for start in range(0, len(batch), self.batch_size):
-            chunk, chunk_names = batch[start:start + self.batch_size], names[start:start + self.batch_size]
+            chunk, chunk_names = batch[start : start + self.batch_size], names[start : start + self.batch_size]
             prepared = [self.preprocessing.prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
             results.extend(self._detect_prepared(prepared, chunk_names))
         return results[0] if single else results
@@ -198,7 +216,9 @@ class Detector:
         sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
         max_padding = MAX_PADDING_FACTOR if self.engine.pads else 1.0
         for group in padding_groups(sizes, self.batch_size, max_padding):
-            for i, detections in zip(group, self._forward_group([prepared[i] for i in group], [names[i] for i in group])):
+            for i, detections in zip(
+                group, self._forward_group([prepared[i] for i in group], [names[i] for i in group])
+            ):
                 results[i] = detections
         return results
 
@@ -214,5 +234,6 @@ class Detector:
                 slot[:, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
         padding_mask = None if all(size == canvas for size in sizes) else PaddingMask(sizes, canvas)
         outputs = self.engine(inputs, padding_mask)
-        return self.postprocess(*outputs, canvas, sizes, [p.factor for p in prepared], names,
-                                [p.image_size for p in prepared])
+        return self.postprocess(
+            *outputs, canvas, sizes, [p.factor for p in prepared], names, [p.image_size for p in prepared]
+        )

@@ -26,13 +26,21 @@ class TorchEngine:
 
     name, pads = "torch", True
 
-    def __init__(self, model: RetinaFace, device: torch.device, fold_batchnorm: bool = True,
-                 channels_last: bool = True, half: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model: RetinaFace,
+        device: torch.device,
+        fold_batchnorm: bool = True,
+        channels_last: bool = True,
+        half: bool = False,
+        compile: bool = False,
+    ):
         if half and device.type != "cuda":
             raise ValueError(f"half=True needs a CUDA device, got {device}")
         network = InferenceRetinaFace(model, fold_batchnorm, channels_last).to(device)
-        self.network = compile_stage(network.half() if half else network) if compile else \
-            (network.half() if half else network)
+        self.network = (
+            compile_stage(network.half() if half else network) if compile else (network.half() if half else network)
+        )
         self.device, self.config, self.channels_last = device, network.config, channels_last
         self.half, self.compiled = half, compile
 

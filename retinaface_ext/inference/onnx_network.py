@@ -89,24 +89,31 @@ class OnnxRuntimeNetwork:
         inputs = tuple(i.name for i in self.session.get_inputs())
         outputs = tuple(o.name for o in self.session.get_outputs())
         if inputs != NETWORK_INPUTS or outputs != NETWORK_OUTPUTS:
-            raise self._not_a_network(f"inputs {list(inputs)}, outputs {list(outputs)} (expected "
-                                      f"{list(NETWORK_INPUTS)} and {list(NETWORK_OUTPUTS)})")
+            raise self._not_a_network(
+                f"inputs {list(inputs)}, outputs {list(outputs)} (expected "
+                f"{list(NETWORK_INPUTS)} and {list(NETWORK_OUTPUTS)})"
+            )
         self._check_declared_shapes()
         self.version = onnxruntime.__version__
 
     def _not_a_network(self, what: str) -> ValueError:
-        return ValueError(f"{self.path}: not an exported RetinaFace network: {what}; export with "
-                          f"retinaface_ext.export.to_onnx(..., postprocess=False)")
+        return ValueError(
+            f"{self.path}: not an exported RetinaFace network: {what}; export with "
+            f"retinaface_ext.export.to_onnx(..., postprocess=False)"
+        )
 
     def _check_declared_shapes(self) -> None:
         """The shapes the graph declares, where it declares them: images [B, 3, H, W]
         float, outputs [B, P, 4 / 2 / 10] float."""
-        expected = [(NETWORK_INPUTS[0], 4, {1: 3})] + [(name, 3, {2: width})
-                                                         for name, width in zip(NETWORK_OUTPUTS, OUTPUT_WIDTHS)]
+        expected = [(NETWORK_INPUTS[0], 4, {1: 3})] + [
+            (name, 3, {2: width}) for name, width in zip(NETWORK_OUTPUTS, OUTPUT_WIDTHS)
+        ]
         for port, (name, rank, fixed) in zip([*self.session.get_inputs(), *self.session.get_outputs()], expected):
             shape = port.shape
-            wrong = port.type != "tensor(float)" or (shape is not None and (
-                len(shape) != rank or any(isinstance(shape[d], int) and shape[d] != n for d, n in fixed.items())))
+            wrong = port.type != "tensor(float)" or (
+                shape is not None
+                and (len(shape) != rank or any(isinstance(shape[d], int) and shape[d] != n for d, n in fixed.items()))
+            )
             if wrong:
                 raise self._not_a_network(f"{name} is {port.type} of shape {shape}")
 
@@ -114,13 +121,16 @@ class OnnxRuntimeNetwork:
         if padding_mask is not None:
             raise ValueError("the onnxruntime engine runs equally sized images together, without padding")
         if images.device.type != "cpu" or images.dtype != torch.float32:
-            raise ValueError(f"the onnxruntime engine takes float32 images on the CPU, got {images.dtype} on "
-                             f"{images.device}")
+            raise ValueError(
+                f"the onnxruntime engine takes float32 images on the CPU, got {images.dtype} on {images.device}"
+            )
         feed = {NETWORK_INPUTS[0]: images.contiguous().numpy()}
         outputs = self.session.run(list(NETWORK_OUTPUTS), feed)
         # What the graph did not declare: one row per prior and image in each output.
         shapes = [tuple(out.shape) for out in outputs]
-        if any(len(s) != 3 or s[:2] != shapes[0][:2] or s[2] != w for s, w in zip(shapes, OUTPUT_WIDTHS)) \
-                or shapes[0][0] != images.shape[0]:
+        if (
+            any(len(s) != 3 or s[:2] != shapes[0][:2] or s[2] != w for s, w in zip(shapes, OUTPUT_WIDTHS))
+            or shapes[0][0] != images.shape[0]
+        ):
             raise self._not_a_network(f"for images {list(images.shape)} gives {', '.join(map(str, shapes))}")
         return tuple(torch.from_numpy(out) for out in outputs)

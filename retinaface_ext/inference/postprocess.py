@@ -50,8 +50,10 @@ def check_counts(counts: Sequence[int], names: Sequence[str]) -> None:
     for count, name in zip(counts, names):
         if count in (NON_FINITE_SCORES, NON_FINITE_CANDIDATES):
             what = "face scores" if count == NON_FINITE_SCORES else "decoded boxes"
-            raise ValueError(f"{name}: the network's {what} are not finite (NaN or inf) for this image; are the "
-                             f"weights finite and the image in 0..255?")
+            raise ValueError(
+                f"{name}: the network's {what} are not finite (NaN or inf) for this image; are the "
+                f"weights finite and the image in 0..255?"
+            )
 
 
 class Postprocessing:
@@ -59,13 +61,15 @@ class Postprocessing:
     ``config`` (its priors and variances); ``clip_boxes`` clips them to each image;
     ``compiled`` runs :func:`~retinaface_ext.ops.detect_faces` through ``torch.compile``."""
 
-    def __init__(self, config: RetinaFaceConfig, settings: DetectionSettings, clip_boxes: bool = False,
-                 compiled: bool = False):
+    def __init__(
+        self, config: RetinaFaceConfig, settings: DetectionSettings, clip_boxes: bool = False, compiled: bool = False
+    ):
         self.config, self.settings, self.clip_boxes = config, settings, bool(clip_boxes)
         self.detect_faces = compile_stage(ops.detect_faces) if compiled else ops.detect_faces
 
-    def __call__(self, loc, logits, landmarks, canvas, sizes=None, factors=None, names=None,
-                 image_sizes=None) -> List[Detections]:
+    def __call__(
+        self, loc, logits, landmarks, canvas, sizes=None, factors=None, names=None, image_sizes=None
+    ) -> List[Detections]:
         """Detections per image from the network outputs of a batch whose images were
         ``sizes`` (default: all the canvas) inside ``canvas`` (H, W), resized by ``factors``
         from ``image_sizes``; ``names`` name them in errors."""
@@ -74,11 +78,14 @@ class Postprocessing:
         names = names or [f"images[{b}]" for b in range(batch)]
         if loc.dtype in (torch.float16, torch.bfloat16):  # a half network: post-processing in float32
             loc, logits, landmarks = loc.float(), logits.float(), landmarks.float()
-        priors = cached_prior_boxes(canvas, self.config.min_sizes, self.config.steps, device=loc.device,
-                                    dtype=loc.dtype)
+        priors = cached_prior_boxes(
+            canvas, self.config.min_sizes, self.config.steps, device=loc.device, dtype=loc.dtype
+        )
         if loc.shape[1] != len(priors):  # a network of another layout (an .onnx file of another model)
-            raise ValueError(f"the network gives {loc.shape[1]} rows for a {canvas[0]}x{canvas[1]} canvas; the "
-                             f"{self.config.backbone} preset has {len(priors)} priors there")
+            raise ValueError(
+                f"the network gives {loc.shape[1]} rows for a {canvas[0]}x{canvas[1]} canvas; the "
+                f"{self.config.backbone} preset has {len(priors)} priors there"
+            )
         inside = None
         if any(tuple(size) != tuple(canvas) for size in sizes):
             inside = inside_priors(self.config, sizes, canvas, loc.device)
@@ -87,14 +94,28 @@ class Postprocessing:
             factor = torch.tensor(factors, device=loc.device, dtype=loc.dtype)
         settings = self.settings
         boxes, scores, points, counts = self.detect_faces(
-            loc, logits, landmarks, priors, tuple(canvas), inside, factor, self.config.variances,
-            settings.score_threshold, settings.top_k, settings.nms_threshold, settings.keep_top_k)
+            loc,
+            logits,
+            landmarks,
+            priors,
+            tuple(canvas),
+            inside,
+            factor,
+            self.config.variances,
+            settings.score_threshold,
+            settings.top_k,
+            settings.nms_threshold,
+            settings.keep_top_k,
+        )
         counts = counts.tolist()
         check_counts(counts, names)
         image_sizes = image_sizes or [tuple(size) for size in sizes]
         results = []
-        per_image = zip(boxes.split(counts), scores.split(counts), points.split(counts)) if batch > 1 else \
-            [(boxes, scores, points)]
+        per_image = (
+            zip(boxes.split(counts), scores.split(counts), points.split(counts))
+            if batch > 1
+            else [(boxes, scores, points)]
+        )
         for (image_boxes, image_scores, image_points), image_size in zip(per_image, image_sizes):
             detections = Detections(image_boxes, image_scores, image_points.reshape(-1, 5, 2), tuple(image_size))
             results.append(detections.clipped() if self.clip_boxes else detections)

@@ -9,8 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..images import (MAX_DECODED_PIXELS, MAX_PIXELS, ImageLike, check_size, image_file_size, read_image,
-                      resize_factor, resized_shape, to_bgr_tensor)
+from ..images import (
+    MAX_DECODED_PIXELS,
+    MAX_PIXELS,
+    ImageLike,
+    check_size,
+    image_file_size,
+    read_image,
+    resize_factor,
+    resized_shape,
+    to_bgr_tensor,
+)
 
 
 class Prepared(NamedTuple):
@@ -24,8 +33,14 @@ class Preprocessing:
     short side is ``target_size`` unless the long side would exceed ``max_size`` (either
     may be None); channels-last for a network that reads it, else NCHW planes."""
 
-    def __init__(self, device: torch.device, mean_bgr, channels_last: bool, target_size: Optional[float] = None,
-                 max_size: Optional[float] = None):
+    def __init__(
+        self,
+        device: torch.device,
+        mean_bgr,
+        channels_last: bool,
+        target_size: Optional[float] = None,
+        max_size: Optional[float] = None,
+    ):
         self.device, self.mean_bgr, self.channels_last = device, tuple(float(m) for m in mean_bgr), channels_last
         self.target_size, self.max_size = check_size(target_size, "target_size"), check_size(max_size, "max_size")
         self._mean = torch.tensor(self.mean_bgr, device=device).reshape(3, 1, 1)
@@ -47,8 +62,10 @@ class Preprocessing:
             factor = resize_factor(height, width, self.target_size, self.max_size)
             size = resized_shape(height, width, factor)
         if size[0] * size[1] > MAX_PIXELS:
-            raise ValueError(f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
-                             f"({MAX_PIXELS}); pass max_size to shrink large images")
+            raise ValueError(
+                f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
+                f"({MAX_PIXELS}); pass max_size to shrink large images"
+            )
         return factor, size
 
     def prepare(self, image: ImageLike, name: str = "image", color: str = "bgr") -> Prepared:

@@ -20,8 +20,10 @@ def read_state_dict(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torc
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickle, zip and weights-only errors alike
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})") from error
+            raise ValueError(
+                f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})"
+            ) from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"a checkpoint must be a state dict, got {type(checkpoint).__name__}")
     for key in _WRAPPER_KEYS:
@@ -32,15 +34,16 @@ def read_state_dict(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torc
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
-        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+        state_dict[key[len("module.") :] if key.startswith("module.") else key] = value
     return state_dict
 
 
 def check_finite(state_dict: Dict[str, torch.Tensor], source="checkpoint") -> None:
     """Raise ValueError naming the tensors that hold NaN or inf: such weights make whole
     levels of detections vanish or the outputs non-finite, far from the cause."""
-    bad = [key for key, value in state_dict.items()
-           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    bad = [
+        key for key, value in state_dict.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
     if bad:
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
         shown = ", ".join(bad[:8]) + (f", ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
@@ -55,8 +58,9 @@ def describe(state_dict: Dict[str, torch.Tensor], source="checkpoint") -> Tuple[
         backbone = "resnet50"
     else:
         name = source if isinstance(source, (str, os.PathLike)) else "checkpoint"
-        raise ValueError(f"{name}: not a RetinaFace checkpoint (no body.stage1.* (MobileNet-0.25) "
-                         f"or body.layer1.* (ResNet-50) keys)")
+        raise ValueError(
+            f"{name}: not a RetinaFace checkpoint (no body.stage1.* (MobileNet-0.25) or body.layer1.* (ResNet-50) keys)"
+        )
     dcn = any(".conv_offset." in key for key in state_dict)
     return backbone, dcn
 
@@ -70,20 +74,28 @@ def load_state_dict_strict(model: nn.Module, checkpoint) -> None:
     # Checkpoints older than BatchNorm's num_batches_tracked load fine without it.
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [f"{k} (checkpoint {list(state_dict[k].shape)}, model {list(v.shape)})"
-                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    mis_shaped = [
+        f"{k} (checkpoint {list(state_dict[k].shape)}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if missing or unexpected or mis_shaped:
         problems = []
         try:
             found_backbone, found_dcn = describe(state_dict, name)
             wanted = getattr(getattr(model, "config", None), "backbone", None)
             if wanted and (found_backbone, found_dcn) != (wanted, getattr(model, "dcn", False)):
-                problems.append(f"it holds a {found_backbone}{' DCN' if found_dcn else ''} RetinaFace, "
-                                f"the model is {wanted}{' DCN' if getattr(model, 'dcn', False) else ''}")
+                problems.append(
+                    f"it holds a {found_backbone}{' DCN' if found_dcn else ''} RetinaFace, "
+                    f"the model is {wanted}{' DCN' if getattr(model, 'dcn', False) else ''}"
+                )
         except ValueError as error:
             problems.append(str(error))
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("shape mismatches", mis_shaped)):
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mis_shaped),
+        ):
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
                 problems.append(f"{len(keys)} {label}: {shown}")

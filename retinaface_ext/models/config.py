@@ -26,8 +26,12 @@ class DetectionSettings:
     def __post_init__(self):
         for name in ("score_threshold", "nms_threshold"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
-                    or not 0.0 <= float(value) <= 1.0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or math.isnan(value)
+                or not 0.0 <= float(value) <= 1.0
+            ):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("top_k", "keep_top_k"):
@@ -67,27 +71,37 @@ class RetinaFaceConfig:
         if len(self.in_channels) != 3 or any(c <= 0 for c in self.in_channels):
             bad(f"in_channels must be three positive channel counts, got {self.in_channels}")
         if self.out_channels <= 0 or self.out_channels % 4:
-            bad(f"out_channels must be a positive multiple of 4 (the SSH splits it in quarters), "
-                f"got {self.out_channels}")
+            bad(
+                f"out_channels must be a positive multiple of 4 (the SSH splits it in quarters), "
+                f"got {self.out_channels}"
+            )
         if len(self.steps) != 3 or len(self.min_sizes) != len(self.steps):
-            bad(f"min_sizes and steps must describe the 3 FPN levels, got {len(self.min_sizes)} and "
-                f"{len(self.steps)}")
+            bad(f"min_sizes and steps must describe the 3 FPN levels, got {len(self.min_sizes)} and {len(self.steps)}")
         if any(step <= 0 for step in self.steps) or any(size <= 0 for level in self.min_sizes for size in level):
             bad(f"steps and min_sizes must be positive, got {self.steps} and {self.min_sizes}")
         if any(len(level) != self.anchors_per_location for level in self.min_sizes):
-            bad(f"every level needs anchors_per_location ({self.anchors_per_location}) min sizes, "
-                f"got {self.min_sizes}")
+            bad(f"every level needs anchors_per_location ({self.anchors_per_location}) min sizes, got {self.min_sizes}")
         if len(self.variances) != 2 or not all(v > 0 for v in self.variances):
             bad(f"variances must be two positive numbers, got {self.variances}")
 
 
 MOBILENET_025 = RetinaFaceConfig(
-    backbone="mobilenet0.25", in_channels=(64, 128, 256), out_channels=64, image_size=640,
-    batch_size=32, epochs=250, decay_epochs=(190, 220),
+    backbone="mobilenet0.25",
+    in_channels=(64, 128, 256),
+    out_channels=64,
+    image_size=640,
+    batch_size=32,
+    epochs=250,
+    decay_epochs=(190, 220),
 )
 RESNET50 = RetinaFaceConfig(
-    backbone="resnet50", in_channels=(512, 1024, 2048), out_channels=256, image_size=840,
-    batch_size=24, epochs=100, decay_epochs=(70, 90),
+    backbone="resnet50",
+    in_channels=(512, 1024, 2048),
+    out_channels=256,
+    image_size=840,
+    batch_size=24,
+    epochs=100,
+    decay_epochs=(70, 90),
 )
 
 PRESETS = {"mobilenet0.25": MOBILENET_025, "resnet50": RESNET50}
@@ -96,8 +110,13 @@ PRESETS = {"mobilenet0.25": MOBILENET_025, "resnet50": RESNET50}
 def config_for(backbone: str) -> RetinaFaceConfig:
     """The preset of a backbone name: ``"mobilenet0.25"`` or ``"resnet50"``."""
     key = backbone.lower().replace("-", "").replace("_", "")
-    aliases = {"mobilenet0.25": "mobilenet0.25", "mnet": "mobilenet0.25", "mobilenet": "mobilenet0.25",
-               "resnet50": "resnet50", "r50": "resnet50"}
+    aliases = {
+        "mobilenet0.25": "mobilenet0.25",
+        "mnet": "mobilenet0.25",
+        "mobilenet": "mobilenet0.25",
+        "resnet50": "resnet50",
+        "r50": "resnet50",
+    }
     if key not in aliases:
         raise ValueError(f"backbone must be one of {sorted(PRESETS)}, got {backbone!r}")
     return PRESETS[aliases[key]]

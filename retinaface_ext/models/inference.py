@@ -49,8 +49,18 @@ class ConvActivation(nn.Module):
         conv = self.conv
         if self.fused and x.device.type == "cpu" and x.dtype == conv.weight.dtype == torch.float32:
             try:
-                return _CONV_POINTWISE(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
-                                       list(conv.dilation), conv.groups, self.attr, self.scalars, "")
+                return _CONV_POINTWISE(
+                    x,
+                    conv.weight,
+                    conv.bias,
+                    list(conv.padding),
+                    list(conv.stride),
+                    list(conv.dilation),
+                    conv.groups,
+                    self.attr,
+                    self.scalars,
+                    "",
+                )
             except RuntimeError:  # an internal op of torch: fall back if this build lacks it
                 self.fused = False
         return self.activation(conv(x))
@@ -64,9 +74,13 @@ def fuse_conv_activations(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.Sequential):
         items = list(module)
         for i in range(len(items) - 2):
-            conv, between, activation = items[i:i + 3]
-            if (type(conv) is nn.Conv2d and isinstance(between, nn.Identity)
-                    and type(activation) in (nn.ReLU, nn.LeakyReLU) and isinstance(conv.padding, tuple)):
+            conv, between, activation = items[i : i + 3]
+            if (
+                type(conv) is nn.Conv2d
+                and isinstance(between, nn.Identity)
+                and type(activation) in (nn.ReLU, nn.LeakyReLU)
+                and isinstance(conv.padding, tuple)
+            ):
                 module[i], module[i + 2] = ConvActivation(conv, activation), nn.Identity()
                 items = list(module)
     return module
@@ -83,8 +97,9 @@ class InferenceRetinaFace(nn.Module):
     does not know oneDNN's fused op: export with ``fuse_activations=False``.
     """
 
-    def __init__(self, model: RetinaFace, fold_batchnorm: bool = True, channels_last: bool = True,
-                 fuse_activations: bool = True):
+    def __init__(
+        self, model: RetinaFace, fold_batchnorm: bool = True, channels_last: bool = True, fuse_activations: bool = True
+    ):
         super().__init__()
         model = copy.deepcopy(model).eval().requires_grad_(False)
         if fold_batchnorm:
@@ -115,4 +130,4 @@ class InferenceRetinaFace(nn.Module):
         for ssh, head, feature in zip(self.ssh, self.heads, features):
             outputs.append(per_anchor(head(ssh(feature, padding_mask)), _PER_ANCHOR))
         out = torch.cat(outputs, dim=1)
-        return out[..., :_BOX], out[..., _BOX:_BOX + _CLASS], out[..., _BOX + _CLASS:]
+        return out[..., :_BOX], out[..., _BOX : _BOX + _CLASS], out[..., _BOX + _CLASS :]

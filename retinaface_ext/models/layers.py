@@ -78,8 +78,10 @@ class PaddingMask:
             stride = 1 << log2
             if feature_map_size(canvas_h, canvas_w, stride) == (height, width):
                 return stride
-        raise ValueError(f"PaddingMask: a {height}x{width} feature map is no power-of-two "
-                         f"reduction of the {canvas_h}x{canvas_w} canvas")
+        raise ValueError(
+            f"PaddingMask: a {height}x{width} feature map is no power-of-two "
+            f"reduction of the {canvas_h}x{canvas_w} canvas"
+        )
 
     def mask(self, height, width, device=None, dtype=torch.float32) -> torch.Tensor:
         """``[B, 1, height, width]``: 1 inside each image, 0 in its padding."""
@@ -116,8 +118,10 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     deformable convolutions both fold (each is linear in its weight).
     """
     if any(isinstance(m, nn.BatchNorm2d) and m.training for m in module.modules()):
-        raise ValueError("fold_batchnorm: the model is in training mode; call .eval() first "
-                         "(folding freezes the BatchNorm running statistics)")
+        raise ValueError(
+            "fold_batchnorm: the model is in training mode; call .eval() first "
+            "(folding freezes the BatchNorm running statistics)"
+        )
     for child in module.children():
         fold_batchnorm(child)
     if isinstance(module, nn.Sequential):

@@ -123,8 +123,7 @@ class RetinaFace(nn.Module):
     :func:`retinaface_ext.priors.prior_boxes` at (H, W), in that order.
     """
 
-    def __init__(self, backbone: str = "mobilenet0.25", dcn: bool = False,
-                 config: Optional[RetinaFaceConfig] = None):
+    def __init__(self, backbone: str = "mobilenet0.25", dcn: bool = False, config: Optional[RetinaFaceConfig] = None):
         super().__init__()
         self.config = config if config is not None else config_for(backbone)
         self.dcn = dcn
@@ -161,8 +160,9 @@ class RetinaFace(nn.Module):
         return self
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Union[str, dict], backbone: Optional[str] = None,
-                        dcn: Optional[bool] = None) -> "RetinaFace":
+    def from_checkpoint(
+        cls, checkpoint: Union[str, dict], backbone: Optional[str] = None, dcn: Optional[bool] = None
+    ) -> "RetinaFace":
         """Build the network a checkpoint was trained as and load it. ``backbone`` and
         ``dcn`` are read from the checkpoint's keys unless given.
 

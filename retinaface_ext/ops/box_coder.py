@@ -67,7 +67,8 @@ if _extension.is_available():
 
         def decode_rows(loc_rows, landm_rows, prior_rows):
             return reference.decode(loc_rows, prior_rows, variances), reference.decode_landm(
-                landm_rows, prior_rows, variances)
+                landm_rows, prior_rows, variances
+            )
 
         _, vjp = torch.func.vjp(decode_rows, loc[image, prior], landm[image, prior], priors[prior])
         grad_boxes = grad_boxes if grad_boxes is not None else loc.new_zeros(image.shape[0], 4)
@@ -82,4 +83,5 @@ if _extension.is_available():
         return grad_loc, grad_conf, grad_landm, grad_priors, None, None
 
     torch.library.register_autograd(
-        "retinaface_ext::decode_detections", _decode_backward, setup_context=_decode_setup_context)
+        "retinaface_ext::decode_detections", _decode_backward, setup_context=_decode_setup_context
+    )

@@ -72,47 +72,84 @@ def _check_args(input, weight, offset, mask, bias, args):
     """The kernels' checks (csrc/deform_conv/deform_conv_checks.cpp), in their order and
     with their messages, for the fake: what the kernels refuse, tracing refuses too, and
     nothing is divided by a zero here either."""
-    torch._check(input.dim() == 4, lambda: f"deform_conv2d: input must have shape [N, C, H, W], got {list(input.shape)}")
-    torch._check(weight.dim() == 4,
-                 lambda: f"deform_conv2d: weight must have shape [O, C / groups, kh, kw], got {list(weight.shape)}")
+    torch._check(
+        input.dim() == 4, lambda: f"deform_conv2d: input must have shape [N, C, H, W], got {list(input.shape)}"
+    )
+    torch._check(
+        weight.dim() == 4,
+        lambda: f"deform_conv2d: weight must have shape [O, C / groups, kh, kw], got {list(weight.shape)}",
+    )
     sh, sw, ph, pw, dh, dw = args
-    torch._check(sh > 0 and sw > 0 and dh > 0 and dw > 0 and ph >= 0 and pw >= 0,
-                 lambda: "deform_conv2d: stride and dilation must be positive and padding non-negative")
+    torch._check(
+        sh > 0 and sw > 0 and dh > 0 and dw > 0 and ph >= 0 and pw >= 0,
+        lambda: "deform_conv2d: stride and dilation must be positive and padding non-negative",
+    )
     N, C, H, W = input.shape
     O, per_group, kh, kw = weight.shape
-    torch._check(kh > 0 and kw > 0,
-                 lambda: f"deform_conv2d: the kernel must not be empty, got weight of shape {list(weight.shape)}")
-    torch._check(H > 0 and W > 0,
-                 lambda: f"deform_conv2d: input must have a non-empty image (H, W > 0), got {list(input.shape)}")
-    torch._check(per_group > 0 and C > 0 and C % per_group == 0,
-                 lambda: f"deform_conv2d: input channels ({C}) must be a positive multiple of "
-                         f"weight.shape[1] ({per_group})")
+    torch._check(
+        kh > 0 and kw > 0,
+        lambda: f"deform_conv2d: the kernel must not be empty, got weight of shape {list(weight.shape)}",
+    )
+    torch._check(
+        H > 0 and W > 0, lambda: f"deform_conv2d: input must have a non-empty image (H, W > 0), got {list(input.shape)}"
+    )
+    torch._check(
+        per_group > 0 and C > 0 and C % per_group == 0,
+        lambda: f"deform_conv2d: input channels ({C}) must be a positive multiple of weight.shape[1] ({per_group})",
+    )
     groups = C // per_group
-    torch._check(O % groups == 0, lambda: f"deform_conv2d: weight.shape[0] ({O}) must be a multiple of groups ({groups})")
+    torch._check(
+        O % groups == 0, lambda: f"deform_conv2d: weight.shape[0] ({O}) must be a multiple of groups ({groups})"
+    )
     Ho, Wo = _output_size(input, weight, args)
-    torch._check(Ho > 0 and Wo > 0, lambda: f"deform_conv2d: the output would be empty ({Ho} x {Wo}) for input "
-                                            f"{list(input.shape)} and kernel {kh} x {kw}")
+    torch._check(
+        Ho > 0 and Wo > 0,
+        lambda: (
+            f"deform_conv2d: the output would be empty ({Ho} x {Wo}) for input "
+            f"{list(input.shape)} and kernel {kh} x {kw}"
+        ),
+    )
     K = kh * kw
-    torch._check(offset.dim() == 4 and offset.shape[0] == N and offset.shape[1] > 0
-                 and offset.shape[1] % (2 * K) == 0 and offset.shape[2] == Ho and offset.shape[3] == Wo,
-                 lambda: f"deform_conv2d: offset must have shape [N, 2 * offset_groups * kh * kw, Ho, Wo] = "
-                         f"[{N}, 2 * offset_groups * {K}, {Ho}, {Wo}], got {list(offset.shape)}")
+    torch._check(
+        offset.dim() == 4
+        and offset.shape[0] == N
+        and offset.shape[1] > 0
+        and offset.shape[1] % (2 * K) == 0
+        and offset.shape[2] == Ho
+        and offset.shape[3] == Wo,
+        lambda: (
+            f"deform_conv2d: offset must have shape [N, 2 * offset_groups * kh * kw, Ho, Wo] = "
+            f"[{N}, 2 * offset_groups * {K}, {Ho}, {Wo}], got {list(offset.shape)}"
+        ),
+    )
     offset_groups = offset.shape[1] // (2 * K)
-    torch._check(C % offset_groups == 0,
-                 lambda: f"deform_conv2d: input channels ({C}) must be a multiple of offset groups ({offset_groups})")
+    torch._check(
+        C % offset_groups == 0,
+        lambda: f"deform_conv2d: input channels ({C}) must be a multiple of offset groups ({offset_groups})",
+    )
     if mask is not None:
-        torch._check(mask.dim() == 4 and tuple(mask.shape) == (N, offset_groups * K, Ho, Wo),
-                     lambda: f"deform_conv2d: mask must have shape [N, offset_groups * kh * kw, Ho, Wo] = "
-                             f"[{N}, {offset_groups * K}, {Ho}, {Wo}], got {list(mask.shape)}")
+        torch._check(
+            mask.dim() == 4 and tuple(mask.shape) == (N, offset_groups * K, Ho, Wo),
+            lambda: (
+                f"deform_conv2d: mask must have shape [N, offset_groups * kh * kw, Ho, Wo] = "
+                f"[{N}, {offset_groups * K}, {Ho}, {Wo}], got {list(mask.shape)}"
+            ),
+        )
     if bias is not None:
-        torch._check(bias.dim() == 1 and bias.shape[0] == O,
-                     lambda: f"deform_conv2d: bias must have shape [{O}], got {list(bias.shape)}")
+        torch._check(
+            bias.dim() == 1 and bias.shape[0] == O,
+            lambda: f"deform_conv2d: bias must have shape [{O}], got {list(bias.shape)}",
+        )
     for name, t in (("weight", weight), ("offset", offset), ("mask", mask), ("bias", bias)):
         if t is not None:
-            torch._check(t.dtype == input.dtype, lambda: f"deform_conv2d: {name} must have the dtype of input "
-                                                         f"({input.dtype}), got {t.dtype}")
-            torch._check(t.device == input.device, lambda: f"deform_conv2d: {name} must be on the device of "
-                                                           f"input ({input.device}), got {t.device}")
+            torch._check(
+                t.dtype == input.dtype,
+                lambda: f"deform_conv2d: {name} must have the dtype of input ({input.dtype}), got {t.dtype}",
+            )
+            torch._check(
+                t.device == input.device,
+                lambda: f"deform_conv2d: {name} must be on the device of input ({input.device}), got {t.device}",
+            )
 
 
 if _extension.is_available():
@@ -126,8 +163,10 @@ if _extension.is_available():
     def _deform_conv2d_backward_fake(grad_out, input, weight, offset, mask, bias, *args):
         _check_args(input, weight, offset, mask, bias, args)
         expected = (input.shape[0], weight.shape[0], *_output_size(input, weight, args))
-        torch._check(tuple(grad_out.shape) == expected, lambda: f"deform_conv2d_backward: grad_out must have shape "
-                                                              f"{list(expected)}, got {list(grad_out.shape)}")
+        torch._check(
+            tuple(grad_out.shape) == expected,
+            lambda: f"deform_conv2d_backward: grad_out must have shape {list(expected)}, got {list(grad_out.shape)}",
+        )
         empty = input.new_empty((0,))
         return (
             torch.empty_like(input),
@@ -162,4 +201,5 @@ if _extension.is_available():
 
     # Without this, create_graph=True would give gradients that silently have no gradient.
     torch.library.register_autograd(
-        "retinaface_ext::deform_conv2d_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+        "retinaface_ext::deform_conv2d_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+    )

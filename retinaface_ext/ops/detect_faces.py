@@ -54,15 +54,40 @@ def detect_faces(
         raise ValueError(f"detect_faces: canvas_size must be (height, width), got {canvas_size!r}")
     height, width = (int(v) for v in canvas_size)
     return torch.ops.retinaface_ext.detect_faces(
-        loc, logits, landm, priors, inside, factor, height, width, [float(v) for v in variances],
-        float(score_threshold), int(top_k), float(nms_threshold), int(keep_top_k))
+        loc,
+        logits,
+        landm,
+        priors,
+        inside,
+        factor,
+        height,
+        width,
+        [float(v) for v in variances],
+        float(score_threshold),
+        int(top_k),
+        float(nms_threshold),
+        int(keep_top_k),
+    )
 
 
 if _extension.is_available():
 
     @torch.library.register_fake("retinaface_ext::detect_faces")
-    def _detect_faces_fake(loc, logits, landm, priors, inside, factor, canvas_height, canvas_width, variances,
-                           score_threshold, top_k, nms_threshold, keep_top_k):
+    def _detect_faces_fake(
+        loc,
+        logits,
+        landm,
+        priors,
+        inside,
+        factor,
+        canvas_height,
+        canvas_width,
+        variances,
+        score_threshold,
+        top_k,
+        nms_threshold,
+        keep_top_k,
+    ):
         torch._check(loc.dim() == 3 and loc.shape[-1] == 4, lambda: "detect_faces: bad loc shape")
         k = torch.library.get_ctx().new_dynamic_size()
         counts = loc.new_empty((loc.shape[0],), dtype=torch.long)

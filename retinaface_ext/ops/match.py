@@ -82,9 +82,14 @@ def _check_match_values(truths, landms, num_truths, priors):
     """Value checks with messages naming the argument and the index (shapes: the op),
     the same as the CPU kernel's."""
     shapes_ok = (
-        truths.dim() == 3 and truths.shape[-1] == 4 and landms.shape[:2] == truths.shape[:2]
-        and num_truths.shape == truths.shape[:1] and num_truths.dtype == torch.long
-        and priors.dim() == 2 and priors.shape[-1] == 4 and truths.is_floating_point()
+        truths.dim() == 3
+        and truths.shape[-1] == 4
+        and landms.shape[:2] == truths.shape[:2]
+        and num_truths.shape == truths.shape[:1]
+        and num_truths.dtype == torch.long
+        and priors.dim() == 2
+        and priors.shape[-1] == 4
+        and truths.is_floating_point()
         and num_truths.device == truths.device == landms.device == priors.device
     )
     if not shapes_ok:
@@ -112,9 +117,7 @@ def _check_match_values(truths, landms, num_truths, priors):
         raise RuntimeError(f"match: truths[{b}, {g}] = {truths[b, g].tolist()} is not finite")
     if empty_truths.any():
         b, g = _first(empty_truths)
-        raise RuntimeError(
-            f"match: truths[{b}, {g}] = {truths[b, g].tolist()} is empty (x2 <= x1 or y2 <= y1)"
-        )
+        raise RuntimeError(f"match: truths[{b}, {g}] = {truths[b, g].tolist()} is empty (x2 <= x1 or y2 <= y1)")
     if bad_landms.any():
         b, g = _first(bad_landms)
         raise RuntimeError(f"match: landms[{b}, {g}] is not finite: {landms[b, g].tolist()}")
@@ -139,8 +142,7 @@ if _extension.is_available():
         _, vjp = torch.func.vjp(reference.box_iou, boxes1, boxes2)
         return vjp(grad)
 
-    torch.library.register_autograd(
-        "retinaface_ext::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
+    torch.library.register_autograd("retinaface_ext::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
 
     @torch.library.register_fake("retinaface_ext::match")
     def _match_fake(truths, labels, landms, num_truths, priors, threshold, variances):

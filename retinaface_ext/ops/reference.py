@@ -41,9 +41,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """NMS per category ``idxs`` [N]; kept indices of all categories in decreasing score
     order (equal scores: lower index first)."""
     keep = [
@@ -162,8 +160,20 @@ def decode_detections(loc, conf, landm, priors, variances=(0.1, 0.2), score_thre
     return boxes[image, prior], scores[image, prior], landmarks[image, prior], image, prior
 
 
-def detect_faces(loc, logits, landm, priors, canvas_size, inside=None, factor=None, variances=(0.1, 0.2),
-                 score_threshold=0.02, top_k=5000, nms_threshold=0.4, keep_top_k=750):
+def detect_faces(
+    loc,
+    logits,
+    landm,
+    priors,
+    canvas_size,
+    inside=None,
+    factor=None,
+    variances=(0.1, 0.2),
+    score_threshold=0.02,
+    top_k=5000,
+    nms_threshold=0.4,
+    keep_top_k=750,
+):
     """The faces of a batch, image by image: softmax face scores, candidates above the
     threshold decoded into pixels (times the canvas size, divided by ``factor[b]``), the
     ``top_k`` best through NMS, the first ``keep_top_k`` kept. Returns boxes [K, 4],
@@ -173,11 +183,16 @@ def detect_faces(loc, logits, landm, priors, canvas_size, inside=None, factor=No
     face = torch.sigmoid(logits[..., 1] - logits[..., 0])  # = softmax(logits)[..., 1]
     face = face if inside is None else face * inside
     conf = torch.stack([1 - face, face], dim=-1)
-    out = {"boxes": [loc.new_zeros((0, 4))], "scores": [loc.new_zeros((0,))], "landmarks": [loc.new_zeros((0, 10))],
-           "counts": []}
+    out = {
+        "boxes": [loc.new_zeros((0, 4))],
+        "scores": [loc.new_zeros((0,))],
+        "landmarks": [loc.new_zeros((0, 10))],
+        "counts": [],
+    }
     for b in range(loc.shape[0]):
-        boxes, scores, points, _, _ = decode_detections(loc[b:b + 1], conf[b:b + 1], landm[b:b + 1], priors,
-                                                        variances, score_threshold)
+        boxes, scores, points, _, _ = decode_detections(
+            loc[b : b + 1], conf[b : b + 1], landm[b : b + 1], priors, variances, score_threshold
+        )
         boxes = boxes * torch.tensor([width, height] * 2, dtype=boxes.dtype, device=boxes.device)
         points = points * torch.tensor([width, height] * 5, dtype=points.dtype, device=points.device)
         if factor is not None:
@@ -264,7 +279,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     columns = _bilinear_gather(input, y, x, offset_groups)  # [N, C, K, Ho, Wo]
     if mask is not None:
         modulation = mask.reshape(N, offset_groups, 1, K, Ho, Wo)
-        columns = (columns.reshape(N, offset_groups, C // offset_groups, K, Ho, Wo) * modulation)
+        columns = columns.reshape(N, offset_groups, C // offset_groups, K, Ho, Wo) * modulation
     columns = columns.reshape(N, groups, channels_per_group * K, Ho * Wo)
     out = torch.einsum("gok,ngkl->ngol", weight.reshape(groups, O // groups, channels_per_group * K), columns)
     out = out.reshape(N, O, Ho, Wo)

@@ -20,9 +20,25 @@ MAX_SEED = 2**64 - 1
 #: Flags a resumed run keeps from its checkpoint: they shape the weights, the data and the
 #: random draws. Not given again, the run's values apply; given with another value, they
 #: are refused (a run with another recipe starts from the checkpoint with --weights).
-KEPT_ON_RESUME = ("backbone", "dcn", "data", "images", "batch_size", "image_size", "lr", "momentum",
-                  "weight_decay", "warmup_epochs", "schedule", "clip_grad", "amp", "workers", "seed", "sync_bn",
-                  "synthetic")
+KEPT_ON_RESUME = (
+    "backbone",
+    "dcn",
+    "data",
+    "images",
+    "batch_size",
+    "image_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "schedule",
+    "clip_grad",
+    "amp",
+    "workers",
+    "seed",
+    "sync_bn",
+    "synthetic",
+)
 #: Flags that only start a run: the checkpoint holds the weights a resumed run continues.
 STARTING_ONLY = ("weights", "pretrained_backbone")
 SCHEDULES = ("step", "cosine")
@@ -63,8 +79,11 @@ class TrainConfig:
 
     backbone: str = _flag("mobilenet0.25", "the backbone", choices=BACKBONES)
     dcn: bool = _flag(False, "deformable convolutions in the SSH context modules")
-    data: str = _flag(SYNTHETIC, "'synthetic' (the built-in set, drawn on first use) or a RetinaFace label.txt / "
-                                 "WIDER FACE bbx_gt file", DATA)
+    data: str = _flag(
+        SYNTHETIC,
+        "'synthetic' (the built-in set, drawn on first use) or a RetinaFace label.txt / WIDER FACE bbx_gt file",
+        DATA,
+    )
     images: Optional[str] = _flag(None, "the images folder of --data (default: images/ beside it)", DATA)
     val_data: Optional[str] = _flag(None, "a label file to validate on (AP at IoU 0.5)", DATA)
     val_images: Optional[str] = _flag(None, "the images folder of --val-data", DATA)
@@ -77,11 +96,13 @@ class TrainConfig:
     momentum: float = _flag(0.9, "SGD momentum", RECIPE, "number")
     weight_decay: float = _flag(5e-4, "SGD weight decay", RECIPE, "number")
     warmup_epochs: float = _flag(1.0, "linear warm-up, in epochs", RECIPE, "number")
-    schedule: str = _flag("step", "step: x0.1 at the preset's decay epochs, scaled to --epochs; or cosine", RECIPE,
-                          choices=SCHEDULES)
+    schedule: str = _flag(
+        "step", "step: x0.1 at the preset's decay epochs, scaled to --epochs; or cosine", RECIPE, choices=SCHEDULES
+    )
     clip_grad: Optional[float] = _flag(None, "clip the gradient norm to this", RECIPE, "positive")
-    amp: Optional[str] = _flag(None, "mixed precision: fp16 (CUDA, with a gradient scaler) or bf16", RECIPE,
-                               choices=AMP_MODES)
+    amp: Optional[str] = _flag(
+        None, "mixed precision: fp16 (CUDA, with a gradient scaler) or bf16", RECIPE, choices=AMP_MODES
+    )
     workers: int = _flag(2, "data loading processes", DATA, "count0")
     seed: int = _flag(0, "the random seed", RUN, "count0")
     device: Optional[str] = _flag(None, "cpu, cuda, cuda:1 (default: cuda if available)", RUN)
@@ -89,7 +110,8 @@ class TrainConfig:
     exist_ok: bool = _flag(False, "write into an --out that holds an earlier run", RUN)
     weights: Optional[str] = _flag(None, "a Pytorch_Retinaface or retinaface_ext checkpoint to start from", START)
     pretrained_backbone: Optional[str] = _flag(
-        None, "ImageNet weights: mobilenetV1X0.25_pretrain.tar, or torchvision's ResNet-50 state dict", START)
+        None, "ImageNet weights: mobilenetV1X0.25_pretrain.tar, or torchvision's ResNet-50 state dict", START
+    )
     resume: Optional[str] = _flag(None, "a last.pt to continue, or 'auto' (the --out run's last.pt)", START)
     val_every: int = _flag(1, "validate every N epochs and at the end", RUN, "count")
     sync_bn: bool = _flag(False, "SyncBatchNorm across GPUs under torchrun", RECIPE)
@@ -117,10 +139,13 @@ class TrainConfig:
             if int(getattr(config, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
         if config.image_size % 32:
-            raise ValueError(f"--image-size must be a multiple of 32 (the network's largest stride), got {config.image_size}")
+            raise ValueError(
+                f"--image-size must be a multiple of 32 (the network's largest stride), got {config.image_size}"
+            )
         if config.image_size > MAX_IMAGE_SIZE:
-            raise ValueError(f"--image-size must be at most {MAX_IMAGE_SIZE} (a crop of 64 megapixels), "
-                             f"got {config.image_size}")
+            raise ValueError(
+                f"--image-size must be at most {MAX_IMAGE_SIZE} (a crop of 64 megapixels), got {config.image_size}"
+            )
         if not 0 <= config.seed <= MAX_SEED:
             raise ValueError(f"--seed must be in [0, 2**64 - 1], got {config.seed}")
         if config.workers < 0:
@@ -128,7 +153,8 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):
             value = getattr(config, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+                bound = "> 0" if name == "lr" else ">= 0"
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}")
         if config.clip_grad is not None and not config.clip_grad > 0:
             raise ValueError(f"--clip-grad must be > 0, got {config.clip_grad}")
         if config.schedule not in SCHEDULES:
@@ -141,8 +167,10 @@ class TrainConfig:
             raise ValueError("--widerface-val and --widerface-gt go together")
         if config.widerface_val is not None:
             if config.val_data is None and not (synthetic and config.synthetic.num_val > 0):
-                raise ValueError("--widerface-val and --widerface-gt need validation data (--val-data, or the "
-                                 "synthetic set's validation images): the WIDER FACE APs are taken when it runs")
+                raise ValueError(
+                    "--widerface-val and --widerface-gt need validation data (--val-data, or the "
+                    "synthetic set's validation images): the WIDER FACE APs are taken when it runs"
+                )
             for flag, folder in (("--widerface-val", config.widerface_val), ("--widerface-gt", config.widerface_gt)):
                 if not os.path.isdir(folder):
                     raise FileNotFoundError(f"{flag} {folder}: no such folder")
@@ -174,8 +202,10 @@ def resumed(config: TrainConfig, recorded: dict, path: str) -> Tuple[TrainConfig
     defaults, changes, notes = TrainConfig(), {}, []
     for name in STARTING_ONLY:
         if getattr(config, name) is not None:
-            raise ValueError(f"--resume {path}: --{name.replace('_', '-')} starts a run; a resumed run continues "
-                             f"from the weights in its checkpoint")
+            raise ValueError(
+                f"--resume {path}: --{name.replace('_', '-')} starts a run; a resumed run continues "
+                f"from the weights in its checkpoint"
+            )
     for name in KEPT_ON_RESUME:
         given, default, was = getattr(config, name), getattr(defaults, name), recorded[name]
         if name == "synthetic":
@@ -184,8 +214,10 @@ def resumed(config: TrainConfig, recorded: dict, path: str) -> Tuple[TrainConfig
             continue
         flag = f"--{name.replace('_', '-')}"
         if given != default:
-            raise ValueError(f"--resume {path}: the run used {flag} {was}, this one says {given}; a resumed run "
-                             f"keeps its recipe (to change it, start a new run with --weights {path})")
+            raise ValueError(
+                f"--resume {path}: the run used {flag} {was}, this one says {given}; a resumed run "
+                f"keeps its recipe (to change it, start a new run with --weights {path})"
+            )
         changes[name] = SyntheticDefaults(**was) if name == "synthetic" else was
         notes.append(f"{flag} {was}")
     if config.epochs is None:

@@ -22,8 +22,8 @@ def load_pretrained_backbone(model: RetinaFace, path) -> None:
         raise ValueError(f"--pretrained-backbone {path}: expected a state dict")
     weights = {}
     for key, value in checkpoint.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        key = key[len("body."):] if key.startswith("body.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
+        key = key[len("body.") :] if key.startswith("body.") else key
         if isinstance(value, torch.Tensor) and not key.startswith("fc."):
             weights[key] = value
     expected = model.body.state_dict()
@@ -33,5 +33,6 @@ def load_pretrained_backbone(model: RetinaFace, path) -> None:
         raise ValueError(
             f"--pretrained-backbone {path} does not fit the {model.config.backbone} backbone: "
             f"{len(missing)} missing ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}), "
-            f"{len(mis_shaped)} of another shape ({', '.join(mis_shaped[:5])})")
+            f"{len(mis_shaped)} of another shape ({', '.join(mis_shaped[:5])})"
+        )
     model.body.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=False)

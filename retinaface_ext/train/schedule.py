@@ -8,8 +8,15 @@ from typing import Sequence
 import torch
 
 
-def learning_rate_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float,
-                         schedule: str, decay_epochs: Sequence[int], gamma: float = 0.1) -> float:
+def learning_rate_factor(
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float,
+    schedule: str,
+    decay_epochs: Sequence[int],
+    gamma: float = 0.1,
+) -> float:
     """The factor of the peak learning rate at ``step`` (0-based)."""
     warmup_steps = warmup_epochs * steps_per_epoch
     if step < warmup_steps:
@@ -21,8 +28,10 @@ def learning_rate_factor(step: int, steps_per_epoch: int, epochs: int, warmup_ep
     return gamma ** sum(epoch >= e for e in decay_epochs)
 
 
-def make_scheduler(optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float, schedule: str,
-                   decay_epochs: Sequence[int]) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float, schedule: str, decay_epochs: Sequence[int]
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, steps_per_epoch, epochs, warmup_epochs, schedule,
-                                                     decay_epochs))
+        optimizer,
+        lambda step: learning_rate_factor(step, steps_per_epoch, epochs, warmup_epochs, schedule, decay_epochs),
+    )

@@ -38,7 +38,7 @@ def restore_random_states(states: Dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(states["cuda"][: torch.cuda.device_count()])
 
 
 def save_checkpoint(path: str, **content) -> None:
@@ -51,9 +51,21 @@ def save_checkpoint(path: str, **content) -> None:
 
 
 #: What a training checkpoint holds, and the type of each part.
-PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "step": int,
-         "step_in_epoch": int, "best_ap": float, "metrics": dict, "rng": dict, "args": dict, "backbone": str,
-         "dcn": bool}
+PARTS = {
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "epoch": int,
+    "step": int,
+    "step_in_epoch": int,
+    "best_ap": float,
+    "metrics": dict,
+    "rng": dict,
+    "args": dict,
+    "backbone": str,
+    "dcn": bool,
+}
 RANDOM_STATES = ("python", "numpy", "torch", "cuda")
 
 
@@ -78,9 +90,11 @@ def load_training_checkpoint(path: str, required_args=()) -> Dict[str, Any]:
     for key, kind in PARTS.items():
         value = checkpoint.get(key)
         if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
-            raise ValueError(f"{path}: a damaged training checkpoint: {key!r} is "
-                             f"{'missing' if key not in checkpoint else type(value).__name__ + ' ' + repr(value)[:40]}, "
-                             f"expected {'a count' if kind is int else kind.__name__}")
+            raise ValueError(
+                f"{path}: a damaged training checkpoint: {key!r} is "
+                f"{'missing' if key not in checkpoint else type(value).__name__ + ' ' + repr(value)[:40]}, "
+                f"expected {'a count' if kind is int else kind.__name__}"
+            )
     missing = [f"rng.{key}" for key in RANDOM_STATES if key not in checkpoint["rng"]]
     missing += [f"args.{key}" for key in required_args if key not in checkpoint["args"]]
     if missing:
@@ -95,11 +109,14 @@ def prepare_run_folder(out: str, exist_ok: bool, continuing: bool) -> str:
     out = os.path.abspath(out)
     if os.path.isfile(out):
         raise FileExistsError(f"--out {out} is a file")
-    earlier = os.path.isdir(out) and any(os.path.exists(os.path.join(out, name))
-                                         for name in (LAST, BEST, "log.jsonl", "args.json"))
+    earlier = os.path.isdir(out) and any(
+        os.path.exists(os.path.join(out, name)) for name in (LAST, BEST, "log.jsonl", "args.json")
+    )
     if earlier and not (exist_ok or continuing):
-        raise FileExistsError(f"--out {out} holds an earlier run; pass --exist-ok to write into it, "
-                              f"--resume auto to continue it, or choose another folder")
+        raise FileExistsError(
+            f"--out {out} holds an earlier run; pass --exist-ok to write into it, "
+            f"--resume auto to continue it, or choose another folder"
+        )
     os.makedirs(out, exist_ok=True)
     return out
 

@@ -15,8 +15,8 @@ import torch
 from ..data import TrainTransform, WiderFaceDataset, make_loader
 from ..data.synthetic import make_synthetic_faces
 from ..devices import resolve_device
-from ..inference import Detector
 from ..evaluation.ap import average_precision
+from ..inference import Detector
 from ..loss import MultiBoxLoss
 from ..models import RetinaFace
 from ..models.config import config_for
@@ -26,8 +26,17 @@ from .distributed import Distributed
 from .options import KEPT_ON_RESUME, SYNTHETIC, TrainConfig, resumed, synthetic_cache_dir
 from .pretrained import load_pretrained_backbone
 from .schedule import make_scheduler
-from .state import (BEST, LAST, JsonLog, load_training_checkpoint, prepare_run_folder, random_states,
-                    restore_random_states, save_checkpoint, write_args)
+from .state import (
+    BEST,
+    LAST,
+    JsonLog,
+    load_training_checkpoint,
+    prepare_run_folder,
+    random_states,
+    restore_random_states,
+    save_checkpoint,
+    write_args,
+)
 
 log = logging.getLogger("retinaface_ext.train")
 LOSS_PARTS = ("loss_l", "loss_c", "loss_landm")
@@ -62,8 +71,9 @@ class Trainer:
         self.device = self._device()
         self.is_main, self.show_progress = self.dist.is_main, show_progress
         self._check_batch()
-        continuing = checkpoint is not None and \
-            os.path.realpath(os.path.dirname(os.path.abspath(self.resume_path))) == os.path.realpath(self.out)
+        continuing = checkpoint is not None and os.path.realpath(
+            os.path.dirname(os.path.abspath(self.resume_path))
+        ) == os.path.realpath(self.out)
         if self.is_main:
             prepare_run_folder(self.out, config.exist_ok, continuing)
             for note in notes:
@@ -72,8 +82,9 @@ class Trainer:
         self.preset = config_for(config.backbone)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._model().to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
         if checkpoint is not None:  # a checkpoint that does not fit fails before the data are read
             self._restore(checkpoint, "model", "optimizer", "rng")
         self.train_set, self.val_set = self._datasets()
@@ -82,17 +93,30 @@ class Trainer:
         self.net = self.model
         if self.dist.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.criterion = MultiBoxLoss(loc_weight=self.preset.loc_weight, variances=self.preset.variances)
         self.priors = prior_boxes((config.image_size, config.image_size), device=self.device)
-        self.loader = make_loader(self.train_set, config.batch_size // self.dist.world_size, shuffle=True,
-                                  num_workers=config.workers, seed=config.seed, distributed=self.dist.enabled,
-                                  drop_last=True)
+        self.loader = make_loader(
+            self.train_set,
+            config.batch_size // self.dist.world_size,
+            shuffle=True,
+            num_workers=config.workers,
+            seed=config.seed,
+            distributed=self.dist.enabled,
+            drop_last=True,
+        )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_set)} training images make no batch of {config.batch_size}")
-        self.scheduler = make_scheduler(self.optimizer, self.steps_per_epoch, config.epochs, config.warmup_epochs,
-                                        config.schedule, config.decay_epochs())
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            self.steps_per_epoch,
+            config.epochs,
+            config.warmup_epochs,
+            config.schedule,
+            config.decay_epochs(),
+        )
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.epoch = self.step = self.step_in_epoch = 0
@@ -113,9 +137,11 @@ class Trainer:
         # BatchNorm needs two values per channel; the smallest feature map is 1/32 of the crop.
         per_process, cells = config.batch_size // processes, (config.image_size // 32) ** 2
         if per_process * cells < 2:
-            raise ValueError(f"--batch-size {config.batch_size} at --image-size {config.image_size} leaves "
-                             f"BatchNorm one value per channel at the network's coarsest level (1/32 of the crop, "
-                             f"per process); raise either")
+            raise ValueError(
+                f"--batch-size {config.batch_size} at --image-size {config.image_size} leaves "
+                f"BatchNorm one value per channel at the network's coarsest level (1/32 of the crop, "
+                f"per process); raise either"
+            )
 
     def _device(self) -> torch.device:
         if self.dist.enabled and torch.cuda.is_available() and (self.config.device in (None, "cuda")):
@@ -131,8 +157,9 @@ class Trainer:
 
     def _datasets(self):
         config = self.config
-        transform = TrainTransform(config.image_size, mean=self.preset.mean_bgr,
-                                   subtract_mean=self.device.type != "cuda")
+        transform = TrainTransform(
+            config.image_size, mean=self.preset.mean_bgr, subtract_mean=self.device.type != "cuda"
+        )
         if config.data == SYNTHETIC:
             made = self._synthetic()
             train_labels, images, val_labels, val_images = made.train_labels, None, made.val_labels, None
@@ -144,8 +171,10 @@ class Trainer:
         for flag, dataset in (("--data", train), ("--val-data", val)):
             missing = dataset.missing_images() if dataset is not None else []
             if missing:
-                raise FileNotFoundError(f"{flag} {dataset.label_file}: {len(missing)} of its {len(dataset)} images "
-                                        f"are missing, such as {missing[0]} (retinaface check-data lists them)")
+                raise FileNotFoundError(
+                    f"{flag} {dataset.label_file}: {len(missing)} of its {len(dataset)} images "
+                    f"are missing, such as {missing[0]} (retinaface check-data lists them)"
+                )
         if self.is_main:
             log.info("training on %s", train)
             if val is not None:
@@ -166,10 +195,13 @@ class Trainer:
 
     def _synthetic(self):
         settings = self.config.synthetic
-        folder = os.path.join(self.config.synthetic_dir or synthetic_cache_dir(),
-                              f"{settings.num_train}-{settings.num_val}-{settings.source_size}px")
-        arguments = dict(num_train=settings.num_train, num_val=settings.num_val, seed=0,
-                         image_size=settings.source_size)
+        folder = os.path.join(
+            self.config.synthetic_dir or synthetic_cache_dir(),
+            f"{settings.num_train}-{settings.num_val}-{settings.source_size}px",
+        )
+        arguments = dict(
+            num_train=settings.num_train, num_val=settings.num_val, seed=0, image_size=settings.source_size
+        )
         if self.is_main:
             make_synthetic_faces(folder, progress=self.show_progress, **arguments)
         self.dist.barrier()
@@ -220,8 +252,14 @@ class Trainer:
             for module in self.model.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, unit="batch", leave=False,
-                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not (self.is_main and self.show_progress))
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            unit="batch",
+            leave=False,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            disable=not (self.is_main and self.show_progress),
+        )
         skip, started, images = self.step_in_epoch, time.perf_counter(), 0
         totals = np.zeros(3)
         with bar:
@@ -235,22 +273,39 @@ class Trainer:
                 rate = images / (time.perf_counter() - started)
                 totals += parts
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.log.write(event="step", epoch=self.epoch + 1, step=self.step,
-                               **dict(zip(LOSS_PARTS, parts.tolist())), lr=lr, images_per_s=rate)
-                bar.set_postfix(loc=f"{parts[0]:.3f}", cls=f"{parts[1]:.3f}", landm=f"{parts[2]:.3f}",
-                                lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                self.log.write(
+                    event="step",
+                    epoch=self.epoch + 1,
+                    step=self.step,
+                    **dict(zip(LOSS_PARTS, parts.tolist())),
+                    lr=lr,
+                    images_per_s=rate,
+                )
+                bar.set_postfix(
+                    loc=f"{parts[0]:.3f}",
+                    cls=f"{parts[1]:.3f}",
+                    landm=f"{parts[2]:.3f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{rate:.1f}",
+                )
                 bar.update()
         done = max(self.step_in_epoch - skip, 1)
         if self.is_main:
-            log.info("epoch %d/%d: loss_l %.4f, loss_c %.4f, loss_landm %.4f, %.1f images/s", self.epoch + 1,
-                     self.config.epochs, *(totals / done), images / (time.perf_counter() - started))
+            log.info(
+                "epoch %d/%d: loss_l %.4f, loss_c %.4f, loss_landm %.4f, %.1f images/s",
+                self.epoch + 1,
+                self.config.epochs,
+                *(totals / done),
+                images / (time.perf_counter() - started),
+            )
 
     def _train_step(self, batch) -> np.ndarray:
         batch = batch.to(self.device, non_blocking=True).normalized(self.preset.mean_bgr)
         # BatchNorm statistics as they were, to save the last good state if this step fails.
         statistics = [buffer.clone() for buffer in self.model.buffers()]
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
             predictions = self.net(batch.images)
         sum_l, sum_c, sum_landm, positives, with_landmarks = self.criterion.sums(predictions, self.priors, batch)
         # Divisors over the whole global batch; DDP averages the gradients of the processes.
@@ -297,8 +352,12 @@ class Trainer:
                 metrics.update(self._widerface_aps(detector))
             metrics["seconds"] = time.perf_counter() - started
             self.log.write(event="validation", epoch=self.epoch, step=self.step, **metrics)
-            log.info("epoch %d: validation AP@0.5 %.4f%s", self.epoch, metrics["ap50"],
-                     "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k in ("easy", "medium", "hard")))
+            log.info(
+                "epoch %d: validation AP@0.5 %.4f%s",
+                self.epoch,
+                metrics["ap50"],
+                "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k in ("easy", "medium", "hard")),
+            )
         self.dist.barrier()
         return metrics
 
@@ -330,11 +389,22 @@ class Trainer:
         if not self.is_main:
             return
         save_checkpoint(
-            os.path.join(self.out, name), model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
-            step=self.step, step_in_epoch=self.step_in_epoch, best_ap=self.best_ap, metrics=dict(self.metrics),
-            rng=random_states(), args=self.config.as_dict(), backbone=self.config.backbone, dcn=self.config.dcn,
-            **extra)
+            os.path.join(self.out, name),
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=self.epoch,
+            step=self.step,
+            step_in_epoch=self.step_in_epoch,
+            best_ap=self.best_ap,
+            metrics=dict(self.metrics),
+            rng=random_states(),
+            args=self.config.as_dict(),
+            backbone=self.config.backbone,
+            dcn=self.config.dcn,
+            **extra,
+        )
 
     def _validate_epoch(self) -> None:
         self.metrics = self.validate()
@@ -357,8 +427,10 @@ class Trainer:
         """Loads ``parts`` of a checkpoint; ValueError in one line where they do not fit."""
         path = self.resume_path
         if (checkpoint["backbone"], checkpoint["dcn"]) != (self.config.backbone, self.config.dcn):
-            raise ValueError(f"--resume {path}: a damaged training checkpoint: it says {checkpoint['backbone']}, "
-                             f"dcn={checkpoint['dcn']}, its settings {self.config.backbone}, dcn={self.config.dcn}")
+            raise ValueError(
+                f"--resume {path}: a damaged training checkpoint: it says {checkpoint['backbone']}, "
+                f"dcn={checkpoint['dcn']}, its settings {self.config.backbone}, dcn={self.config.dcn}"
+            )
         try:
             for part in parts:
                 if part == "rng":
@@ -367,8 +439,10 @@ class Trainer:
                     getattr(self, part).load_state_dict(checkpoint[part])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"--resume {path}: the checkpoint does not fit the run it records "
-                             f"({type(error).__name__}: {first[:300]})") from error
+            raise ValueError(
+                f"--resume {path}: the checkpoint does not fit the run it records "
+                f"({type(error).__name__}: {first[:300]})"
+            ) from error
 
     def _resume(self, checkpoint) -> None:
         """The rest of the run's state: its schedule, loss scaler, where it stopped, and
@@ -403,11 +477,17 @@ class Trainer:
             requested = bool(self.dist.sum(torch.tensor(int(requested), device=self.device)).item())
         if requested:
             self._save(LAST, interrupted=True)
-            raise TrainingStopped(f"stopped by {self._stop_requested or 'another process'} at step {self.step}; "
-                                  f"{os.path.join(self.out, LAST)} resumes it (--resume auto)", 130)
+            raise TrainingStopped(
+                f"stopped by {self._stop_requested or 'another process'} at step {self.step}; "
+                f"{os.path.join(self.out, LAST)} resumes it (--resume auto)",
+                130,
+            )
 
     def _stop_on_non_finite(self, values: np.ndarray) -> None:
         bad = [f"{name} = {value}" for name, value in zip(LOSS_PARTS, values) if not np.isfinite(value)]
         self._save(LAST, interrupted=True)
-        raise TrainingStopped(f"step {self.step + 1} (epoch {self.epoch + 1}): {', '.join(bad)}; the weights "
-                              f"before this step are in {os.path.join(self.out, LAST)}", 1)
+        raise TrainingStopped(
+            f"step {self.step + 1} (epoch {self.epoch + 1}): {', '.join(bad)}; the weights "
+            f"before this step are in {os.path.join(self.out, LAST)}",
+            1,
+        )
