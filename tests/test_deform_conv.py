@@ -1,5 +1,6 @@
 """Deformable convolution (DCNv2): kernel = reference = torchvision, forward and every
-gradient; zero offsets and a mask of ones are conv2d; gradcheck and opcheck."""
+gradient; zero offsets and a mask of ones are conv2d; gradcheck and opcheck. (Just over
+400 lines: one op's whole contract; the fake kernel's refusals are in test_fake_kernels.)"""
 
 import itertools
 import subprocess

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from cli_run import run_cli
+from cli_run import one_line_error, run_cli
 from test_train import tiny
 
 from retinaface_ext.data.synthetic import MANIFEST, make_synthetic_faces
@@ -27,15 +27,6 @@ def label_files(tmp_path):
 def on_labels(tmp_path, label_files, **overrides):
     train, val = label_files
     return tiny(tmp_path, data=train, val_data=val, epochs=1, **overrides)
-
-
-def one_line_error(code, err, *fragments):
-    """Exit status 2 and one line on the terminal (progress bars, which rewrite their line
-    with carriage returns and clear it at the end, leave nothing)."""
-    shown = [line.rsplit("\r", 1)[-1].strip() for line in err.split("\n")]
-    assert code == 2 and len([line for line in shown if line]) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def train_cli(capsys, tmp_path, *argv):

@@ -1,3 +1,5 @@
+# Over 400 lines: the two formats share the row assembly, the checks and the errors; their
+# fast and exact readers are kept side by side so that they agree.
 """Reading face annotation files: the RetinaFace ``label.txt`` (boxes and five landmarks,
 the layout Pytorch_Retinaface trains on) and the official WIDER FACE
 ``wider_face_*_bbx_gt.txt`` (boxes only). The format is told from the content.

@@ -1,3 +1,5 @@
+# Over 400 lines: one drawing (faces, hair, distractors, backgrounds) that only makes sense
+# whole, with one entry point, make_synthetic_faces.
 """The built-in synthetic face set: drawn faces with five landmarks, in WIDER FACE's
 ``label.txt`` + ``images/`` layout, so that training can be seen to work with nothing
 downloaded. It is a stand-in for WIDER FACE, not a substitute: a detector trained on it

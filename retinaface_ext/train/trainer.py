@@ -1,5 +1,9 @@
 """The training loop: data, model, the reference recipe, checkpoints, validation,
-interrupts. One process, or many under ``torchrun`` with DistributedDataParallel."""
+interrupts. One process, or many under ``torchrun`` with DistributedDataParallel.
+
+(Over 400 lines on purpose: the loop, its checkpoints, resuming and stopping read and
+write one state, the epoch, step, random draws and best AP, and stay one class so that
+the order in which they do it can be read in one place.)"""
 
 import logging
 import math
