@@ -102,14 +102,18 @@ class ReferencePreproc:
                 continue
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             keep = np.logical_and(roi[:2] < centres, centres < roi[2:]).all(axis=1)
-            boxes_t, labels_t, landms_t = boxes[keep].copy(), labels[keep].copy(), landm[keep].copy().reshape(-1, 5, 2)
+            boxes_t, labels_t, landmarks_t = (
+                boxes[keep].copy(),
+                labels[keep].copy(),
+                landm[keep].copy().reshape(-1, 5, 2),
+            )
             if boxes_t.shape[0] == 0:
                 continue
             image_t = image[roi[1] : roi[3], roi[0] : roi[2]]
             boxes_t[:, :2] = np.maximum(boxes_t[:, :2], roi[:2]) - roi[:2]
             boxes_t[:, 2:] = np.minimum(boxes_t[:, 2:], roi[2:]) - roi[:2]
-            landms_t = np.minimum(np.maximum(landms_t - roi[:2], 0), roi[2:] - roi[:2]).reshape(-1, 10)
-            return image_t, boxes_t, labels_t, landms_t, False
+            landmarks_t = np.minimum(np.maximum(landmarks_t - roi[:2], 0), roi[2:] - roi[:2]).reshape(-1, 10)
+            return image_t, boxes_t, labels_t, landmarks_t, False
         return image, boxes, labels, landm, True
 
     @staticmethod
@@ -231,7 +235,7 @@ def bench_training_step_consumption(benchmark, synthetic):
 
     def step():
         loc, conf, landm = model(batch.images)
-        loc_t, conf_t, landm_t = ops.match(batch.truths, batch.labels, batch.landms, batch.num_truths, priors)
+        loc_t, conf_t, landm_t = ops.match(batch.truths, batch.labels, batch.landmarks, batch.num_truths, priors)
         positive = conf_t != 0
         loss = (
             torch.nn.functional.smooth_l1_loss(loc[positive], loc_t[positive])

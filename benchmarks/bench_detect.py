@@ -80,17 +80,17 @@ def reference_path(model, image, device, threshold=0.02, top_k=5000, nms_thresho
     with torch.inference_mode():
         x = torch.from_numpy(image).to(device).permute(2, 0, 1).float()
         x = (x - torch.tensor([104.0, 117.0, 123.0], device=device)[:, None, None])[None]
-        loc, logits, landmarks = model(x)
+        loc, logits, landm = model(x)
         height, width = image.shape[:2]
         priors = prior_boxes((height, width), device=device)
         boxes = reference.decode(loc[0], priors) * torch.tensor([width, height] * 2, device=device)
-        points = reference.decode_landm(landmarks[0], priors) * torch.tensor([width, height] * 5, device=device)
+        landmarks = reference.decode_landm(landm[0], priors) * torch.tensor([width, height] * 5, device=device)
         scores = torch.softmax(logits[0], dim=-1)[:, 1]
         passed = scores > threshold
-        boxes, points, scores = boxes[passed], points[passed], scores[passed]
+        boxes, landmarks, scores = boxes[passed], landmarks[passed], scores[passed]
         order = torch.argsort(scores, descending=True)[:top_k]
         keep = reference.nms(boxes[order], scores[order], nms_threshold)[:keep_top_k]
-        return boxes[order][keep], scores[order][keep], points[order][keep]
+        return boxes[order][keep], scores[order][keep], landmarks[order][keep]
 
 
 @pytest.fixture(scope="module")

@@ -20,25 +20,25 @@ def training_batch(batch, faces, seed=0):
     side = side * torch.cat([torch.ones(batch, faces, 1), 1.1 + 0.2 * torch.rand(batch, faces, 1, generator=g)], -1)
     corner = torch.rand(batch, faces, 2, generator=g) * (1 - side)
     truths = torch.cat([corner, corner + side], -1)
-    landms = corner.repeat(1, 1, 5) + torch.rand(batch, faces, 10, generator=g) * side.repeat(1, 1, 5)
+    landmarks = corner.repeat(1, 1, 5) + torch.rand(batch, faces, 10, generator=g) * side.repeat(1, 1, 5)
     labels = torch.where(torch.rand(batch, faces, generator=g) < 0.75, 1, -1)
-    return truths, labels, landms, torch.full((batch,), faces)
+    return truths, labels, landmarks, torch.full((batch,), faces)
 
 
 @pytest.mark.parametrize("impl", ["kernel", "batched_reference", "seed_loop"])
 @pytest.mark.parametrize("faces", [30, 200])
 def bench_match(benchmark, synchronized, device, faces, impl):
     priors = prior_boxes((640, 640), device=device)
-    truths, labels, landms, num_truths = (t.to(device) for t in training_batch(32, faces))
+    truths, labels, landmarks, num_truths = (t.to(device) for t in training_batch(32, faces))
     benchmark.group = f"match {device} B=32 G={faces} 640x640 ({len(priors)} priors)"
     if impl == "kernel":
-        fn = lambda: ops.match(truths, labels, landms, num_truths, priors)  # noqa: E731
+        fn = lambda: ops.match(truths, labels, landmarks, num_truths, priors)  # noqa: E731
     elif impl == "batched_reference":
-        fn = lambda: reference.match(truths, labels, landms, num_truths, priors)  # noqa: E731
+        fn = lambda: reference.match(truths, labels, landmarks, num_truths, priors)  # noqa: E731
     else:
         if device == "cuda":
             pytest.skip("the seed's loop matches on the CPU")
-        fn = lambda: seed_batch(truths, labels, landms, num_truths, priors)  # noqa: E731
+        fn = lambda: seed_batch(truths, labels, landmarks, num_truths, priors)  # noqa: E731
     benchmark(synchronized(fn, device))
 
 

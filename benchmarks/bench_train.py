@@ -32,9 +32,9 @@ def face_targets(faces, batch, seed=0):
     for _ in range(batch):
         side = (8 + torch.rand(faces, 1, generator=g) ** 2 * 192) / SIZE
         corner = torch.rand(faces, 2, generator=g) * (1 - side)
-        landms = corner.repeat(1, 5) + torch.rand(faces, 10, generator=g) * side.repeat(1, 10)
+        landmarks = corner.repeat(1, 5) + torch.rand(faces, 10, generator=g) * side.repeat(1, 10)
         label = torch.where(torch.rand(faces, 1, generator=g) < 0.75, 1.0, -1.0)
-        targets.append(torch.cat([corner, corner + side.expand(-1, 2), landms, label], 1))
+        targets.append(torch.cat([corner, corner + side.expand(-1, 2), landmarks, label], 1))
     return targets
 
 

@@ -23,13 +23,13 @@ def draw_detections(
     boxes = kept.boxes.detach().cpu().numpy()
     scores = kept.scores.detach().cpu().numpy()
     landmarks = kept.landmarks.detach().cpu().numpy()
-    for box, score, points in zip(boxes, scores, landmarks):
+    for box, score, face_landmarks in zip(boxes, scores, landmarks):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), box_color, thickness)
         label_y = y1 - 4 if y1 >= 14 else y1 + 14
         cv2.putText(
             canvas, f"{score:.2f}", (x1, label_y), cv2.FONT_HERSHEY_DUPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
         )
-        for (x, y), color in zip(points, LANDMARK_COLORS):
+        for (x, y), color in zip(face_landmarks, LANDMARK_COLORS):
             cv2.circle(canvas, (int(round(x)), int(round(y))), max(1, thickness), color, -1)
     return canvas

@@ -14,7 +14,7 @@ Targets = Union[Sequence[torch.Tensor], Tuple[torch.Tensor, ...]]
 
 def pad_targets(targets: Sequence[torch.Tensor], device=None):
     """The seed's list of ``[G_i, 15]`` tensors as ``(truths [B, G, 4], labels [B, G],
-    landms [B, G, 10], num_truths [B])``, what :func:`retinaface_ext.ops.match` takes."""
+    landmarks [B, G, 10], num_truths [B])``, what :func:`retinaface_ext.ops.match` takes."""
     rows = []
     for index, target in enumerate(targets):
         target = torch.as_tensor(target, dtype=torch.float32, device=device)
@@ -28,8 +28,8 @@ def pad_targets(targets: Sequence[torch.Tensor], device=None):
         rows.append(target)
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, WIDTH)
     counts = torch.tensor([len(r) for r in rows], dtype=torch.long).to(padded.device, non_blocking=True)
-    truths, labels, landms = split_rows(padded)
-    return truths, labels.long(), landms, counts
+    truths, labels, landmarks = split_rows(padded)
+    return truths, labels.long(), landmarks, counts
 
 
 class MultiBoxLoss(nn.Module):
@@ -52,7 +52,7 @@ class MultiBoxLoss(nn.Module):
 
     ``targets`` is the seed's list of ``[G_i, 15]`` tensors (x1 y1 x2 y2, ten landmark
     values, label; in [0, 1]), a :class:`retinaface_ext.data.Batch`, or the tuple
-    ``(truths, labels, landms, num_truths)``. :meth:`total` weighs the parts as training
+    ``(truths, labels, landmarks, num_truths)``. :meth:`total` weighs the parts as training
     does: ``loc_weight * loss_l + loss_c + loss_landm``.
     """
 
@@ -91,14 +91,14 @@ class MultiBoxLoss(nn.Module):
         that share a batch add up their divisors before dividing (see the trainer)."""
         loc, conf, landm = (_at_least_float32(p) for p in predictions)  # half types (autocast) in float32
         _check_predictions(loc, conf, landm, priors)
-        truths, labels, landms, num_truths = self._padded(targets, loc.device)
+        truths, labels, landmarks, num_truths = self._padded(targets, loc.device)
         if truths.shape[0] != loc.shape[0]:
             raise ValueError(f"MultiBoxLoss: {loc.shape[0]} images of predictions but {truths.shape[0]} of targets")
         with torch.no_grad():
             loc_t, conf_t, landm_t = ops.match(
                 truths.float(),
                 labels,
-                landms.float(),
+                landmarks.float(),
                 num_truths,
                 priors.float(),
                 self.threshold,
@@ -134,7 +134,7 @@ class MultiBoxLoss(nn.Module):
     @staticmethod
     def _padded(targets, device):
         if hasattr(targets, "num_truths"):  # a retinaface_ext.data.Batch
-            targets = (targets.truths, targets.labels, targets.landms, targets.num_truths)
+            targets = (targets.truths, targets.labels, targets.landmarks, targets.num_truths)
         if isinstance(targets, tuple) and len(targets) == 4 and targets[0].dim() == 3:
             return tuple(t.to(device) for t in targets)
         return pad_targets(list(targets), device)

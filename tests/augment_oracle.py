@@ -38,25 +38,25 @@ def reference_geometry(height, width, target, roi, mirror):
     """Boxes [K, 4] and landmarks [K, 10] in [0, 1] as the reference makes them from a
     [G, 15] target, a crop (or None: padded to a square) and the mirror flag."""
     boxes = target[:, :4].astype(np.float64)
-    landms = target[:, 4:14].astype(np.float64)
+    landmarks = target[:, 4:14].astype(np.float64)
     if roi is not None:
         roi = np.asarray(roi, dtype=np.float64)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         keep = ((roi[:2] < centres) & (centres < roi[2:])).all(axis=1)
-        boxes, landms = boxes[keep].copy(), landms[keep].reshape(-1, 5, 2).copy()
+        boxes, landmarks = boxes[keep].copy(), landmarks[keep].reshape(-1, 5, 2).copy()
         boxes[:, :2] = np.maximum(boxes[:, :2], roi[:2]) - roi[:2]
         boxes[:, 2:] = np.minimum(boxes[:, 2:], roi[2:]) - roi[:2]
-        landms = np.minimum(np.maximum(landms - roi[:2], 0), roi[2:] - roi[:2]).reshape(-1, 10)
+        landmarks = np.minimum(np.maximum(landmarks - roi[:2], 0), roi[2:] - roi[:2]).reshape(-1, 10)
         side = roi[2] - roi[0]
     else:
         side = max(height, width)
     if mirror:
         boxes[:, 0::2] = side - boxes[:, 2::-2]
-        points = landms.reshape(-1, 5, 2).copy()
+        points = landmarks.reshape(-1, 5, 2).copy()
         points[:, :, 0] = side - points[:, :, 0]
         points = points[:, [1, 0, 2, 4, 3]]
-        landms = points.reshape(-1, 10)
-    return boxes / side, landms / side
+        landmarks = points.reshape(-1, 10)
+    return boxes / side, landmarks / side
 
 
 def reference_distort(image, contrast_first, brightness, contrast, saturation, hue):

@@ -64,7 +64,7 @@ def test_detect_prints_json_lines_and_walks_folders(tmp_path, capsys):
     "argv, message",
     [
         (["detect", "nowhere.jpg", "--weights", WEIGHTS], "no such image or folder: nowhere.jpg"),
-        (["detect", CROWD, "--weights", "missing.pth"], "checkpoint not found: missing.pth"),
+        (["detect", CROWD, "--weights", "missing.pth"], "--weights missing.pth: no such checkpoint file"),
         (["detect", CROWD, "--weights", WEIGHTS, "--backbone", "resnet50"], "resnet50"),
         (["eval", "--pred", "nowhere", "--gt", "nowhere"], "prediction folder not found"),
         (["widerface-predict", "--weights", WEIGHTS, "--images", "nowhere", "--out", "x"], "image folder not found"),

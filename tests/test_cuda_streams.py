@@ -54,9 +54,9 @@ def test_match_and_decode_detections():
     g = torch.Generator().manual_seed(0)
     corner = torch.rand(4, 10, 2, generator=g) * 0.8
     truths = torch.cat([corner, corner + 0.05 + torch.rand(4, 10, 2, generator=g) * 0.15], -1)
-    labels, landms = torch.ones(4, 10, dtype=torch.long), truths.repeat(1, 1, 3)[..., :10]
+    labels, landmarks = torch.ones(4, 10, dtype=torch.long), truths.repeat(1, 1, 3)[..., :10]
     num_truths = torch.tensor([10, 3, 0, 7])
-    assert_same(*on_side_stream(lambda *a: ops.match(*a), truths, labels, landms, num_truths, priors))
+    assert_same(*on_side_stream(lambda *a: ops.match(*a), truths, labels, landmarks, num_truths, priors))
     loc, landm = torch.randn(4, len(priors), 4, generator=g), torch.randn(4, len(priors), 10, generator=g)
     conf = torch.softmax(torch.randn(4, len(priors), 2, generator=g) * 3, -1)
     assert_same(*on_side_stream(lambda *a: ops.decode_detections(*a, score_threshold=0.5), loc, conf, landm, priors))

@@ -139,9 +139,9 @@ def test_the_post_processing_compiles_without_breaks_at_our_ops(detector, crowd)
         torch.inference_mode(),
         torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True),
     ):
-        loc, logits, landmarks = detector.model(x)
+        loc, logits, landm = detector.model(x)
         priors = prior_boxes(tuple(x.shape[-2:]))
-        explained = torch._dynamo.explain(ops.detect_faces)(loc, logits, landmarks, priors, tuple(x.shape[-2:]))
+        explained = torch._dynamo.explain(ops.detect_faces)(loc, logits, landm, priors, tuple(x.shape[-2:]))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     targets = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
     assert any(t.startswith("retinaface_ext.detect_faces") for t in targets), targets

@@ -269,7 +269,7 @@ def test_the_export_command(tmp_path, capsys):
     assert code == 2 and "the file exists (add --overwrite to replace it)" in error
     assert out.read_bytes() == before
     code, _, error = run_cli(capsys, "export", "--weights", tmp_path / "none.pth", "--onnx", tmp_path / "x.onnx")
-    assert code == 2 and "checkpoint not found" in error
+    assert code == 2 and "no such checkpoint file" in error
 
 
 def test_a_failed_check_writes_nothing(tmp_path, monkeypatch, capsys):

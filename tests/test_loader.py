@@ -24,20 +24,20 @@ def items(count, seed=0, size=64):
     for n in [3, 0, 7, 1][:count]:
         corner = torch.rand(n, 2, generator=g) * 0.7
         side = 0.05 + torch.rand(n, 2, generator=g) * 0.25
-        landms = corner.repeat(1, 5) + torch.rand(n, 10, generator=g) * side.repeat(1, 5)
+        landmarks = corner.repeat(1, 5) + torch.rand(n, 10, generator=g) * side.repeat(1, 5)
         label = torch.where(torch.rand(n, 1, generator=g) < 0.7, 1.0, -1.0)
-        landms = torch.where(label > 0, landms, torch.full_like(landms, -1.0))
-        result.append((torch.rand(3, size, size, generator=g), torch.cat([corner, corner + side, landms, label], 1)))
+        landmarks = torch.where(label > 0, landmarks, torch.full_like(landmarks, -1.0))
+        result.append((torch.rand(3, size, size, generator=g), torch.cat([corner, corner + side, landmarks, label], 1)))
     return result
 
 
 def test_collate_pads_into_what_match_takes_and_equals_matching_each_image_alone():
     batch = collate(items(4))
     assert batch.images.shape == (4, 3, 64, 64)
-    assert batch.truths.shape == (4, 7, 4) and batch.landms.shape == (4, 7, 10) and batch.labels.shape == (4, 7)
+    assert batch.truths.shape == (4, 7, 4) and batch.landmarks.shape == (4, 7, 10) and batch.labels.shape == (4, 7)
     assert batch.labels.dtype == torch.long and batch.num_truths.tolist() == [3, 0, 7, 1]
     priors = prior_boxes((64, 64))
-    together = ops.match(batch.truths, batch.labels, batch.landms, batch.num_truths, priors)
+    together = ops.match(batch.truths, batch.labels, batch.landmarks, batch.num_truths, priors)
     for b, (_, target) in enumerate(items(4)):
         alone = ops.match(
             target[None, :, :4], target[None, :, 14].long(), target[None, :, 4:14], torch.tensor([len(target)]), priors

@@ -19,10 +19,10 @@ def real_looking_targets(counts, seed=0, unlabelled=0.3):
     for count in counts:
         side = (3 + torch.rand(count, 1, generator=g) ** 2 * 57) / torch.tensor([SIZE[1], SIZE[0]])
         corner = torch.rand(count, 2, generator=g) * (1 - side)
-        landms = corner.repeat(1, 5) + torch.rand(count, 10, generator=g) * side.repeat(1, 5)
+        landmarks = corner.repeat(1, 5) + torch.rand(count, 10, generator=g) * side.repeat(1, 5)
         label = torch.where(torch.rand(count, 1, generator=g) < unlabelled, -1.0, 1.0)
-        landms = torch.where(label > 0, landms, torch.full_like(landms, -1.0))
-        targets.append(torch.cat([corner, corner + side, landms, label], 1))
+        landmarks = torch.where(label > 0, landmarks, torch.full_like(landmarks, -1.0))
+        targets.append(torch.cat([corner, corner + side, landmarks, label], 1))
     return targets
 
 

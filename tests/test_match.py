@@ -22,26 +22,26 @@ def random_batch(batch, max_truths, seed, dtype=torch.float32, min_side=0.004, m
     corner = torch.rand(batch, max_truths, 2, generator=g, dtype=torch.float64) * 1.1 - 0.05  # partly outside
     side = min_side + torch.rand(batch, max_truths, 2, generator=g, dtype=torch.float64) * (max_side - min_side)
     truths = torch.cat([corner, corner + side], -1)
-    landms = corner.repeat(1, 1, 5) + torch.rand(batch, max_truths, 10, generator=g, dtype=torch.float64) * side.repeat(
-        1, 1, 5
-    )
+    landmarks = corner.repeat(1, 1, 5) + torch.rand(
+        batch, max_truths, 10, generator=g, dtype=torch.float64
+    ) * side.repeat(1, 1, 5)
     labels = torch.where(torch.rand(batch, max_truths, generator=g) < 0.7, 1, -1)
-    landms[labels == -1] = -1.0
+    landmarks[labels == -1] = -1.0
     num_truths = torch.randint(0, max_truths + 1, (batch,), generator=g)
     num_truths[0] = max_truths
     if garbage:  # padding rows hold anything
         pad = torch.arange(max_truths)[None] >= num_truths[:, None]
         truths[pad] = torch.tensor([float("nan"), float("inf"), -5.0, 1e30], dtype=torch.float64)
-        landms[pad] = float("nan")
+        landmarks[pad] = float("nan")
         labels[pad] = 7
-    return truths.to(dtype), labels, landms.to(dtype), num_truths
+    return truths.to(dtype), labels, landmarks.to(dtype), num_truths
 
 
 def assert_all_equal(batch, priors, threshold=0.35):
-    truths, labels, landms, num_truths = batch
-    expected = seed_batch(truths, labels, landms, num_truths, priors, threshold)
-    ours = ops.match(truths, labels, landms, num_truths, priors, threshold, VARIANCES)
-    batched_reference = reference.match(truths, labels, landms, num_truths, priors, threshold, VARIANCES)
+    truths, labels, landmarks, num_truths = batch
+    expected = seed_batch(truths, labels, landmarks, num_truths, priors, threshold)
+    ours = ops.match(truths, labels, landmarks, num_truths, priors, threshold, VARIANCES)
+    batched_reference = reference.match(truths, labels, landmarks, num_truths, priors, threshold, VARIANCES)
     for name, a, r, e in zip(("loc_t", "conf_t", "landm_t"), ours, batched_reference, expected):
         torch.testing.assert_close(r, e, rtol=0, atol=0, equal_nan=False, msg=lambda m: f"reference {name}: {m}")
         torch.testing.assert_close(a, e, rtol=0, atol=0, equal_nan=False, msg=lambda m: f"kernel {name}: {m}")
@@ -65,21 +65,21 @@ def test_non_square_image_and_tiny_and_huge_truths():
 
 def test_no_truths_and_all_truths_too_small():
     priors = prior_boxes((640, 640))
-    truths, labels, landms, num_truths = random_batch(4, 10, seed=2, min_side=0.0005, max_side=0.0015)
+    truths, labels, landmarks, num_truths = random_batch(4, 10, seed=2, min_side=0.0005, max_side=0.0015)
     num_truths[1] = 0
-    loc_t, conf_t, landm_t = assert_all_equal((truths, labels, landms, num_truths), priors)
+    loc_t, conf_t, landm_t = assert_all_equal((truths, labels, landmarks, num_truths), priors)
     # Boxes of about 1 px reach IoU 0.2 with no prior: every target is zero.
     assert not loc_t.any() and not conf_t.any() and not landm_t.any()
 
 
 def test_duplicate_truths_and_shared_best_prior():
     priors = prior_boxes((640, 640))
-    truths, labels, landms, num_truths = random_batch(3, 12, seed=3, garbage=False)
+    truths, labels, landmarks, num_truths = random_batch(3, 12, seed=3, garbage=False)
     truths[:, 1] = truths[:, 0]  # exact duplicate: the later one wins the shared best prior
     truths[:, 3] = truths[:, 2] + 1e-4  # nearly the same box: very likely the same best prior
     labels[:, 1] = -labels[:, 0]
     num_truths[:] = 12
-    assert_all_equal((truths, labels, landms, num_truths), priors)
+    assert_all_equal((truths, labels, landmarks, num_truths), priors)
 
 
 def test_overlap_exactly_at_threshold():
@@ -99,23 +99,23 @@ def test_unforced_truth_still_claims_its_best_prior():
     tiny = torch.tensor([[0.05, 0.05, 0.06, 0.06]])
     truths = torch.cat([big, tiny])[None]
     labels = torch.tensor([[1, -1]])
-    landms = torch.rand(1, 2, 10)
-    assert_all_equal((truths, labels, landms, torch.tensor([2])), priors, threshold=0.0)
+    landmarks = torch.rand(1, 2, 10)
+    assert_all_equal((truths, labels, landmarks, torch.tensor([2])), priors, threshold=0.0)
 
 
 def test_landm_targets_of_images_without_targets_are_zero():
     priors = prior_boxes((320, 320))
-    truths, labels, landms, num_truths = random_batch(2, 3, seed=5, garbage=False)
+    truths, labels, landmarks, num_truths = random_batch(2, 3, seed=5, garbage=False)
     truths[1] = torch.tensor([0.5, 0.5, 0.5005, 0.5005])
-    _, _, landm_t = ops.match(truths, labels, landms, num_truths, priors)
+    _, _, landm_t = ops.match(truths, labels, landmarks, num_truths, priors)
     assert not landm_t[1].any()
 
 
 def test_opcheck():
     priors = prior_boxes((128, 96))
-    truths, labels, landms, num_truths = random_batch(3, 5, seed=6, garbage=False)
+    truths, labels, landmarks, num_truths = random_batch(3, 5, seed=6, garbage=False)
     torch.library.opcheck(
-        torch.ops.retinaface_ext.match.default, (truths, labels, landms, num_truths, priors, 0.35, VARIANCES)
+        torch.ops.retinaface_ext.match.default, (truths, labels, landmarks, num_truths, priors, 0.35, VARIANCES)
     )
 
 
@@ -124,17 +124,17 @@ def test_opcheck():
     [
         (lambda a: a.update(truths=a["truths"][..., :3]), r"truths must have shape \[B, G, 4\]"),
         (lambda a: a.update(labels=a["labels"][:, :2]), r"labels must have shape \[B, G\] = \[2, 3\]"),
-        (lambda a: a.update(landms=a["landms"][..., :8]), r"landms must have shape \[B, G, 10\]"),
+        (lambda a: a.update(landmarks=a["landmarks"][..., :8]), r"landmarks must have shape \[B, G, 10\]"),
         (lambda a: a.update(num_truths=a["num_truths"][:1]), r"num_truths must have shape \[B\] = \[2\]"),
         (lambda a: a.update(priors=a["priors"][:, :2]), r"priors must have shape \[P, 4\]"),
         (lambda a: a.update(truths=a["truths"].half()), "truths must be float32 or float64"),
-        (lambda a: a.update(landms=a["landms"].double()), "must share one dtype"),
+        (lambda a: a.update(landmarks=a["landmarks"].double()), "must share one dtype"),
         (lambda a: a.update(num_truths=a["num_truths"].int()), "num_truths must be int64"),
         (lambda a: a.update(num_truths=torch.tensor([4, 1])), r"num_truths\[0\] = 4 is out of range \[0, 3\]"),
         (lambda a: a.update(num_truths=torch.tensor([1, -1])), r"num_truths\[1\] = -1 is out of range"),
         (lambda a: a["truths"].__setitem__((1, 0, 2), float("nan")), r"truths\[1, 0\] = .* is not finite"),
         (lambda a: a["truths"].__setitem__((0, 1, 2), 0.0), r"truths\[0, 1\] = .* is empty"),
-        (lambda a: a["landms"].__setitem__((0, 2, 5), float("inf")), r"landms\[0, 2\] is not finite"),
+        (lambda a: a["landmarks"].__setitem__((0, 2, 5), float("inf")), r"landmarks\[0, 2\] is not finite"),
         (lambda a: a["priors"].__setitem__((7, 2), 0.0), r"priors\[7\] = .* must be finite with w > 0"),
         (lambda a: a.update(variances=[0.1]), "variances must hold 2 numbers"),
         (lambda a: a.update(threshold=float("nan")), r"threshold must be an IoU in \[0, 1\], got nan"),
@@ -146,7 +146,7 @@ def test_bad_input_names_the_argument(change, message):
     args = dict(
         truths=truths,
         labels=torch.ones(2, 3, dtype=torch.long),
-        landms=torch.rand(2, 3, 10),
+        landmarks=torch.rand(2, 3, 10),
         num_truths=torch.tensor([3, 2]),
         priors=prior_boxes((64, 64)).clone(),
         variances=VARIANCES,
@@ -158,22 +158,22 @@ def test_bad_input_names_the_argument(change, message):
         return
     # The same value check, as the wrapper runs it before the CUDA kernel.
     with pytest.raises(RuntimeError, match=message):
-        _check_match_values(args["truths"], args["landms"], args["num_truths"], args["priors"])
+        _check_match_values(args["truths"], args["landmarks"], args["num_truths"], args["priors"])
 
 
 def test_padding_rows_may_hold_anything():
     priors = prior_boxes((128, 128))
-    truths, labels, landms, num_truths = random_batch(5, 4, seed=7, garbage=True)
+    truths, labels, landmarks, num_truths = random_batch(5, 4, seed=7, garbage=True)
     num_truths[0] = 2
     truths[0, 2:] = float("nan")
-    assert_all_equal((truths, labels, landms, num_truths), priors)
+    assert_all_equal((truths, labels, landmarks, num_truths), priors)
 
 
 def test_float_labels_are_accepted():
     priors = prior_boxes((128, 128))
-    truths, labels, landms, num_truths = random_batch(2, 4, seed=8, garbage=False)
-    expected = ops.match(truths, labels, landms, num_truths, priors)
-    for a, e in zip(ops.match(truths, labels.float(), landms, num_truths, priors), expected):
+    truths, labels, landmarks, num_truths = random_batch(2, 4, seed=8, garbage=False)
+    expected = ops.match(truths, labels, landmarks, num_truths, priors)
+    for a, e in zip(ops.match(truths, labels.float(), landmarks, num_truths, priors), expected):
         torch.testing.assert_close(a, e, rtol=0, atol=0)
 
 
@@ -184,9 +184,9 @@ def test_cuda_equals_cpu(dtype):
     """IoU, forcing and labels match exactly (same IEEE operations, no FMA); the size part
     of loc_t goes through CUDA's log, within an ulp or two of the CPU's."""
     priors = prior_boxes((640, 640), dtype=dtype)
-    truths, labels, landms, num_truths = random_batch(32, 30, seed=9, dtype=dtype)
-    cpu = ops.match(truths, labels, landms, num_truths, priors)
-    gpu = ops.match(truths.cuda(), labels.cuda(), landms.cuda(), num_truths.cuda(), priors.cuda())
+    truths, labels, landmarks, num_truths = random_batch(32, 30, seed=9, dtype=dtype)
+    cpu = ops.match(truths, labels, landmarks, num_truths, priors)
+    gpu = ops.match(truths.cuda(), labels.cuda(), landmarks.cuda(), num_truths.cuda(), priors.cuda())
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=0, atol=0)
     torch.testing.assert_close(gpu[0].cpu()[..., :2], cpu[0][..., :2], rtol=0, atol=0)
     torch.testing.assert_close(gpu[0].cpu()[..., 2:], cpu[0][..., 2:], rtol=1e-6, atol=1e-6)
@@ -197,13 +197,13 @@ def test_cuda_equals_cpu(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 def test_cuda_mismatched_devices_and_bad_values():
     priors = prior_boxes((128, 128), device="cuda")
-    truths, labels, landms, num_truths = (t.cuda() for t in random_batch(2, 3, seed=10, garbage=False))
+    truths, labels, landmarks, num_truths = (t.cuda() for t in random_batch(2, 3, seed=10, garbage=False))
     with pytest.raises(RuntimeError, match="priors must be on the device of truths"):
-        ops.match(truths, labels, landms, num_truths, priors.cpu())
+        ops.match(truths, labels, landmarks, num_truths, priors.cpu())
     with pytest.raises(RuntimeError, match=r"num_truths\[0\] = 4 is out of range"):
-        ops.match(truths, labels, landms, torch.tensor([4, 1], device="cuda"), priors)
+        ops.match(truths, labels, landmarks, torch.tensor([4, 1], device="cuda"), priors)
     # Without the check, an out-of-range count is clamped on the device: no crash.
-    ops.match(truths, labels, landms, torch.tensor([4, -1], device="cuda"), priors, check=False)
+    ops.match(truths, labels, landmarks, torch.tensor([4, -1], device="cuda"), priors, check=False)
     torch.cuda.synchronize()
 
 
@@ -238,8 +238,8 @@ def test_pixel_grid_truths_property(device, boxes, threshold, dtype):
     for g, (x, y, w, h, label) in enumerate(boxes):
         truths[0, g] = torch.tensor([x, y, x + w, y + h], dtype=dtype) / 64
         labels[0, g] = label
-    landms = truths.repeat(1, 1, 3)[..., :10] * 0.9
-    batch = (truths, labels, landms, torch.tensor([len(boxes)]))
+    landmarks = truths.repeat(1, 1, 3)[..., :10] * 0.9
+    batch = (truths, labels, landmarks, torch.tensor([len(boxes)]))
     cpu = assert_all_equal(batch, priors, threshold)
     if device == "cuda":
         gpu = ops.match(*(t.cuda() for t in batch), priors.cuda(), threshold, VARIANCES)

@@ -84,11 +84,11 @@ def test_output_shapes_follow_the_priors(backbone):
 
     model = RetinaFace(backbone).eval()
     with torch.inference_mode():
-        loc, logits, landmarks = model(torch.randn(2, 3, 100, 70))
+        loc, logits, landm = model(torch.randn(2, 3, 100, 70))
     priors = prior_boxes((100, 70))
     assert loc.shape == (2, priors.shape[0], 4)
     assert logits.shape == (2, priors.shape[0], 2)
-    assert landmarks.shape == (2, priors.shape[0], 10)
+    assert landm.shape == (2, priors.shape[0], 10)
 
 
 @needs_weights
@@ -212,8 +212,8 @@ def test_deformable_ssh_trains():
     deformable = [name for name, m in model.named_modules() if type(m).__name__ == "DeformConv2d"]
     assert len(deformable) == 15  # 5 per SSH module
     assert all(name.startswith("ssh") for name in deformable)
-    loc, logits, landmarks = model(torch.randn(2, 3, 64, 64))
-    (loc.square().mean() + logits.square().mean() + landmarks.square().mean()).backward()
+    loc, logits, landm = model(torch.randn(2, 3, 64, 64))
+    (loc.square().mean() + logits.square().mean() + landm.square().mean()).backward()
     offset_grad = model.ssh1.conv5X5_1[0].conv_offset.weight.grad
     assert offset_grad is not None and offset_grad.abs().sum() > 0
     assert model.body.stage1[0][0].weight.grad.abs().sum() > 0
@@ -273,9 +273,9 @@ def test_a_batch_of_zero_images_gives_empty_outputs(backbone):
     model = RetinaFace(backbone).eval()
     with torch.no_grad():
         for network in (model, InferenceRetinaFace(model)):
-            loc, logits, landmarks = network(torch.zeros(0, 3, 64, 96))
+            loc, logits, landm = network(torch.zeros(0, 3, 64, 96))
             assert loc.shape == (0, 2 * (8 * 12 + 4 * 6 + 2 * 3), 4)
-            assert logits.shape[-1] == 2 and landmarks.shape[-1] == 10
+            assert logits.shape[-1] == 2 and landm.shape[-1] == 10
 
 
 @pytest.mark.parametrize(

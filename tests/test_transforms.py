@@ -49,12 +49,12 @@ def test_crop_mirror_and_scale_equal_the_reference_with_its_draws(seed):
     image = np.zeros((height, width, 3), np.uint8)
     transform = TrainTransform(image_size=320)
     out_image, out = no_distortion(transform, image, target, roi, mirror)
-    boxes, landms = reference_geometry(height, width, target, roi, mirror)
+    boxes, landmarks = reference_geometry(height, width, target, roi, mirror)
     assert out_image.shape == (3, 320, 320) and out_image.dtype == torch.float32
     assert out.shape == (len(boxes), 15)
     np.testing.assert_allclose(out[:, :4].numpy(), boxes, atol=1e-5)
     labelled = out[:, 14].numpy() > 0
-    np.testing.assert_allclose(out[labelled, 4:14].numpy(), landms[labelled], atol=1e-5)
+    np.testing.assert_allclose(out[labelled, 4:14].numpy(), landmarks[labelled], atol=1e-5)
     assert (out[~labelled, 4:14] == -1).all()  # where we differ: no landmarks stay -1
 
 

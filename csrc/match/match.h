@@ -14,7 +14,7 @@ constexpr double kForcedOverlap = 2.0;
 
 // Shapes, dtypes, devices, threshold and variances of match's arguments; returns {B, G, P}.
 std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths, const at::Tensor& labels,
-                                                       const at::Tensor& landms, const at::Tensor& num_truths,
+                                                       const at::Tensor& landmarks, const at::Tensor& num_truths,
                                                        const at::Tensor& priors, double threshold,
                                                        at::ArrayRef<double> variances);
 

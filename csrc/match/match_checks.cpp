@@ -5,7 +5,7 @@
 namespace rfe {
 
 std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths, const at::Tensor& labels,
-                                                       const at::Tensor& landms, const at::Tensor& num_truths,
+                                                       const at::Tensor& landmarks, const at::Tensor& num_truths,
                                                        const at::Tensor& priors, double threshold,
                                                        at::ArrayRef<double> variances) {
   TORCH_CHECK(truths.dim() == 3 && truths.size(2) == 4,
@@ -13,8 +13,8 @@ std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths,
   const int64_t B = truths.size(0), G = truths.size(1);
   TORCH_CHECK(labels.dim() == 2 && labels.size(0) == B && labels.size(1) == G,
               "match: labels must have shape [B, G] = [", B, ", ", G, "], got ", labels.sizes());
-  TORCH_CHECK(landms.dim() == 3 && landms.size(0) == B && landms.size(1) == G && landms.size(2) == 10,
-              "match: landms must have shape [B, G, 10] = [", B, ", ", G, ", 10], got ", landms.sizes());
+  TORCH_CHECK(landmarks.dim() == 3 && landmarks.size(0) == B && landmarks.size(1) == G && landmarks.size(2) == 10,
+              "match: landmarks must have shape [B, G, 10] = [", B, ", ", G, ", 10], got ", landmarks.sizes());
   TORCH_CHECK(num_truths.dim() == 1 && num_truths.size(0) == B, "match: num_truths must have shape [B] = [", B,
               "], got ", num_truths.sizes());
   TORCH_CHECK(priors.dim() == 2 && priors.size(1) == 4, "match: priors must have shape [P, 4] (cx, cy, w, h), got ",
@@ -22,13 +22,13 @@ std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths,
   TORCH_CHECK(G < (int64_t(1) << 31), "match: at most 2^31 - 1 truths per image, got G = ", G);
   TORCH_CHECK(truths.scalar_type() == at::kFloat || truths.scalar_type() == at::kDouble,
               "match: truths must be float32 or float64, got ", truths.scalar_type());
-  TORCH_CHECK(landms.scalar_type() == truths.scalar_type() && priors.scalar_type() == truths.scalar_type(),
-              "match: truths, landms and priors must share one dtype, got ", truths.scalar_type(), ", ",
-              landms.scalar_type(), ", ", priors.scalar_type());
+  TORCH_CHECK(landmarks.scalar_type() == truths.scalar_type() && priors.scalar_type() == truths.scalar_type(),
+              "match: truths, landmarks and priors must share one dtype, got ", truths.scalar_type(), ", ",
+              landmarks.scalar_type(), ", ", priors.scalar_type());
   TORCH_CHECK(labels.scalar_type() == at::kLong, "match: labels must be int64, got ", labels.scalar_type());
   TORCH_CHECK(num_truths.scalar_type() == at::kLong, "match: num_truths must be int64, got ", num_truths.scalar_type());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"labels", labels},
-                                {"landms", landms},
+                                {"landmarks", landmarks},
                                 {"num_truths", num_truths},
                                 {"priors", priors}}) {
     TORCH_CHECK(t.device() == truths.device(), "match: ", name, " must be on the device of truths (", truths.device(),

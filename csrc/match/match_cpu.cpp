@@ -163,15 +163,15 @@ void encode_in_place(T* __restrict x, const T* __restrict origin, const T* __res
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(const at::Tensor& truths_t, const at::Tensor& labels_t,
-                                                            const at::Tensor& landms_t, const at::Tensor& num_truths_t,
-                                                            const at::Tensor& priors_t, double threshold_d,
-                                                            at::ArrayRef<double> variances, int64_t B, int64_t G,
-                                                            int64_t P) {
+                                                            const at::Tensor& landmarks_t,
+                                                            const at::Tensor& num_truths_t, const at::Tensor& priors_t,
+                                                            double threshold_d, at::ArrayRef<double> variances,
+                                                            int64_t B, int64_t G, int64_t P) {
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_t, P);
   if (B == 0 || P == 0) return {loc_t, conf_t, landm_t};
 
   const T* truths = truths_t.data_ptr<T>();
-  const T* landms = landms_t.data_ptr<T>();
+  const T* landmarks = landmarks_t.data_ptr<T>();
   const T* priors = priors_t.data_ptr<T>();
   const int64_t* labels = labels_t.data_ptr<int64_t>();
   const int64_t* num_truths = num_truths_t.data_ptr<int64_t>();
@@ -205,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_kernel(const at::Tensor& tr
         conf[p] = s.overlap_of_prior[p] < threshold ? 0 : labels[b * G + g];
         encode_centre(truth, priors + 4 * p, v0, loc + 4 * p);
         encode_size_ratio(truth, priors + 4 * p, s.ratio.data() + 2 * p);
-        const T* points = landms + (b * G + g) * 10;
+        const T* points = landmarks + (b * G + g) * 10;
         for (int k = 0; k < 10; ++k) landm[10 * p + k] = points[k];  // encoded below
       }
       encode_in_place(landm, table.landm_origin.data(), table.landm_scale.data(), 10 * P);
@@ -230,8 +230,8 @@ bool all_finite(const T* v, int64_t n) {
 // The value checks of the Python wrapper's check=True, in its order and words; on the
 // CPU they cost next to nothing, so they always run.
 template <typename T>
-void check_match_values(const T* truths, const T* landms, const T* priors, const int64_t* counts, int64_t B, int64_t G,
-                        int64_t P) {
+void check_match_values(const T* truths, const T* landmarks, const T* priors, const int64_t* counts, int64_t B,
+                        int64_t G, int64_t P) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t g = 0; g < counts[b]; ++g) {
       const T* t = truths + (b * G + g) * 4;
@@ -248,7 +248,7 @@ void check_match_values(const T* truths, const T* landms, const T* priors, const
   }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t g = 0; g < counts[b]; ++g)
-      TORCH_CHECK(all_finite(landms + (b * G + g) * 10, 10), "match: landms[", b, ", ", g, "] is not finite");
+      TORCH_CHECK(all_finite(landmarks + (b * G + g) * 10, 10), "match: landmarks[", b, ", ", g, "] is not finite");
   for (int64_t p = 0; p < P; ++p) {
     const T* q = priors + 4 * p;
     TORCH_CHECK(all_finite(q, 4) && q[2] > 0 && q[3] > 0, "match: priors[", p, "] = [", q[0], ", ", q[1], ", ", q[2],
@@ -257,10 +257,10 @@ void check_match_values(const T* truths, const T* landms, const T* priors, const
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cpu(const at::Tensor& truths, const at::Tensor& labels,
-                                                         const at::Tensor& landms, const at::Tensor& num_truths,
+                                                         const at::Tensor& landmarks, const at::Tensor& num_truths,
                                                          const at::Tensor& priors, double threshold,
                                                          at::ArrayRef<double> variances) {
-  const auto [B, G, P] = check_match_args(truths, labels, landms, num_truths, priors, threshold, variances);
+  const auto [B, G, P] = check_match_args(truths, labels, landmarks, num_truths, priors, threshold, variances);
   const at::Tensor counts = num_truths.contiguous();
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = counts.data_ptr<int64_t>()[b];
@@ -268,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cpu(const at::Tensor& truth
                 "] (G = truths.shape[1])");
   }
   return AT_DISPATCH_FLOATING_TYPES(truths.scalar_type(), "match_cpu", [&] {
-    const at::Tensor t = truths.contiguous(), l = landms.contiguous(), p = priors.contiguous();
+    const at::Tensor t = truths.contiguous(), l = landmarks.contiguous(), p = priors.contiguous();
     check_match_values(t.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
                        counts.data_ptr<int64_t>(), B, G, P);
     return match_kernel<scalar_t>(t, labels.contiguous(), l, counts, p, threshold, variances, B, G, P);

@@ -107,7 +107,7 @@ __global__ void force_kernel(int64_t B, int64_t G, int64_t P, const int64_t* __r
 
 template <typename T>
 __global__ void encode_kernel(int64_t G, int64_t P, const T* __restrict__ truths, const int64_t* __restrict__ labels,
-                              const T* __restrict__ landms, const T* __restrict__ priors,
+                              const T* __restrict__ landmarks, const T* __restrict__ priors,
                               const int64_t* __restrict__ truth_of_prior, const T* __restrict__ overlap_of_prior,
                               const bool* __restrict__ has_targets, T threshold, T v0, T* __restrict__ loc,
                               int64_t* __restrict__ conf, T* __restrict__ ratio, T* __restrict__ landm) {
@@ -126,23 +126,24 @@ __global__ void encode_kernel(int64_t G, int64_t P, const T* __restrict__ truths
   conf[i] = overlap_of_prior[i] < threshold ? 0 : labels[b * G + g];
   encode_centre(truth, priors + 4 * p, v0, loc + 4 * i);
   encode_size_ratio(truth, priors + 4 * p, ratio + 2 * i);
-  encode_landmarks(landms + (b * G + g) * 10, priors + 4 * p, v0, landm + 10 * i);
+  encode_landmarks(landmarks + (b * G + g) * 10, priors + 4 * p, v0, landm + 10 * i);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(const at::Tensor& truths_in, const at::Tensor& labels_in,
-                                                          const at::Tensor& landms_in, const at::Tensor& num_truths_in,
-                                                          const at::Tensor& priors_in, double threshold,
-                                                          at::ArrayRef<double> variances) {
+                                                          const at::Tensor& landmarks_in,
+                                                          const at::Tensor& num_truths_in, const at::Tensor& priors_in,
+                                                          double threshold, at::ArrayRef<double> variances) {
   const auto [B, G, P] =
-      check_match_args(truths_in, labels_in, landms_in, num_truths_in, priors_in, threshold, variances);
+      check_match_args(truths_in, labels_in, landmarks_in, num_truths_in, priors_in, threshold, variances);
   TORCH_CHECK(G <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " truths per image on CUDA, got G = ", G);
   c10::cuda::CUDAGuard guard(truths_in.device());
   auto [loc_t, conf_t, landm_t] = empty_targets(truths_in, P);
   if (B == 0 || P == 0) return {loc_t, conf_t, landm_t};
   TORCH_CHECK(B <= kMaxGridYZ, "match: at most ", kMaxGridYZ, " images per call on CUDA, got B = ", B);
 
-  const at::Tensor truths = truths_in.contiguous(), labels = labels_in.contiguous(), landms = landms_in.contiguous(),
-                   num_truths = num_truths_in.contiguous(), priors = priors_in.contiguous();
+  const at::Tensor truths = truths_in.contiguous(), labels = labels_in.contiguous(),
+                   landmarks = landmarks_in.contiguous(), num_truths = num_truths_in.contiguous(),
+                   priors = priors_in.contiguous();
   const auto long_options = truths.options().dtype(at::kLong);
   at::Tensor truth_of_prior = at::empty({B, P}, long_options);
   at::Tensor overlap_of_prior = at::empty({B, P}, truths.options());
@@ -171,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_cuda(const at::Tensor& trut
         truth_of_prior.data_ptr<int64_t>(), overlap_of_prior.data_ptr<T>(), has_targets.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     encode_kernel<T><<<prior_grid, kThreads, 0, stream>>>(
-        G, P, t, labels.data_ptr<int64_t>(), landms.data_ptr<T>(), pr, truth_of_prior.data_ptr<int64_t>(),
+        G, P, t, labels.data_ptr<int64_t>(), landmarks.data_ptr<T>(), pr, truth_of_prior.data_ptr<int64_t>(),
         overlap_of_prior.data_ptr<T>(), has_targets.data_ptr<bool>(), static_cast<T>(threshold),
         static_cast<T>(variances[0]), loc_t.data_ptr<T>(), conf_t.data_ptr<int64_t>(), size_ratio.data_ptr<T>(),
         landm_t.data_ptr<T>());

@@ -1,6 +1,6 @@
 """The ``retinaface`` command: detect faces (:mod:`.detect`), predict and evaluate WIDER FACE
 val (:mod:`.widerface`, :mod:`.evaluate`), time (:mod:`.bench`), make and check training
-data (:mod:`.data`), train (:mod:`.train`), export (:mod:`.export`).
+data (:mod:`.data`), train (:mod:`.train`), export (:mod:`.export`), published weights (:mod:`.weights`).
 
 User errors (wrong paths, unreadable images, a checkpoint of the other backbone, bad
 option values, failed writes) print one line on stderr and exit with status 2;
@@ -18,6 +18,7 @@ from .detect import add_detect_command
 from .evaluate import add_eval_command
 from .export import add_export_command
 from .train import add_train_command
+from .weights import add_weights_command
 from .widerface import add_widerface_predict_command
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_data_commands,
         add_train_command,
         add_export_command,
+        add_weights_command,
     ):
         add(commands)
     return parser

@@ -66,3 +66,19 @@ def iou_fraction(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected an IoU in (0, 1], got {text!r}")
     return value
+
+
+def checkpoint_path(text: str, option: str = "--weights") -> str:
+    """A checkpoint file, or the name of published weights (fetched and checked, see
+    :mod:`retinaface_ext.models.weights`), as the path of a checked file."""
+    import os
+
+    from ..models import weights
+
+    if weights.is_published_name(text):
+        return weights.fetch(text)
+    if not os.path.isfile(text):
+        raise UserError(
+            f"{option} {text}: no such checkpoint file (published weights by name: {', '.join(weights.PUBLISHED)})"
+        )
+    return text

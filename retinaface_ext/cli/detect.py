@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from .args import UserError, fraction
+from .args import UserError, fraction, positive_int
 from .shared import (
     add_detector_options,
     add_size_options,
@@ -21,9 +21,14 @@ from .shared import (
 def command_detect(args) -> int:
     from ..draw import draw_detections
     from ..files import atomic_write_text, write_image
+    from ..inference.ahead import read_ahead
+    from .video import command_detect_video, is_video_source
 
+    if is_video_source(args.input):
+        return command_detect_video(args)
     check_origin_size(args)
     files, root = image_files(args.input, args.recursive)
+    files, results = folder_run(args, files, root)
     outputs = {}
     if args.out:
         output_folder(args.out)
@@ -37,12 +42,23 @@ def command_detect(args) -> int:
             outputs[path] = (image_out, image_out + ".json")
     crops = align_outputs(args.align, files, root) if args.align else {}
     detector = make_detector(args, target_size=args.target_size, max_size=args.max_size)
-    with progress_bar(len(files), "detect", enabled=bool(args.out)) as progress:
-        for chunk in batches(files, args.batch_size):
-            images = [detector.read_image(path) for path in chunk]
-            for path, image, faces in zip(chunk, images, detector.detect(images, names=chunk)):
-                faces = faces.above(args.threshold)
+    unreadable = 0
+    read = reader(detector, keep_going=results is not None)
+    with progress_bar(len(files), "detect", enabled=bool(args.out or results)) as progress:
+        for chunk in batches(read_ahead(files, read, args.workers), args.batch_size):
+            readable = [(path, image) for path, image in chunk if not isinstance(image, Exception)]
+            found = detector.detect([image for _, image in readable], names=[path for path, _ in readable])
+            faces_of = dict(zip([path for path, _ in readable], found))
+            for path, image in chunk:
+                if isinstance(image, Exception):
+                    unreadable += 1
+                    results.write({**key_record(path, root), "error": str(image)})
+                    progress.update()
+                    continue
+                faces = faces_of[path].above(args.threshold)
                 record = {"image": path, "width": image.shape[1], "height": image.shape[0], "faces": faces.to_list()}
+                if results is not None:
+                    results.write({**key_record(path, root), **record, "image": os.path.relpath(path, root)})
                 if args.out:
                     image_out, json_out = outputs[path]
                     if not args.no_draw:
@@ -50,13 +66,85 @@ def command_detect(args) -> int:
                     if args.json:
                         atomic_write_text(json_out, json.dumps(record, indent=1) + "\n")
                 elif args.json:
-                    print(json.dumps(record))
+                    print(json.dumps(record), flush=True)
                 if args.align:
                     write_crops(image, faces, crops[path])
-                if not args.json or args.out:
+                if results is None and (not args.json or args.out):
                     progress.write(f"{path}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout)
                 progress.update()
+    if results is not None:
+        results.close()
+        note = f" ({unreadable} could not be read: their lines hold an 'error')" if unreadable else ""
+        print(f"{results.path}: {len(files)} images written{note}", file=sys.stderr)
     return 0
+
+
+def reader(detector, keep_going: bool):
+    """How an image is read in the background: a failure stops the run, or, in a folder
+    run with --jsonl, is returned (and recorded) so that the others go on."""
+
+    def read(path):
+        try:
+            return detector.read_image(path)
+        except (OSError, ValueError) as error:
+            if not keep_going:
+                raise
+            return error
+
+    return read
+
+
+def key_record(path, root):
+    from ..inference.runs import file_key
+
+    relative, size, mtime_ns = file_key(path, root)
+    return {"image": relative, "size": size, "mtime_ns": mtime_ns}
+
+
+def folder_run(args, files, root):
+    """The files this process does and, with --jsonl, the writer of its results: the
+    shard (--shard, else torchrun's RANK/WORLD_SIZE), the part files merged first in a
+    run without shards, and the images already recorded skipped."""
+    from ..inference.runs import (
+        ResultsFileError,
+        ResultsWriter,
+        merge_parts,
+        parse_shard,
+        part_path,
+        pending,
+        read_lines,
+        shard_from_environment,
+        shard_of,
+    )
+
+    try:
+        shard = parse_shard(args.shard) if args.shard else shard_from_environment()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not args.jsonl:
+        if shard is not None:
+            files = [f for f in files if shard_of(os.path.relpath(f, root), shard[1]) == shard[0]]
+        return files, None
+    if os.path.isdir(args.jsonl):
+        raise UserError(f"--jsonl {args.jsonl}: is a folder, not a file")
+    target = part_path(args.jsonl, shard) if shard else args.jsonl
+    try:
+        if shard is None:
+            parts, added = merge_parts(args.jsonl)
+            if parts:
+                print(f"{args.jsonl}: merged {parts} part files ({added} images)", file=sys.stderr)
+        done, cut = read_lines(target, repair=True)
+    except ResultsFileError as error:
+        raise UserError(str(error)) from None
+    if cut:
+        print(
+            f"{target}: its last line was cut off (a run stopped while writing it); that image is redone",
+            file=sys.stderr,
+        )
+    files, skipped = pending(files, root, done, shard)
+    share = f" (shard {shard[0]} of {shard[1]})" if shard else ""
+    print(f"{target}: {skipped} images already done, {len(files)} to do{share}", file=sys.stderr)
+    return files, ResultsWriter(target)
 
 
 def align_outputs(folder, files, root):
@@ -94,19 +182,38 @@ def write_crops(image, faces, names):
 def add_detect_command(commands) -> None:
     detect = commands.add_parser(
         "detect",
-        help="detect faces in an image or a folder of images",
-        description="Detect faces and their 5 landmarks. With --out, each input's "
-        "annotated copy keeps its path relative to IMAGE_OR_DIR and its "
-        "file name (JSON: the file name plus .json); inputs are never "
-        "overwritten.",
+        help="detect faces in images, folders, videos or a camera",
+        description="Detect faces and their 5 landmarks. With --out, each input's annotated copy keeps "
+        "its path relative to IMAGE_OR_DIR and its file name (JSON: the file name plus .json); inputs are "
+        "never overwritten. A folder run with --jsonl FILE appends one line per image as it goes; run it "
+        "again to do only what is missing; --shard i/N (or torchrun's RANK and WORLD_SIZE) splits a folder "
+        "between processes, each writing a part file that a run without shards merges. A video file, a "
+        "camera index or a stream address gives an annotated video (--out) and one JSON line per frame.",
     )
-    detect.add_argument("input", metavar="IMAGE_OR_DIR")
+    detect.add_argument(
+        "input", metavar="INPUT", help="an image, a folder of images, a video, a camera index or a stream"
+    )
     add_detector_options(detect)
     detect.add_argument("--threshold", type=fraction, default=0.6, help="score to draw and report a face (0.6)")
-    detect.add_argument("--out", help="folder for annotated images (and JSON with --json)")
-    detect.add_argument("--json", action="store_true", help="write <image>.json per image (stdout without --out)")
-    detect.add_argument("--no-draw", action="store_true", help="with --out: do not write annotated images")
+    detect.add_argument("--out", help="folder for annotated images or the video (and JSON with --json)")
+    detect.add_argument(
+        "--json", action="store_true", help="write <image>.json per image, or stream JSON lines to stdout without --out"
+    )
+    detect.add_argument("--no-draw", action="store_true", help="with --out: do not write annotated images or video")
     detect.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    detect.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="folder runs: append one JSON line per image to FILE; images already in it are skipped",
+    )
+    detect.add_argument(
+        "--shard",
+        metavar="i/N",
+        help="take the i-th of N shares of the images (0 <= i < N); default under torchrun: RANK/WORLD_SIZE",
+    )
+    detect.add_argument(
+        "--workers", type=positive_int, default=None, help="threads decoding images ahead (CPUs, at most 4)"
+    )
     detect.add_argument(
         "--align",
         metavar="DIR",

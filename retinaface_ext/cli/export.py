@@ -2,15 +2,14 @@
 
 import os
 
-from .args import UserError, positive_int
+from .args import UserError, checkpoint_path, positive_int
 from .shared import add_detection_settings, detection_settings
 
 
 def command_export(args) -> int:
     from ..export import to_onnx
 
-    if not os.path.isfile(args.weights):
-        raise UserError(f"checkpoint not found: {args.weights}")
+    args.weights = checkpoint_path(args.weights)
     if os.path.isdir(args.onnx):
         raise UserError(f"--onnx {args.onnx}: is a folder, not a file")
     if os.path.exists(args.onnx) and not args.overwrite:
@@ -49,7 +48,12 @@ def add_export_command(commands) -> None:
         "convolutions become ONNX DeformConv (opset 19+). The file is checked with onnxruntime "
         "when it is installed. See the README for the graphs' inputs and outputs.",
     )
-    parser.add_argument("--weights", required=True, help="checkpoint (Pytorch_Retinaface's or ours)")
+    parser.add_argument(
+        "--weights",
+        default="mobilenet0.25",
+        help="checkpoint (Pytorch_Retinaface's or ours), or published weights by name: mobilenet0.25 "
+        "(the default), resnet50 (downloaded once, see 'retinaface weights')",
+    )
     parser.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
     parser.add_argument(
         "--dynamic", action="store_true", help="dynamic batch, height and width (the default without --size)"

@@ -7,7 +7,7 @@ import sys
 from typing import List, Tuple
 
 from ..models.config import DetectionSettings
-from .args import UserError, fraction, positive_int, positive_number
+from .args import UserError, checkpoint_path, fraction, positive_int, positive_number
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: The long side of the WIDER FACE multi-scale protocol, used with --target-size.
@@ -45,11 +45,19 @@ def output_folder(path: str, option: str = "--out") -> str:
 def make_detector(args, **overrides):
     from ..inference import Detector
 
-    if not os.path.isfile(args.weights):
-        raise UserError(f"checkpoint not found: {args.weights}")
+    if not args.weights.lower().endswith(".onnx"):
+        args.weights = checkpoint_path(args.weights)
+    elif not os.path.isfile(args.weights):
+        raise UserError(f"--weights {args.weights}: no such file")
+    device = args.device
+    if device is None and "LOCAL_RANK" in os.environ:  # one GPU per process under torchrun
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     settings = dict(
         backbone=args.backbone,
-        device=args.device,
+        device=device,
         batch_size=args.batch_size,
         engine=args.engine,
         **dataclasses.asdict(detection_settings(args)),
@@ -58,15 +66,26 @@ def make_detector(args, **overrides):
     return Detector(args.weights, **settings)
 
 
-def progress_bar(total, description, enabled=True):
+def progress_bar(total, description, enabled=True, unit="image"):
+    """A progress bar on stderr that clears itself when it ends (so an error after it is
+    still one line); the commands print their own summaries."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="image", disable=not enabled or total < 2, file=sys.stderr)
+    return tqdm(
+        total=total, desc=description, unit=unit, disable=not enabled or total < 2, file=sys.stderr, leave=False
+    )
 
 
 def batches(items, size):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    """Lists of ``size`` consecutive items (the last one shorter) of any iterable."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 # ---------------------------------------------------------------- commands
@@ -88,8 +107,10 @@ def prediction_sizes(args):
 def add_detector_options(parser, batch_size=1):
     parser.add_argument(
         "--weights",
-        required=True,
-        help="Pytorch_Retinaface checkpoint (.pth), or a network exported by 'retinaface export'",
+        default="mobilenet0.25",
+        help="Pytorch_Retinaface checkpoint (.pth), a network exported by 'retinaface export', or "
+        "published weights by name: mobilenet0.25 (the default), resnet50 (downloaded once and "
+        "checked, see 'retinaface weights')",
     )
     parser.add_argument(
         "--backbone",

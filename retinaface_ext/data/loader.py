@@ -15,13 +15,13 @@ from .transforms import MEAN_BGR
 class Batch(NamedTuple):
     """``images [B, 3, S, S]`` (float32, or uint8 before :meth:`normalized`);
     ``truths [B, G, 4]``, ``labels [B, G]`` int64,
-    ``landms [B, G, 10]`` and ``num_truths [B]`` int64, G the largest face count of the
+    ``landmarks [B, G, 10]`` and ``num_truths [B]`` int64, G the largest face count of the
     batch (rows past ``num_truths[b]`` are zeros)."""
 
     images: torch.Tensor
     truths: torch.Tensor
     labels: torch.Tensor
-    landms: torch.Tensor
+    landmarks: torch.Tensor
     num_truths: torch.Tensor
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
@@ -38,7 +38,7 @@ class Batch(NamedTuple):
 
     def targets(self) -> List[torch.Tensor]:
         """The seed's form: one ``[G_i, 15]`` tensor per image."""
-        rows = torch.cat([self.truths, self.landms, self.labels[..., None].to(self.truths.dtype)], -1)
+        rows = torch.cat([self.truths, self.landmarks, self.labels[..., None].to(self.truths.dtype)], -1)
         return [rows[b, :n] for b, n in enumerate(self.num_truths.tolist())]
 
 
@@ -54,9 +54,9 @@ def collate(batch: Sequence) -> Batch:
     padded = torch.zeros(len(batch), max(counts), WIDTH)
     for b, target in enumerate(targets):
         padded[b, : len(target)] = target
-    truths, labels, landms = split_rows(padded)
+    truths, labels, landmarks = split_rows(padded)
     return Batch(
-        images, truths.contiguous(), labels.long(), landms.contiguous(), torch.tensor(counts, dtype=torch.long)
+        images, truths.contiguous(), labels.long(), landmarks.contiguous(), torch.tensor(counts, dtype=torch.long)
     )
 
 

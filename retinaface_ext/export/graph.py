@@ -38,19 +38,19 @@ class DetectionGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(self.config.mean_bgr).reshape(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        loc, logits, landmarks = self.network(images - self.mean)
+        loc, logits, landm = self.network(images - self.mean)
         height, width = images.shape[2], images.shape[3]
         priors = make_prior_boxes(
             height, width, self.config.min_sizes, self.config.steps, device=loc.device, dtype=loc.dtype
         )
         scale = torch.stack([torch.full((), width), torch.full((), height)]).to(loc.dtype)
         boxes = reference.decode(loc, priors, self.config.variances) * scale.repeat(2)
-        points = reference.decode_landm(landmarks, priors, self.config.variances) * scale.repeat(5)
+        landmarks = reference.decode_landm(landm, priors, self.config.variances) * scale.repeat(5)
         face = torch.sigmoid(logits[..., 1] - logits[..., 0])
         settings = self.settings
         scores, order = face.topk(torch.sym_min(settings.top_k, face.shape[1]), dim=1)
         boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
-        points = points.gather(1, order[..., None].expand(-1, -1, 10))
+        landmarks = landmarks.gather(1, order[..., None].expand(-1, -1, 10))
         selected = nms_per_image(boxes, scores, settings.keep_top_k, settings.nms_threshold, settings.score_threshold)
         image, index = selected[:, 0], selected[:, 1]
-        return boxes[image, index], scores[image, index], points[image, index].reshape(-1, 5, 2), image
+        return boxes[image, index], scores[image, index], landmarks[image, index].reshape(-1, 5, 2), image

@@ -70,6 +70,6 @@ class Detections:
         """JSON-ready: one dict per face with ``box``, ``score`` and ``landmarks``."""
         boxes, scores, landmarks = (t.detach().cpu().tolist() for t in (self.boxes, self.scores, self.landmarks))
         return [
-            {"box": box, "score": score, "landmarks": dict(zip(LANDMARK_NAMES, points))}
-            for box, score, points in zip(boxes, scores, landmarks)
+            {"box": box, "score": score, "landmarks": dict(zip(LANDMARK_NAMES, face_landmarks))}
+            for box, score, face_landmarks in zip(boxes, scores, landmarks)
         ]

@@ -146,7 +146,7 @@ class Detector:
 
     @property
     def model(self):
-        """The network the engine runs: ``model(images) -> loc, logits, landmarks``."""
+        """The network the engine runs: ``model(images) -> loc, logits, landm``."""
         return self.engine.network
 
     @staticmethod
@@ -197,6 +197,16 @@ class Detector:
             prepared = [self.preprocessing.prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
             results.extend(self._detect_prepared(prepared, chunk_names))
         return results[0] if single else results
+
+    def detect_video(self, source, batch_size: Optional[int] = None):
+        """Faces in each frame of a video file, a camera index or a stream address (or an
+        opened ``cv2.VideoCapture``): an iterator of :class:`~.video.VideoFrame` (index,
+        time in seconds, the BGR frame, its Detections), in order. Frames are decoded
+        ahead in a background thread and detected ``batch_size`` at a time (default: this
+        detector's)."""
+        from .video import detect_video
+
+        return detect_video(self, source, batch_size)
 
     def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> np.ndarray:
         """An image file as OpenCV reads it (BGR), refused from its header, before

@@ -1,5 +1,5 @@
 """What runs the network for the Detector: one small class per engine, both called as
-``engine(images, padding_mask) -> loc, logits, landmarks``.
+``engine(images, padding_mask) -> loc, logits, landm`` (the head outputs).
 
 An engine says where it runs (``device``), which preset its network has (``config``),
 the memory layout it reads (``channels_last``) and whether images of different sizes

@@ -67,7 +67,8 @@ def cached_network(model: torch.nn.Module) -> "OnnxRuntimeNetwork":
 class OnnxRuntimeNetwork:
     """An onnxruntime session of an exported network, called like
     :class:`~retinaface_ext.models.InferenceRetinaFace`: ``images [B, 3, H, W]`` float32
-    on the CPU -> ``loc, logits, landmarks`` as tensors (sharing onnxruntime's memory).
+    on the CPU -> ``loc, logits, landm`` (named ``loc, logits, landmarks`` in the file) as tensors
+    (sharing onnxruntime's memory).
 
     ``threads``: onnxruntime's intra-op threads (default: torch's thread count, so that
     both engines use the same cores).

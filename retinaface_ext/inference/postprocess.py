@@ -68,7 +68,7 @@ class Postprocessing:
         self.detect_faces = compile_stage(ops.detect_faces) if compiled else ops.detect_faces
 
     def __call__(
-        self, loc, logits, landmarks, canvas, sizes=None, factors=None, names=None, image_sizes=None
+        self, loc, logits, landm, canvas, sizes=None, factors=None, names=None, image_sizes=None
     ) -> List[Detections]:
         """Detections per image from the network outputs of a batch whose images were
         ``sizes`` (default: all the canvas) inside ``canvas`` (H, W), resized by ``factors``
@@ -77,7 +77,7 @@ class Postprocessing:
         sizes = sizes or [tuple(canvas)] * batch
         names = names or [f"images[{b}]" for b in range(batch)]
         if loc.dtype in (torch.float16, torch.bfloat16):  # a half network: post-processing in float32
-            loc, logits, landmarks = loc.float(), logits.float(), landmarks.float()
+            loc, logits, landm = loc.float(), logits.float(), landm.float()
         priors = cached_prior_boxes(
             canvas, self.config.min_sizes, self.config.steps, device=loc.device, dtype=loc.dtype
         )
@@ -93,10 +93,10 @@ class Postprocessing:
         if factors is not None and any(f != 1.0 for f in factors):
             factor = torch.tensor(factors, device=loc.device, dtype=loc.dtype)
         settings = self.settings
-        boxes, scores, points, counts = self.detect_faces(
+        boxes, scores, landmarks, counts = self.detect_faces(
             loc,
             logits,
-            landmarks,
+            landm,
             priors,
             tuple(canvas),
             inside,
@@ -112,11 +112,11 @@ class Postprocessing:
         image_sizes = image_sizes or [tuple(size) for size in sizes]
         results = []
         per_image = (
-            zip(boxes.split(counts), scores.split(counts), points.split(counts))
+            zip(boxes.split(counts), scores.split(counts), landmarks.split(counts))
             if batch > 1
-            else [(boxes, scores, points)]
+            else [(boxes, scores, landmarks)]
         )
-        for (image_boxes, image_scores, image_points), image_size in zip(per_image, image_sizes):
-            detections = Detections(image_boxes, image_scores, image_points.reshape(-1, 5, 2), tuple(image_size))
+        for (image_boxes, image_scores, image_landmarks), image_size in zip(per_image, image_sizes):
+            detections = Detections(image_boxes, image_scores, image_landmarks.reshape(-1, 5, 2), tuple(image_size))
             results.append(detections.clipped() if self.clip_boxes else detections)
         return results

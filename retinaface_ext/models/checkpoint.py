@@ -11,8 +11,13 @@ _WRAPPER_KEYS = ("state_dict", "model", "net")
 
 
 def read_state_dict(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torch.Tensor]:
-    """The tensors of a checkpoint (a path or a dict), on the CPU, without the ``module.``
+    """The tensors of a checkpoint (a path, a dict, or the name of published weights such
+    as ``"mobilenet0.25"``: see :mod:`.weights`), on the CPU, without the ``module.``
     prefix of DataParallel. Files are read with ``weights_only=True``."""
+    from .weights import is_published_name, load_published
+
+    if is_published_name(checkpoint):
+        return load_published(checkpoint)
     if isinstance(checkpoint, (str, os.PathLike)):
         path = os.fspath(checkpoint)
         if not os.path.isfile(path):

@@ -119,7 +119,7 @@ class RetinaFace(nn.Module):
 
     ``forward(images)`` takes ``[B, 3, H, W]`` BGR images minus the mean (104, 117, 123)
     and returns ``loc [B, P, 4]``, class logits ``[B, P, 2]`` (background, face; apply
-    softmax for scores) and ``landmarks [B, P, 10]`` for the P priors of
+    softmax for scores) and ``landm [B, P, 10]`` (landmark offsets) for the P priors of
     :func:`retinaface_ext.priors.prior_boxes` at (H, W), in that order.
     """
 
@@ -144,8 +144,8 @@ class RetinaFace(nn.Module):
         features = [ssh(f, padding_mask) for ssh, f in zip((self.ssh1, self.ssh2, self.ssh3), features)]
         loc = torch.cat([head(f) for head, f in zip(self.BboxHead, features)], dim=1)
         logits = torch.cat([head(f) for head, f in zip(self.ClassHead, features)], dim=1)
-        landmarks = torch.cat([head(f) for head, f in zip(self.LandmarkHead, features)], dim=1)
-        return loc, logits, landmarks
+        landm = torch.cat([head(f) for head, f in zip(self.LandmarkHead, features)], dim=1)
+        return loc, logits, landm
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -32,7 +32,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 def match(
     truths: torch.Tensor,
     labels: torch.Tensor,
-    landms: torch.Tensor,
+    landmarks: torch.Tensor,
     num_truths: torch.Tensor,
     priors: torch.Tensor,
     threshold: float = 0.35,
@@ -47,7 +47,7 @@ def match(
             ``num_truths[b]`` are padding and are ignored whatever they hold.
         labels: ``[B, G]``, 1 for a face with landmarks, -1 for a face without
             (converted to int64).
-        landms: ``[B, G, 10]``, five (x, y) points.
+        landmarks: ``[B, G, 10]``, five (x, y) points.
         num_truths: ``[B]`` int64, the number of real truths of each image.
         priors: ``[P, 4]`` cx, cy, w, h, as from :func:`retinaface_ext.priors.prior_boxes`.
         threshold: priors whose overlap with their truth is below this are background
@@ -62,15 +62,15 @@ def match(
         ``loc_t [B, P, 4]``, ``conf_t [B, P]`` int64 and ``landm_t [B, P, 10]``. An image
         none of whose truths reaches IoU 0.2 with any prior gets all-zero targets.
     """
-    check_tensors("match", truths=truths, labels=labels, landms=landms, priors=priors)
+    check_tensors("match", truths=truths, labels=labels, landmarks=landmarks, priors=priors)
     if isinstance(num_truths, (list, tuple)):
         num_truths = torch.tensor(num_truths, dtype=torch.long, device=truths.device)
     if labels.dtype != torch.long:
         labels = labels.long()
     if check and truths.is_cuda:
-        _check_match_values(truths, landms, num_truths, priors)
+        _check_match_values(truths, landmarks, num_truths, priors)
     return torch.ops.retinaface_ext.match(
-        truths, labels, landms, num_truths, priors, float(threshold), [float(v) for v in variances]
+        truths, labels, landmarks, num_truths, priors, float(threshold), [float(v) for v in variances]
     )
 
 
@@ -78,19 +78,19 @@ def _first(mask: torch.Tensor):
     return tuple(torch.nonzero(mask)[0].tolist())
 
 
-def _check_match_values(truths, landms, num_truths, priors):
+def _check_match_values(truths, landmarks, num_truths, priors):
     """Value checks with messages naming the argument and the index (shapes: the op),
     the same as the CPU kernel's."""
     shapes_ok = (
         truths.dim() == 3
         and truths.shape[-1] == 4
-        and landms.shape[:2] == truths.shape[:2]
+        and landmarks.shape[:2] == truths.shape[:2]
         and num_truths.shape == truths.shape[:1]
         and num_truths.dtype == torch.long
         and priors.dim() == 2
         and priors.shape[-1] == 4
         and truths.is_floating_point()
-        and num_truths.device == truths.device == landms.device == priors.device
+        and num_truths.device == truths.device == landmarks.device == priors.device
     )
     if not shapes_ok:
         return  # the op names the offending argument
@@ -100,10 +100,10 @@ def _check_match_values(truths, landms, num_truths, priors):
     x1, y1, x2, y2 = truths.unbind(-1)
     bad_truths = valid & ~torch.isfinite(truths).all(-1)
     empty_truths = valid & ~bad_truths & ((x2 <= x1) | (y2 <= y1))
-    bad_landms = valid & ~torch.isfinite(landms).all(-1)
+    bad_landmarks = valid & ~torch.isfinite(landmarks).all(-1)
     bad_priors = ~torch.isfinite(priors).all(-1) | (priors[:, 2] <= 0) | (priors[:, 3] <= 0)
     problems = torch.stack(
-        [out_of_range.any(), bad_truths.any(), empty_truths.any(), bad_landms.any(), bad_priors.any()]
+        [out_of_range.any(), bad_truths.any(), empty_truths.any(), bad_landmarks.any(), bad_priors.any()]
     )
     if not problems.any():  # the one synchronisation
         return
@@ -118,9 +118,9 @@ def _check_match_values(truths, landms, num_truths, priors):
     if empty_truths.any():
         b, g = _first(empty_truths)
         raise RuntimeError(f"match: truths[{b}, {g}] = {truths[b, g].tolist()} is empty (x2 <= x1 or y2 <= y1)")
-    if bad_landms.any():
-        b, g = _first(bad_landms)
-        raise RuntimeError(f"match: landms[{b}, {g}] is not finite: {landms[b, g].tolist()}")
+    if bad_landmarks.any():
+        b, g = _first(bad_landmarks)
+        raise RuntimeError(f"match: landmarks[{b}, {g}] is not finite: {landmarks[b, g].tolist()}")
     (p,) = _first(bad_priors)
     raise RuntimeError(f"match: priors[{p}] = {priors[p].tolist()} must be finite with w > 0 and h > 0")
 
@@ -145,7 +145,7 @@ if _extension.is_available():
     torch.library.register_autograd("retinaface_ext::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
 
     @torch.library.register_fake("retinaface_ext::match")
-    def _match_fake(truths, labels, landms, num_truths, priors, threshold, variances):
+    def _match_fake(truths, labels, landmarks, num_truths, priors, threshold, variances):
         torch._check(truths.dim() == 3 and priors.dim() == 2, lambda: "match: bad shapes")
         torch._check(0.0 <= threshold <= 1.0, lambda: f"match: threshold must be an IoU in [0, 1], got {threshold}")
         B, P = truths.shape[0], priors.shape[0]

@@ -103,13 +103,13 @@ def decode_landm(pred: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2))
     return points.reshape(pred.shape)
 
 
-def match(truths, labels, landms, num_truths, priors, threshold=0.35, variances=(0.1, 0.2)):
+def match(truths, labels, landmarks, num_truths, priors, threshold=0.35, variances=(0.1, 0.2)):
     """Training targets for a batch, each image exactly as Pytorch_Retinaface's match().
 
     Args:
         truths: [B, G, 4] x1y1x2y2 (normalised); rows past num_truths[b] are padding.
         labels: [B, G] int64, 1 for a face with landmarks, -1 for one without.
-        landms: [B, G, 10] five (x, y) points.
+        landmarks: [B, G, 10] five (x, y) points.
         num_truths: [B] int64, the real truths of each image.
         priors: [P, 4] cx, cy, w, h.
 
@@ -139,10 +139,10 @@ def match(truths, labels, landms, num_truths, priors, threshold=0.35, variances=
     matched = torch.gather(truths, 1, best_truth[..., None].expand(B, P, 4))
     conf = torch.gather(labels, 1, best_truth)
     conf[best_truth_overlap < threshold] = 0
-    matched_landms = torch.gather(landms, 1, best_truth[..., None].expand(B, P, 10))
+    matched_landmarks = torch.gather(landmarks, 1, best_truth[..., None].expand(B, P, 10))
     keep = has_targets[:, None, None]
     loc_t = torch.where(keep, encode(matched, priors, variances), loc_t)
-    landm_t = torch.where(keep, encode_landm(matched_landms, priors, variances), landm_t)
+    landm_t = torch.where(keep, encode_landm(matched_landmarks, priors, variances), landm_t)
     conf_t = torch.where(keep[..., 0], conf, conf_t)
     return loc_t, conf_t, landm_t
 
@@ -190,16 +190,16 @@ def detect_faces(
         "counts": [],
     }
     for b in range(loc.shape[0]):
-        boxes, scores, points, _, _ = decode_detections(
+        boxes, scores, landmarks, _, _ = decode_detections(
             loc[b : b + 1], conf[b : b + 1], landm[b : b + 1], priors, variances, score_threshold
         )
         boxes = boxes * torch.tensor([width, height] * 2, dtype=boxes.dtype, device=boxes.device)
-        points = points * torch.tensor([width, height] * 5, dtype=points.dtype, device=points.device)
+        landmarks = landmarks * torch.tensor([width, height] * 5, dtype=landmarks.dtype, device=landmarks.device)
         if factor is not None:
-            boxes, points = boxes / factor[b], points / factor[b]
+            boxes, landmarks = boxes / factor[b], landmarks / factor[b]
         if not bool(torch.isfinite(face[b]).all()):
             count, keep = -1, []
-        elif not (bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(points).all())):
+        elif not (bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(landmarks).all())):
             count, keep = -2, []
         else:
             best = torch.sort(scores, descending=True, stable=True).indices[:top_k]
@@ -208,7 +208,7 @@ def detect_faces(
         keep = torch.as_tensor(keep, dtype=torch.long, device=loc.device)
         out["boxes"].append(boxes[keep])
         out["scores"].append(scores[keep])
-        out["landmarks"].append(points[keep])
+        out["landmarks"].append(landmarks[keep])
         out["counts"].append(count)
     counts = torch.tensor(out["counts"], dtype=torch.long, device=loc.device)
     return torch.cat(out["boxes"]), torch.cat(out["scores"]), torch.cat(out["landmarks"]), counts

@@ -1,0 +1,164 @@
+"""Folder runs with --jsonl: one line per image as it goes, resumed after a kill, a cut-off
+last line redone, shards (--shard and torchrun's variables) that cover a folder exactly
+once and merge."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from cli_run import one_line_error, run_cli
+from shared_data import CROWD, WEIGHTS
+
+from retinaface_ext.inference import runs
+
+pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared missing")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """14 small crops of the crowd photo (faces in each), in two sub-folders."""
+    root = tmp_path_factory.mktemp("photos")
+    crowd = cv2.imread(str(CROWD))
+    for k in range(14):
+        sub = root / ("a" if k % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        y, x = 40 + 10 * (k % 5), 60 * (k % 7)
+        cv2.imwrite(str(sub / f"img{k:02d}.jpg"), crowd[y : y + 240, x : x + 320])
+    return root
+
+
+def lines_of(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines()]
+
+
+def all_images(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def detect(capsys, folder, jsonl, *extra):
+    return run_cli(capsys, "detect", folder, "--weights", WEIGHTS, "--recursive", "--jsonl", jsonl, *extra)
+
+
+def test_a_rerun_skips_what_is_recorded_and_a_cut_last_line_is_redone(folder, tmp_path, capsys):
+    jsonl = tmp_path / "results.jsonl"
+    code, out, err = detect(capsys, folder, jsonl, "--batch-size", "4")
+    assert code == 0 and "0 images already done, 14 to do" in err, err
+    records = lines_of(jsonl)
+    assert sorted(r["image"] for r in records) == all_images(folder)
+    first = records[0]
+    assert {"image", "size", "mtime_ns", "width", "height", "faces"} <= set(first) and first["faces"]
+    assert first["width"] == 320 and first["height"] == 240
+    code, _, err = detect(capsys, folder, jsonl)
+    assert code == 0 and "14 images already done, 0 to do" in err and len(lines_of(jsonl)) == 14
+    # A run killed while writing its last line: the rest of the line never came.
+    text = jsonl.read_text()
+    whole = text.splitlines(keepends=True)
+    jsonl.write_text("".join(whole[:-1]) + whole[-1][: len(whole[-1]) // 2])
+    code, _, err = detect(capsys, folder, jsonl)
+    assert code == 0 and "last line was cut off" in err and "13 images already done, 1 to do" in err
+    assert [r["image"] for r in lines_of(jsonl)] == [r["image"] for r in records]
+    # A file changed since it was recorded is done again; readers keep its last line.
+    changed = folder / records[0]["image"]
+    os.utime(changed, ns=(time.time_ns(), time.time_ns()))
+    code, _, err = detect(capsys, folder, jsonl)
+    assert "13 images already done, 1 to do" in err and len(lines_of(jsonl)) == 15
+    assert runs.read_results(str(jsonl))[records[0]["image"]]["mtime_ns"] == os.stat(changed).st_mtime_ns
+
+
+def test_a_broken_line_before_the_last_is_refused_and_nothing_is_lost(folder, tmp_path, capsys):
+    jsonl = tmp_path / "notes.jsonl"
+    jsonl.write_text('{"image": "x.jpg"}\nmy notes\n{"image": "y.jpg"}\n')
+    before = jsonl.read_bytes()
+    code, _, err = detect(capsys, folder, jsonl)
+    one_line_error(code, err, f"{jsonl}:2: not a results line")
+    assert jsonl.read_bytes() == before
+
+
+def test_an_unreadable_image_is_recorded_and_the_others_go_on(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "good.jpg"), cv2.imread(str(CROWD))[:240, :320])
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    jsonl = tmp_path / "r.jsonl"
+    code, _, err = detect(capsys, images, jsonl)
+    assert code == 0 and "1 could not be read" in err
+    records = {r["image"]: r for r in lines_of(jsonl)}
+    assert "error" in records["broken.jpg"] and records["good.jpg"]["faces"]
+
+
+def test_a_killed_run_resumed_does_every_image_exactly_once(folder, tmp_path):
+    jsonl = tmp_path / "killed.jsonl"
+    argv = [sys.executable, "-m", "retinaface_ext.cli", "detect", str(folder), "--weights", str(WEIGHTS)]
+    argv += ["--recursive", "--jsonl", str(jsonl), "--batch-size", "1"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = jsonl.read_bytes().count(b"\n")
+    assert 3 <= done < 14, "the run was not caught in the middle; the test proves nothing"
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{done} images already done, {14 - done} to do" in result.stderr
+    assert sorted(r["image"] for r in lines_of(jsonl)) == all_images(folder)
+
+
+def test_shards_cover_the_folder_exactly_once_and_merge(folder, tmp_path, capsys, monkeypatch):
+    jsonl = tmp_path / "sharded.jsonl"
+    code, _, err = detect(capsys, folder, jsonl, "--shard", "0/3")
+    assert code == 0 and "(shard 0 of 3)" in err
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets them
+    code, _, err = detect(capsys, folder, jsonl)
+    assert code == 0 and "(shard 1 of 3)" in err
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    code, _, _ = detect(capsys, folder, jsonl, "--shard", "2/3")
+    parts = runs.part_paths(str(jsonl))
+    assert [os.path.basename(p) for p in parts] == [f"sharded.shard{i}of3.jsonl" for i in range(3)]
+    shares = [sorted(r["image"] for r in lines_of(p)) for p in parts]
+    assert all(shares) and sorted(sum(shares, [])) == all_images(folder)
+    assert sorted(runs.read_results(str(jsonl))) == all_images(folder)
+    code, _, err = detect(capsys, folder, jsonl)  # no shard: merge, then nothing left to do
+    assert code == 0 and "merged 3 part files (14 images)" in err and "14 images already done, 0 to do" in err
+    assert sorted(r["image"] for r in lines_of(jsonl)) == all_images(folder)
+    assert runs.part_paths(str(jsonl)) == []
+
+
+def test_shares_do_not_depend_on_the_other_files():
+    names = [f"dir/img{k}.jpg" for k in range(200)]
+    share = {n: runs.shard_of(n, 4) for n in names}
+    assert set(share.values()) == {0, 1, 2, 3}
+    assert {n: runs.shard_of(n, 4) for n in reversed(names)} == share
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "1/0"])
+def test_a_bad_shard_is_one_line(folder, tmp_path, capsys, text):
+    code, _, err = detect(capsys, folder, tmp_path / "x.jsonl", f"--shard={text}")
+    one_line_error(code, err, f"--shard {text}: expected i/N")
+
+
+def test_reading_ahead_keeps_the_order_and_raises_in_turn():
+    from retinaface_ext.inference.ahead import read_ahead
+
+    def read(k):
+        time.sleep(0.001 * (k % 3))
+        if k == 7:
+            raise ValueError("seven")
+        return k * k
+
+    got = []
+    with pytest.raises(ValueError, match="seven"):
+        for k, value in read_ahead(range(20), read, workers=3, ahead=4):
+            got.append((k, value))
+    assert got == [(k, k * k) for k in range(7)]
+    assert list(read_ahead(np.arange(5), lambda k: -k, workers=2)) == [(k, -k) for k in range(5)]
