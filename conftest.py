@@ -29,6 +29,11 @@ def pytest_addoption(parser):
         action="store_true",
         help="run only the benchmarks, timed, and print kernel vs reference vs peer tables",
     )
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow (minutes of compiling each; CI leaves them out)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -46,6 +51,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--slow") and not os.environ.get("RETINAFACE_EXT_SLOW"):
+        skip = pytest.mark.skip(reason="slow: run with --slow (or RETINAFACE_EXT_SLOW=1)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
     if not config.getoption("--benchmark"):
         return
     options = dict(CUDA_BENCHMARK)

@@ -3,7 +3,8 @@ MobileNet-0.25 checkpoint: our Detector against Pytorch_Retinaface's detect.py p
 (transcribed in tests/seed_reference.py), against a path built from
 ``retinaface_ext.ops.reference`` (unfused decode, reference NMS, no folding), and,
 where installed, the Detector's onnxruntime engine against onnxruntime's bare forward of
-the same exported graph. The Detector's pre-processing, forward pass and
+the same exported graph, and its aoti engine against the bare AOTInductor package (timed
+runs only: the package takes a minute to compile). The Detector's pre-processing, forward pass and
 post-processing are also timed alone: what ``detect`` costs beyond them is per-call
 overhead. On CUDA the Detector also runs in half precision and compiled.
 ``bench_detect_throughput`` detects a batch of 640x480 images in one call (32 on CUDA,
@@ -49,12 +50,14 @@ IMPLEMENTATIONS = [
     "reference_path",
     "detect_onnxruntime",
     "onnxruntime_forward",
+    "detect_aoti",
+    "aoti_forward",
 ]
 CUDA_ONLY = {
     "detect_half": "half precision runs on CUDA",
     "detect_compiled": "compiled on CUDA only (the CPU compile is tested once, in test_engines)",
 }
-CPU_ONLY = {"detect_onnxruntime", "onnxruntime_forward"}
+CPU_ONLY = {"detect_onnxruntime", "onnxruntime_forward", "detect_aoti", "aoti_forward"}
 THROUGHPUT_IMAGES = {"cpu": 8, "cuda": 32}
 
 
@@ -105,6 +108,19 @@ def onnx_network(eager_model, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def aoti_network(request, eager_model, tmp_path_factory):
+    """The network as the aoti engine compiles it (dynamic sizes); a compile of about a
+    minute, so only where the benchmarks are timed (or with --slow)."""
+    if not (request.config.getoption("--benchmark") or request.config.getoption("--slow")):
+        pytest.skip("compiles a .pt2 package: timed runs only (--benchmark), or --slow")
+    from retinaface_ext.export import to_pt2
+
+    path = tmp_path_factory.mktemp("pt2") / "mobilenet0.25.pt2"
+    to_pt2(eager_model, path, postprocess=False, check=False)
+    return path
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("size", list(SIZES))
 def bench_detect(benchmark, request, synchronized, device, eager_model, eager_models, size, impl):
@@ -144,6 +160,15 @@ def bench_detect(benchmark, request, synchronized, device, eager_model, eager_mo
     elif impl == "detect_onnxruntime":
         engine = Detector(str(request.getfixturevalue("onnx_network")))
         fn = lambda: engine.detect(image)  # noqa: E731
+    elif impl == "detect_aoti":
+        engine = Detector(str(request.getfixturevalue("aoti_network")), device="cpu")
+        fn = lambda: engine.detect(image)  # noqa: E731
+    elif impl == "aoti_forward":  # the package alone, on the engine's input
+        from retinaface_ext.export import load_pt2
+
+        package, _ = load_pt2(request.getfixturevalue("aoti_network"))
+        plain = prepared.contiguous()
+        fn = lambda: package(plain)  # noqa: E731
     else:  # onnxruntime_forward: the engine's session alone, on the engine's input
         from retinaface_ext.inference.onnx_network import OnnxRuntimeNetwork
 

@@ -26,7 +26,7 @@ TORCH_LIBRARY(retinaface_ext, m) {
       "Tensor grad_offset, Tensor grad_mask, Tensor grad_bias)");
   m.def(
       "detect_faces(Tensor loc, Tensor logits, Tensor landm, Tensor priors, Tensor? inside, Tensor? factor, "
-      "int canvas_height, int canvas_width, float[] variances, float score_threshold, int top_k, "
+      "SymInt canvas_height, SymInt canvas_width, float[] variances, float score_threshold, int top_k, "
       "float nms_threshold, int keep_top_k) -> (Tensor boxes, Tensor scores, Tensor landmarks, Tensor counts)");
   m.def("image_planes(Tensor image, float[] mean) -> Tensor");
   // Elements of deform_conv2d's column buffer (0: the backend's default); returns the

@@ -75,3 +75,10 @@ def require(tensor=None):
 
 
 _load()
+
+
+def library_path() -> str:
+    """The file of the compiled ops (``retinaface_ext/_C*.so``): what a C++ program loads
+    before a .pt2 package that calls them (see examples/cpp)."""
+    require()
+    return importlib.import_module(f"{__package__}._C").__file__

@@ -7,17 +7,24 @@ from .shared import add_detection_settings, detection_settings
 
 
 def command_export(args) -> int:
-    from ..export import to_onnx
-
+    if (args.onnx is None) == (args.pt2 is None):
+        raise UserError("give one of --onnx OUT and --pt2 OUT")
+    out, option = (args.onnx, "--onnx") if args.onnx else (args.pt2, "--pt2")
     args.weights = checkpoint_path(args.weights)
-    if os.path.isdir(args.onnx):
-        raise UserError(f"--onnx {args.onnx}: is a folder, not a file")
-    if os.path.exists(args.onnx) and not args.overwrite:
-        raise UserError(f"--onnx {args.onnx}: the file exists (add --overwrite to replace it)")
-    if os.path.realpath(args.onnx) == os.path.realpath(args.weights):
-        raise UserError(f"--onnx {args.onnx}: that is the checkpoint itself")
+    if os.path.isdir(out):
+        raise UserError(f"{option} {out}: is a folder, not a file")
+    if os.path.exists(out) and not args.overwrite:
+        raise UserError(f"{option} {out}: the file exists (add --overwrite to replace it)")
+    if os.path.realpath(out) == os.path.realpath(args.weights):
+        raise UserError(f"{option} {out}: that is the checkpoint itself")
     dynamic = args.dynamic or args.size is None
     size = tuple(args.size) if args.size else (640, 640)
+    if args.pt2:
+        return export_pt2(args, dynamic, size)
+    if args.device != "cpu":
+        raise UserError("--device applies to --pt2 (ONNX files run where onnxruntime runs them)")
+    from ..export import to_onnx
+
     try:
         report = to_onnx(
             args.weights,
@@ -38,15 +45,41 @@ def command_export(args) -> int:
     return 0
 
 
+def export_pt2(args, dynamic, size) -> int:
+    from ..export import to_pt2
+
+    if args.opset is not None or args.exporter != "dynamo":
+        raise UserError("--opset and --exporter apply to --onnx")
+    try:
+        report = to_pt2(
+            args.weights,
+            args.pt2,
+            device=args.device,
+            postprocess=args.postprocess,
+            dynamic=dynamic,
+            size=size,
+            batch=args.batch,
+            settings=detection_settings(args),
+            check=not args.no_check,
+        )
+    except RuntimeError as error:  # export, compilation or the check failed; nothing was written
+        raise UserError(str(error)) from None
+    print(report)
+    print(f"input: images; outputs: {', '.join(report.outputs)}")
+    return 0
+
+
 def add_export_command(commands) -> None:
     parser = commands.add_parser(
         "export",
-        help="export a checkpoint to ONNX (any input size, DCN included)",
+        help="export a checkpoint to ONNX or to an AOTInductor package (.pt2)",
         description="Export the network (BatchNorm folded, heads merged) to ONNX; with --postprocess, the "
         "whole detector (priors, decoding, NonMaxSuppression) so that a deployment needs no Python. "
         "Batch, height and width are dynamic unless --size is given alone. Deformable "
         "convolutions become ONNX DeformConv (opset 19+). The file is checked with onnxruntime "
-        "when it is installed. See the README for the graphs' inputs and outputs.",
+        "when it is installed. --pt2 writes an AOTInductor package instead (torch.export, compiled ahead "
+        "of time for --device; with --postprocess it returns boxes, scores, landmarks and counts through "
+        "our detect_faces op). See the README for the graphs' inputs and outputs.",
     )
     parser.add_argument(
         "--weights",
@@ -54,7 +87,11 @@ def add_export_command(commands) -> None:
         help="checkpoint (Pytorch_Retinaface's or ours), or published weights by name: mobilenet0.25 "
         "(the default), resnet50 (downloaded once, see 'retinaface weights')",
     )
-    parser.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    parser.add_argument("--onnx", metavar="OUT", help="the .onnx file to write")
+    parser.add_argument("--pt2", metavar="OUT", help="the AOTInductor package (.pt2) to write instead")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="with --pt2: what the package runs on (cpu)"
+    )
     parser.add_argument(
         "--dynamic", action="store_true", help="dynamic batch, height and width (the default without --size)"
     )
@@ -76,6 +113,8 @@ def add_export_command(commands) -> None:
         help="torch's exporter: torch.export-based (default) or TorchScript (network only)",
     )
     add_detection_settings(parser, "with --postprocess: ")
-    parser.add_argument("--no-check", action="store_true", help="do not run the file with onnxruntime")
+    parser.add_argument(
+        "--no-check", action="store_true", help="do not run the file (onnxruntime, or the .pt2) against PyTorch"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(run=command_export)

@@ -45,7 +45,7 @@ def output_folder(path: str, option: str = "--out") -> str:
 def make_detector(args, **overrides):
     from ..inference import Detector
 
-    if not args.weights.lower().endswith(".onnx"):
+    if not args.weights.lower().endswith((".onnx", ".pt2")):
         args.weights = checkpoint_path(args.weights)
     elif not os.path.isfile(args.weights):
         raise UserError(f"--weights {args.weights}: no such file")
@@ -128,10 +128,10 @@ def add_detector_options(parser, batch_size=1):
     )
     parser.add_argument(
         "--engine",
-        choices=["torch", "onnxruntime"],
+        choices=["torch", "onnxruntime", "aoti"],
         default=None,
-        help="run the network with PyTorch or onnxruntime (CPU; exported once, cached); default: "
-        "torch, onnxruntime for an .onnx file",
+        help="run the network with PyTorch, onnxruntime (CPU) or an AOTInductor package (exported "
+        "and compiled once, cached); default: torch, onnxruntime for an .onnx file, aoti for a .pt2",
     )
 
 

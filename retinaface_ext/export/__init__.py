@@ -19,13 +19,22 @@ Batch, height and width are dynamic unless ``dynamic=False``; the FPN's upsampli
 becomes a ``Resize`` driven by the sizes of the maps it merges. Deformable convolutions
 become ONNX ``DeformConv`` (opset 19 and later) with both of torch's exporters; the
 post-processing graph needs the torch.export-based one (the default).
+
+:func:`to_pt2` writes an AOTInductor package (``.pt2``) of the network or of the network
+with our ``detect_faces`` op (:class:`~retinaface_ext.export.pt2.DetectFacesGraph`).
 """
 
 from .exporter import EXPORTERS, ExportReport, to_onnx
 from .graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, DetectionGraph
+from .pt2 import DETECT_FACES_OUTPUTS, DetectFacesGraph, Pt2Report, load_pt2, to_pt2
 
 __all__ = [
     "to_onnx",
+    "to_pt2",
+    "load_pt2",
+    "Pt2Report",
+    "DetectFacesGraph",
+    "DETECT_FACES_OUTPUTS",
     "ExportReport",
     "DetectionGraph",
     "NETWORK_INPUTS",

@@ -20,11 +20,11 @@ from ..models import PaddingMask, RetinaFace, config_for
 from ..models.checkpoint import check_finite
 from ..models.config import DetectionSettings
 from .detections import Detections
-from .engines import OnnxRuntimeEngine, TorchEngine
+from .engines import AotiEngine, OnnxRuntimeEngine, TorchEngine
 from .postprocess import Postprocessing
 from .preprocess import Prepared, Preprocessing
 
-ENGINES = ("torch", "onnxruntime")
+ENGINES = ("torch", "onnxruntime", "aoti")
 #: Images share a padded forward pass only while the pass costs at most this many times
 #: their own pixels; the rest run in other passes (groups of similar sizes).
 MAX_PADDING_FACTOR = 2.0
@@ -86,6 +86,11 @@ class Detector:
             there. An ``.onnx`` file (``to_onnx(..., postprocess=False)``) as
             ``weights_or_model`` selects it too (pass ``backbone`` for a ResNet-50 one:
             it names the preset; both presets have the same priors).
+            ``"aoti"``: the network as an AOTInductor package (``.pt2``, see
+            :func:`retinaface_ext.export.to_pt2`), compiled once per weights into the cache
+            (tens of seconds the first time) for this Detector's device; a ``.pt2`` file
+            made with ``postprocess=False`` selects it. Only equally sized images share a
+            pass; sides must be at least 33 pixels.
         half: run the network in float16 (CUDA only); the post-processing stays float32.
         compile: ``torch.compile`` the network and the post-processing (torch engine).
     """
@@ -117,22 +122,27 @@ class Detector:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        onnx_file = isinstance(weights_or_model, (str, os.PathLike)) and os.fspath(weights_or_model).lower().endswith(
-            ".onnx"
+        suffix = (
+            os.path.splitext(os.fspath(weights_or_model))[1].lower()
+            if isinstance(weights_or_model, (str, os.PathLike))
+            else ""
         )
-        engine = ("onnxruntime" if onnx_file else "torch") if engine is None else engine
+        file_engine = {".onnx": "onnxruntime", ".pt2": "aoti"}.get(suffix)
+        engine = (file_engine or "torch") if engine is None else engine
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        if engine == "torch" and onnx_file:
-            raise ValueError(f"{os.fspath(weights_or_model)}: an ONNX file runs with engine='onnxruntime'")
-        if engine == "onnxruntime":
+        if file_engine is not None and engine != file_engine:
+            kind = {".onnx": "an ONNX file", ".pt2": "an AOTInductor package"}[suffix]
+            raise ValueError(f"{os.fspath(weights_or_model)}: {kind} runs with engine={file_engine!r}")
+        if engine in ("onnxruntime", "aoti"):
             if half or compile:
-                raise ValueError("half and compile apply to engine='torch'; onnxruntime runs the float32 graph")
-            if onnx_file:
-                self.engine = OnnxRuntimeEngine(weights_or_model, config_for(backbone or "mobilenet0.25"), device)
+                raise ValueError(f"half and compile apply to engine='torch'; {engine} runs the float32 graph")
+            kind = OnnxRuntimeEngine if engine == "onnxruntime" else AotiEngine
+            if file_engine:
+                self.engine = kind(weights_or_model, config_for(backbone or "mobilenet0.25"), device)
             else:
                 model, _ = self._load_model(weights_or_model, backbone, device)
-                self.engine = OnnxRuntimeEngine(model, model.config, device)
+                self.engine = kind(model, model.config, device)
         else:
             model, device = self._load_model(weights_or_model, backbone, device)
             self.engine = TorchEngine(

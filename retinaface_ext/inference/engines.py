@@ -1,4 +1,4 @@
-"""What runs the network for the Detector: one small class per engine, both called as
+"""What runs the network for the Detector: one small class per engine, each called as
 ``engine(images, padding_mask) -> loc, logits, landm`` (the head outputs).
 
 An engine says where it runs (``device``), which preset its network has (``config``),
@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..devices import resolve_device
-from ..models import InferenceRetinaFace, RetinaFace
+from ..models import InferenceRetinaFace, RetinaFace, config_for
 from ..models.config import RetinaFaceConfig
 from .postprocess import compile_stage
 
@@ -67,3 +67,55 @@ class OnnxRuntimeEngine:
 
     def __call__(self, images: torch.Tensor, padding_mask: Optional[object] = None) -> Outputs:
         return self.network(images, padding_mask)
+
+
+class AotiEngine:
+    """The network as an AOTInductor package (:func:`retinaface_ext.export.to_pt2` with
+    ``postprocess=False``): a ``.pt2`` file, or a RetinaFace exported and compiled once
+    into the cache (tens of seconds the first time). Runs where it was compiled for."""
+
+    name, pads, channels_last, half, compiled = "aoti", False, False, False, False
+
+    def __init__(self, source, config: RetinaFaceConfig, device=None):
+        from ..export.pt2 import MIN_SIDE, load_pt2
+
+        self.device = resolve_device(device)
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+        else:
+            path = cached_package(source, self.device.type)
+        self.network, metadata = load_pt2(path, self.device.index if self.device.index is not None else -1)
+        if metadata.get("retinaface_ext.postprocess") != "0":
+            raise ValueError(
+                f"{path}: this package holds the post-processing too; the Detector runs a network package "
+                "(to_pt2(..., postprocess=False)); call the package directly for its detections"
+            )
+        self.path, self.min_side = path, MIN_SIDE
+        backbone = metadata.get("retinaface_ext.backbone")
+        self.config = config if backbone is None or backbone == config.backbone else config_for(backbone)
+
+    def __call__(self, images: torch.Tensor, padding_mask: Optional[object] = None) -> Outputs:
+        if min(images.shape[-2:]) < self.min_side:
+            raise ValueError(
+                f"engine='aoti': the package takes images of at least {self.min_side} x {self.min_side} pixels, "
+                f"got {images.shape[-2]} x {images.shape[-1]}"
+            )
+        return tuple(self.network(images.contiguous()))
+
+
+def cached_package(model: RetinaFace, device: str) -> str:
+    """The network of ``model`` compiled into ``<cache>/pt2/<digest>-<device>.pt2`` once per
+    weights, device, torch and retinaface_ext version; returns the path."""
+    import hashlib
+
+    from .. import __version__
+    from ..export.pt2 import to_pt2
+    from ..files import cache_root
+    from .onnx_network import model_digest
+
+    key = hashlib.sha256(f"{model_digest(model)}:{torch.__version__}:{__version__}".encode()).hexdigest()[:32]
+    path = os.path.join(cache_root(), "pt2", f"{key}-{device}.pt2")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        to_pt2(model, path, device=device, postprocess=False, check=False)
+    return path

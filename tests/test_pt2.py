@@ -1,0 +1,212 @@
+"""AOTInductor packages (.pt2): the whole detector as one compiled graph with our ops
+inside, the network alone for Detector(engine="aoti"), the C++ example, and exports that
+fail leaving nothing behind.
+
+CI compiles one package (the detector, made by the `retinaface export --pt2` command); the
+network packages of MobileNet-0.25 (plain and DCN) and of a ResNet-50 are compiled by the
+tests marked slow (``pytest --slow tests/test_pt2.py``)."""
+
+import os
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from cli_run import one_line_error, run_cli
+from shared_data import HAVE_SHARED, WEIGHTS, assert_reproduces_the_pipeline
+
+from retinaface_ext.export import DETECT_FACES_OUTPUTS, DetectFacesGraph, load_pt2, to_pt2
+from retinaface_ext.inference import Detections
+from retinaface_ext.models import InferenceRetinaFace, RetinaFace
+
+pytestmark = pytest.mark.skipif(not HAVE_SHARED, reason="../shared missing")
+SIZES = [(64, 96), (333, 451), (480, 640)]  # any size from 33 up, not only multiples of 32
+
+
+def bgr_batch(crowd, batch, height, width):
+    """``batch`` different crops of the crowd photo as [B, 3, H, W] float32 BGR in 0..255."""
+    crops = [crowd[7 * b : 7 * b + height, 11 * b : 11 * b + width] for b in range(batch)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().contiguous()
+
+
+@pytest.fixture(scope="module")
+def detector_package(tmp_path_factory):
+    """The detector package of the published MobileNet-0.25, written by the command."""
+    import contextlib
+    import io
+
+    from retinaface_ext import cli
+
+    path = tmp_path_factory.mktemp("pt2") / "detector.pt2"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["export", "--weights", str(WEIGHTS), "--pt2", str(path), "--postprocess"])
+    assert code == 0, err.getvalue()
+    printed = out.getvalue()
+    assert "network + post-processing for cpu" in printed and "outputs: boxes, scores, landmarks, counts" in printed
+    return path
+
+
+def test_the_detector_package_gives_the_expected_faces(detector_package, crowd):
+    package, metadata = load_pt2(detector_package)
+    assert metadata["retinaface_ext.postprocess"] == "1" and metadata["retinaface_ext.backbone"] == "mobilenet0.25"
+    images = torch.from_numpy(crowd).permute(2, 0, 1)[None].float().contiguous()
+    boxes, scores, landmarks, counts = package(images)
+    assert counts.tolist() == [len(boxes)]
+    assert_reproduces_the_pipeline(Detections(boxes, scores, landmarks.reshape(-1, 5, 2), crowd.shape[:2]))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_detector_package_equals_eager_at_any_size(detector_package, crowd, batch):
+    package, _ = load_pt2(detector_package)
+    eager = DetectFacesGraph(
+        InferenceRetinaFace(RetinaFace.from_checkpoint(WEIGHTS), channels_last=False, fuse_activations=False)
+    ).eval()
+    for height, width in SIZES:
+        images = bgr_batch(crowd, batch, height, width)
+        with torch.no_grad():
+            expected, got = eager(images), package(images)
+        assert torch.equal(expected[3], got[3]), (height, width)
+        for name, a, b in zip(DETECT_FACES_OUTPUTS[:3], expected, got):
+            assert float((a - b).abs().max()) <= 1e-4 * max(1.0, float(a.abs().max())), (name, height, width)
+
+
+def cxx_tools():
+    return shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))
+
+
+@pytest.mark.skipif(not cxx_tools(), reason="no C++ compiler or CMake")
+def test_the_cpp_example_builds_and_prints_the_faces(detector_package, crowd, tmp_path):
+    import retinaface_ext
+
+    source = os.path.join(os.path.dirname(__file__), "..", "examples", "cpp")
+    build = tmp_path / "build"
+    torch_root = os.path.dirname(torch.__file__)
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    configure = ["cmake", "-S", source, "-B", build, f"-DTORCH_ROOT={torch_root}", f"-DTORCH_CXX11_ABI={abi}"]
+    for command in (configure + ["-DCMAKE_BUILD_TYPE=Release"], ["cmake", "--build", build, "-j", "2"]):
+        result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    raw = tmp_path / "crowd.bgr"
+    raw.write_bytes(np.ascontiguousarray(crowd).tobytes())
+    library = retinaface_ext._extension.library_path()
+    height, width = crowd.shape[:2]
+    run = [build / "retinaface_detect", library, detector_package, raw, "--raw", height, width, "--threshold", 0.6]
+    result = subprocess.run([str(c) for c in run], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    python = Detections(*_package_faces(detector_package, crowd), crowd.shape[:2]).above(0.6)
+    assert lines[-1] == f"{len(python)} faces (score >= 0.60)" and len(python) >= 20
+    for line, box, score in zip(lines, python.boxes, python.scores):
+        values = line.split()
+        assert float(values[3]) == pytest.approx(float(score), abs=1e-4)
+        assert [float(v) for v in values[5:9]] == pytest.approx(box.tolist(), abs=0.06)
+    bad = subprocess.run(
+        [str(build / "retinaface_detect"), str(library), str(detector_package), str(raw)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def _package_faces(path, crowd):
+    package, _ = load_pt2(path)
+    boxes, scores, landmarks, _ = package(torch.from_numpy(crowd).permute(2, 0, 1)[None].float().contiguous())
+    return boxes, scores, landmarks.reshape(-1, 5, 2)
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    model = RetinaFace("mobilenet0.25")
+
+    def compile_fails(program, package_path=None, inductor_configs=None):
+        with open(package_path, "wb") as partial:
+            partial.write(b"half a package")
+        raise RuntimeError("the C++ compiler ran out of memory\nmore lines")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_fails)
+    with pytest.raises(RuntimeError, match="^to_pt2: AOTInductor failed: the C\\+\\+ compiler ran out of memory$"):
+        to_pt2(model, tmp_path / "out.pt2", size=(64, 64))
+    assert list(tmp_path.iterdir()) == []
+
+    def export_fails(*args, **kwargs):
+        raise torch._dynamo.exc.UserError(None, "Constraints violated (height)!\n...")
+
+    monkeypatch.setattr(torch.export, "export", export_fails)
+    with pytest.raises(RuntimeError, match="^to_pt2: torch.export failed: Constraints violated"):
+        to_pt2(model, tmp_path / "out.pt2", size=(64, 64))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    model = RetinaFace("mobilenet0.25")
+    for kwargs, message in (
+        (dict(device="tpu"), "device must be one of cpu, cuda"),
+        (dict(size=(20, 64)), "at least 32 x 32"),
+        (dict(size=(32, 64)), "at least 33 x 33"),
+        (dict(batch=0), "batch must be a whole number"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            to_pt2(model, tmp_path / "x.pt2", **kwargs)
+    with pytest.raises(TypeError, match="pass the RetinaFace"):
+        to_pt2(InferenceRetinaFace(model), tmp_path / "x.pt2")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a visible CUDA device"):
+            to_pt2(model, tmp_path / "x.pt2", device="cuda")
+    code, _, err = run_cli(capsys, "export", "--weights", WEIGHTS)
+    one_line_error(code, err, "give one of --onnx OUT and --pt2 OUT")
+    code, _, err = run_cli(capsys, "export", "--weights", WEIGHTS, "--pt2", tmp_path / "a.pt2", "--opset", "18")
+    one_line_error(code, err, "--opset and --exporter apply to --onnx")
+    assert list(tmp_path.iterdir()) == []
+    not_a_package = tmp_path / "x.pt2"
+    not_a_package.write_bytes(b"PK")
+    with pytest.raises(ValueError, match="not a loadable AOTInductor package"):
+        load_pt2(not_a_package)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mobilenet0.25", "mobilenet0.25 dcn", "random resnet50"])
+def test_network_packages_equal_eager_within_1e4(kind, crowd, tmp_path):
+    torch.manual_seed(0)
+    if kind == "mobilenet0.25":
+        model = RetinaFace.from_checkpoint(WEIGHTS)
+    elif kind == "mobilenet0.25 dcn":
+        model = RetinaFace.from_checkpoint(WEIGHTS, dcn=True)
+        with torch.no_grad():  # offsets and masks that are not the identity
+            for name, p in model.named_parameters():
+                if "conv_offset" in name:
+                    p.normal_(0, 0.01)
+    else:
+        model = RetinaFace("resnet50").eval()
+    report = to_pt2(model, tmp_path / "network.pt2", postprocess=False)
+    assert report.dcn == ("dcn" in kind) and max(report.differences.values()) < 1e-3
+    package, metadata = load_pt2(tmp_path / "network.pt2")
+    assert metadata["retinaface_ext.postprocess"] == "0"
+    eager = InferenceRetinaFace(model, channels_last=False, fuse_activations=False).eval()
+    for batch in (1, 2):
+        for height, width in SIZES:
+            images = bgr_batch(crowd, batch, height, width) - torch.tensor([104.0, 117.0, 123.0]).reshape(1, 3, 1, 1)
+            with torch.no_grad():
+                for a, b in zip(eager(images), package(images)):
+                    assert a.shape == b.shape
+                    assert float((a - b).abs().max()) <= 1e-4 * max(1.0, float(a.abs().max())), (kind, batch, height)
+
+
+@pytest.mark.slow
+def test_the_aoti_engine_equals_the_torch_engine(crowd, tmp_path, monkeypatch):
+    from retinaface_ext import Detector
+
+    monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(tmp_path / "cache"))
+    aoti = Detector(WEIGHTS, engine="aoti", device="cpu", batch_size=4)
+    torch_engine = Detector(WEIGHTS, device="cpu", batch_size=4)
+    images = [crowd, crowd[:300, :500], cv2.resize(crowd, (400, 240))]
+    for a, b in zip(aoti.detect(images), torch_engine.detect(images)):
+        assert len(a) == len(b)
+        assert float((a.boxes - b.boxes).abs().max()) < 0.05 and float((a.scores - b.scores).abs().max()) < 1e-4
+    cached = list((tmp_path / "cache" / "pt2").iterdir())
+    assert len(cached) == 1 and cached[0].name.endswith("-cpu.pt2")
+    again = Detector(str(cached[0]), device="cpu")  # the .pt2 file selects the engine
+    assert again.engine.name == "aoti" and len(again.detect(crowd)) == len(aoti.detect(crowd))
+    with pytest.raises(ValueError, match="at least 33 x 33"):
+        aoti.detect(crowd[:20, :20])
