@@ -4,6 +4,7 @@ once and merge."""
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -94,9 +95,15 @@ def test_an_unreadable_image_is_recorded_and_the_others_go_on(tmp_path, capsys):
 
 def test_a_killed_run_resumed_does_every_image_exactly_once(folder, tmp_path):
     jsonl = tmp_path / "killed.jsonl"
-    argv = [sys.executable, "-m", "retinaface_ext.cli", "detect", str(folder), "--weights", str(WEIGHTS)]
-    argv += ["--recursive", "--jsonl", str(jsonl), "--batch-size", "1"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The installed command, run from elsewhere: from the source folder, python -m would
+    # import the uncompiled sources.
+    script = pathlib.Path(sys.executable).parent / "retinaface"
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "retinaface_ext.cli"]
+    argv += ["detect", str(folder), "--weights", str(WEIGHTS), "--recursive", "--jsonl", str(jsonl)]
+    argv += ["--batch-size", "1"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 3:
@@ -105,8 +112,8 @@ def test_a_killed_run_resumed_does_every_image_exactly_once(folder, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = jsonl.read_bytes().count(b"\n")
-    assert 3 <= done < 14, "the run was not caught in the middle; the test proves nothing"
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert 3 <= done < 14, f"the run was not caught in the middle; the test proves nothing: {log.read_text()}"
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"{done} images already done, {14 - done} to do" in result.stderr
     assert sorted(r["image"] for r in lines_of(jsonl)) == all_images(folder)

