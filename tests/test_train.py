@@ -53,6 +53,7 @@ def test_a_short_run_writes_everything_and_its_checkpoint_loads_for_detection(tm
     out = pathlib.Path(trainer.out)
     assert {"last.pt", "best.pt", "log.jsonl", "args.json", "val_detections.jpg"} <= set(os.listdir(out))
     assert len(steps(out)) == 12 and 0 <= metrics["ap50"] <= 1
+    assert all(0 <= record["data_wait"] < 1 for record in steps(out))  # the share of time spent waiting for data
     checkpoint = load_checkpoint(out / "last.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 12 and checkpoint["dcn"] is True
     model = RetinaFace.from_checkpoint(out / "last.pt")  # the model part, as it is
@@ -60,6 +61,15 @@ def test_a_short_run_writes_everything_and_its_checkpoint_loads_for_detection(tm
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, trainer.model.state_dict()[key])
     assert json.loads((out / "args.json").read_text())["image_size"] == 64
+
+
+def test_validation_runs_without_cudnns_autotuner_and_restores_it(tmp_path, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, epochs=1), show_progress=False)
+    seen = []
+    monkeypatch.setattr(Trainer, "_validate", lambda self: seen.append(torch.backends.cudnn.benchmark) or {"ap50": 0})
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    assert trainer.validate() == {"ap50": 0}
+    assert seen == [False] and torch.backends.cudnn.benchmark is True
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ interrupts. One process, or many under ``torchrun`` with DistributedDataParallel
 write one state, the epoch, step, random draws and best AP, and stay one class so that
 the order in which they do it can be read in one place.)"""
 
+import contextlib
+import itertools
 import logging
 import math
 import os
@@ -266,15 +268,25 @@ class Trainer:
         )
         skip, started, images = self.step_in_epoch, time.perf_counter(), 0
         totals = np.zeros(3)
+        # Time spent waiting for the loader, apart from the steps: a data-bound run shows
+        # itself as a large share of waiting (more --workers, or a faster disk, would help).
+        waited = 0.0
+        batches = iter(self.loader)
         with bar:
-            for index, batch in enumerate(self.loader):
+            for index in itertools.count():
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 if index < skip:
                     continue  # a resumed epoch: the same batches, in the same order, as before the stop
+                waited += time.perf_counter() - asked
                 self._stop_if_requested()
                 parts = self._train_step(batch)
                 self.step, self.step_in_epoch = self.step + 1, self.step_in_epoch + 1
                 images += len(batch.images) * self.dist.world_size
-                rate = images / (time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                rate, waiting = images / elapsed, waited / elapsed
                 totals += parts
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.log.write(
@@ -284,6 +296,7 @@ class Trainer:
                     **dict(zip(LOSS_PARTS, parts.tolist())),
                     lr=lr,
                     images_per_s=rate,
+                    data_wait=waiting,
                 )
                 bar.set_postfix(
                     loc=f"{parts[0]:.3f}",
@@ -291,16 +304,20 @@ class Trainer:
                     landm=f"{parts[2]:.3f}",
                     lr=f"{lr:.2e}",
                     img_s=f"{rate:.1f}",
+                    data=f"{waiting:.0%}",
                 )
                 bar.update()
         done = max(self.step_in_epoch - skip, 1)
         if self.is_main:
+            elapsed = time.perf_counter() - started
             log.info(
-                "epoch %d/%d: loss_l %.4f, loss_c %.4f, loss_landm %.4f, %.1f images/s",
+                "epoch %d/%d: loss_l %.4f, loss_c %.4f, loss_landm %.4f, %.1f images/s, %.0f%% of the time waiting "
+                "for data",
                 self.epoch + 1,
                 self.config.epochs,
                 *(totals / done),
-                images / (time.perf_counter() - started),
+                images / elapsed,
+                100 * waited / elapsed,
             )
 
     def _train_step(self, batch) -> np.ndarray:
@@ -343,26 +360,32 @@ class Trainer:
         medium, hard APs when asked); rank 0 computes, the others wait."""
         metrics: Dict[str, float] = {}
         if self.is_main:
-            started = time.perf_counter()
-            detector = self.detector()
-            detections, faces = [], []
-            for index in range(len(self.val_set)):
-                image, target = self.val_set[index]
-                found = detector.detect(image)
-                detections.append((found.boxes.cpu(), found.scores.cpu()))
-                faces.append(target[:, BOX])
-            metrics["ap50"] = average_precision(detections, faces, 0.5)
-            if self.config.widerface_val:
-                metrics.update(self._widerface_aps(detector))
-            metrics["seconds"] = time.perf_counter() - started
-            self.log.write(event="validation", epoch=self.epoch, step=self.step, **metrics)
-            log.info(
-                "epoch %d: validation AP@0.5 %.4f%s",
-                self.epoch,
-                metrics["ap50"],
-                "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k in ("easy", "medium", "hard")),
-            )
+            with fixed_algorithms():
+                metrics = self._validate()
         self.dist.barrier()
+        return metrics
+
+    def _validate(self) -> Dict[str, float]:
+        metrics: Dict[str, float] = {}
+        started = time.perf_counter()
+        detector = self.detector()
+        detections, faces = [], []
+        for index in range(len(self.val_set)):
+            image, target = self.val_set[index]
+            found = detector.detect(image)
+            detections.append((found.boxes.cpu(), found.scores.cpu()))
+            faces.append(target[:, BOX])
+        metrics["ap50"] = average_precision(detections, faces, 0.5)
+        if self.config.widerface_val:
+            metrics.update(self._widerface_aps(detector))
+        metrics["seconds"] = time.perf_counter() - started
+        self.log.write(event="validation", epoch=self.epoch, step=self.step, **metrics)
+        log.info(
+            "epoch %d: validation AP@0.5 %.4f%s",
+            self.epoch,
+            metrics["ap50"],
+            "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k in ("easy", "medium", "hard")),
+        )
         return metrics
 
     def _widerface_aps(self, detector: Detector) -> Dict[str, float]:
@@ -495,3 +518,16 @@ class Trainer:
             f"before this step are in {os.path.join(self.out, LAST)}",
             1,
         )
+
+
+@contextlib.contextmanager
+def fixed_algorithms():
+    """cuDNN's autotuner off (``torch.backends.cudnn.benchmark``) for what runs inside:
+    validation images come in many sizes, and autotuning each new one cost more than
+    the whole validation (81 s of the first on an H200). Restored on the way out."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
