@@ -90,11 +90,12 @@ def test_unreadable_image_and_empty_folder(tmp_path, capsys):
 
 
 def test_bench_reports_each_stage(capsys):
-    code, out, err = run(capsys, "bench", CROWD, "--weights", WEIGHTS, "--runs", "2")
+    code, out, err = run(capsys, "bench", CROWD, "--weights", WEIGHTS, "--runs", "2", "--batch-size", "2")
     assert code == 0, err
     assert "1024x624" in out
-    for stage in ("detect (all)", "forward", "postprocess"):
+    for stage in ("detect (all)", "forward", "postprocess", "detect x2"):
         assert stage in out and "median" in out
+    assert out.count("images/s") == 2
 
 
 @pytest.mark.parametrize("command", [[], ["detect"], ["widerface-predict"], ["eval"], ["bench"]])

@@ -1,5 +1,6 @@
 """``retinaface bench``: the whole detect call, the forward pass and the post-processing
-timed on one image."""
+timed on one image, and with --batch-size N a call on N copies of it; images per second
+from the medians."""
 
 import time
 
@@ -35,6 +36,11 @@ def command_bench(args) -> int:
             "forward": lambda: detector.model(prepared),
             "postprocess": lambda: detector.postprocess(*outputs, size),
         }
+        images = {"detect (all)": 1}
+        if args.batch_size > 1:  # throughput: one call on a batch of copies of the image
+            batch = [image] * args.batch_size
+            stages[f"detect x{args.batch_size}"] = lambda: detector.detect(batch)
+            images[f"detect x{args.batch_size}"] = args.batch_size
         for fn in stages.values():
             for _ in range(3):
                 fn()
@@ -45,7 +51,8 @@ def command_bench(args) -> int:
         )
         for name, fn in stages.items():
             median, best = _timed(fn, args.runs, detector.device)
-            print(f"  {name:13s} median {median:8.2f} ms   min {best:8.2f} ms")
+            rate = f"   {images[name] * 1000 / median:8.1f} images/s" if name in images else ""
+            print(f"  {name:13s} median {median:8.2f} ms   min {best:8.2f} ms{rate}")
     return 0
 
 
@@ -54,7 +61,8 @@ def add_bench_command(commands) -> None:
         "bench",
         help="time detection on one image",
         description="Time the whole detect call, the forward pass and the "
-        "post-processing (decode, filter, NMS) on one image.",
+        "post-processing (decode, filter, NMS) on one image, and with --batch-size N one call on "
+        "N copies of it; detect rows say images per second (from the median).",
     )
     bench.add_argument("image")
     add_detector_options(bench)
