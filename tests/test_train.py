@@ -72,6 +72,26 @@ def test_validation_runs_without_cudnns_autotuner_and_restores_it(tmp_path, monk
     assert seen == [False] and torch.backends.cudnn.benchmark is True
 
 
+@pytest.mark.parametrize("option", ["channels_last", pytest.param("compile", marks=pytest.mark.slow)])
+def test_channels_last_and_compiled_training_follow_the_plain_run(tmp_path, option):
+    """The same first two steps (losses within float tolerance) as the default run."""
+    plain = Trainer(tiny(tmp_path, "plain", epochs=1, val_every=5), show_progress=False)
+    plain.fit()
+    other = Trainer(tiny(tmp_path, option, epochs=1, val_every=5, **{option: True}), show_progress=False)
+    other.fit()
+    if option == "channels_last":
+        assert other.model.body.stage1[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        # The plain run resumed in channels-last: its momentum buffers follow their parameters.
+        resumed = Trainer(tiny(tmp_path, "plain", epochs=2, val_every=5, resume="auto", channels_last=True))
+        buffers = [(p, resumed.optimizer.state[p]["momentum_buffer"]) for p in resumed.model.parameters()]
+        assert any(p.dim() == 4 and not p.is_contiguous() for p, _ in buffers)
+        assert all(buffer.stride() == p.stride() for p, buffer in buffers)
+    expected, got = losses(plain.out), losses(other.out)
+    assert len(got) == len(expected) == 6
+    for (step, *a), (_, *b) in zip(expected[:2], got[:2]):  # after that the tiny run is chaotic
+        assert b == pytest.approx(a, rel=1e-3, abs=1e-5), step
+
+
 def test_resume_is_exact(tmp_path, monkeypatch):
     """Two epochs in one go equal one epoch, a stop (SIGTERM at the epoch's end), and a
     resumed second epoch: the same losses at every step and the same weights."""

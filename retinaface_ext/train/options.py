@@ -115,6 +115,8 @@ class TrainConfig:
     resume: Optional[str] = _flag(None, "a last.pt to continue, or 'auto' (the --out run's last.pt)", START)
     val_every: int = _flag(1, "validate every N epochs and at the end", RUN, "count")
     sync_bn: bool = _flag(False, "SyncBatchNorm across GPUs under torchrun", RECIPE)
+    channels_last: bool = _flag(False, "train in channels-last memory format (BatchNorm's faster kernels on GPUs)", RUN)
+    compile: bool = _flag(False, "torch.compile the model for training (the first steps compile it)", RUN)
     synthetic_dir: Optional[str] = None
     synthetic: SyntheticDefaults = field(default_factory=SyntheticDefaults)
 

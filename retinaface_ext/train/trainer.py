@@ -88,8 +88,14 @@ class Trainer:
         self.preset = config_for(config.backbone)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._model().to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",  # one kernel for all parameters
         )
         if checkpoint is not None:  # a checkpoint that does not fit fails before the data are read
             self._restore(checkpoint, "model", "optimizer", "rng")
@@ -101,6 +107,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if config.compile:
+            self.net = torch.compile(self.net)
         self.criterion = MultiBoxLoss(loc_weight=self.preset.loc_weight, variances=self.preset.variances)
         self.priors = prior_boxes((config.image_size, config.image_size), device=self.device)
         self.loader = make_loader(
@@ -322,6 +330,8 @@ class Trainer:
 
     def _train_step(self, batch) -> np.ndarray:
         batch = batch.to(self.device, non_blocking=True).normalized(self.preset.mean_bgr)
+        if self.config.channels_last:
+            batch = batch._replace(images=batch.images.contiguous(memory_format=torch.channels_last))
         # BatchNorm statistics as they were, to save the last good state if this step fails.
         statistics = [buffer.clone() for buffer in self.model.buffers()]
         with torch.autocast(
@@ -464,12 +474,22 @@ class Trainer:
                     restore_random_states(checkpoint["rng"])
                 else:
                     getattr(self, part).load_state_dict(checkpoint[part])
+            if "optimizer" in parts:
+                self._match_parameter_layouts()
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(
                 f"--resume {path}: the checkpoint does not fit the run it records "
                 f"({type(error).__name__}: {first[:300]})"
             ) from error
+
+    def _match_parameter_layouts(self) -> None:
+        """Momentum buffers in their parameters' memory format: a run resumed with another
+        ``--channels-last`` than the one saved, else the fused SGD update would refuse them."""
+        for parameter, state in self.optimizer.state.items():
+            buffer = state.get("momentum_buffer")
+            if isinstance(buffer, torch.Tensor) and buffer.stride() != parameter.stride():
+                state["momentum_buffer"] = torch.empty_like(parameter).copy_(buffer)
 
     def _resume(self, checkpoint) -> None:
         """The rest of the run's state: its schedule, loss scaler, where it stopped, and
