@@ -1,5 +1,5 @@
 """Batching: collate's padded targets feed ops.match as each image alone would; loaders
-repeat under a seed and differ across workers and epochs."""
+repeat under a seed, differ across epochs, and draw the same with any number of workers."""
 
 import numpy as np
 import pytest
@@ -82,6 +82,23 @@ def test_a_loader_repeats_under_its_seed_and_changes_with_the_epoch(labels, work
     assert same(epoch(again, 1), epoch1)
 
 
+def test_the_draws_do_not_depend_on_the_workers_and_persistent_workers_follow_the_epoch(labels):
+    """Each item's draws come from (seed, epoch, index): 0, 1 or 2 workers give the same
+    batches, and workers that outlive an epoch still draw the next epoch's."""
+    dataset = WiderFaceDataset(labels, transform=TrainTransform(image_size=48))
+    loaders = [make_loader(dataset, batch_size=4, num_workers=w, seed=3, pin_memory=False) for w in (0, 1, 2)]
+    assert [loader.persistent_workers for loader in loaders] == [False, True, True]
+    first = [epoch(loader, 0) for loader in loaders]
+    second = [epoch(loader, 1) for loader in loaders]  # the same worker processes as epoch 0
+    assert same(first[0], first[1]) and same(first[0], first[2])
+    assert same(second[0], second[1]) and same(second[0], second[2])
+    assert not same(first[0], second[0])
+    workers = loaders[2]._iterator._workers
+    loaders[2].close()
+    assert loaders[2]._iterator is None and not any(worker.is_alive() for worker in workers)
+    assert same(epoch(loaders[2], 1), second[0])  # new workers, the same draws
+
+
 def test_workers_draw_different_augmentations(labels):
     """One image repeated: with two workers no two of its augmented copies are equal."""
     dataset = WiderFaceDataset(labels, transform=TrainTransform(image_size=48))
@@ -101,7 +118,7 @@ def test_a_distributed_loader_splits_the_images(labels, tmp_path):
     try:
         dataset = WiderFaceDataset(labels, transform=TrainTransform(image_size=32))
         loader = make_loader(dataset, batch_size=5, num_workers=0, seed=2, distributed=True, pin_memory=False)
-        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+        assert isinstance(loader.sampler.sampler, torch.utils.data.DistributedSampler)
         first = epoch(loader, 0)
         assert sum(len(b[2]) for b in first) == 12
         assert not same(first, epoch(loader, 1)) and same(first, epoch(loader, 0))

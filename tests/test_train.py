@@ -94,7 +94,8 @@ def test_channels_last_and_compiled_training_follow_the_plain_run(tmp_path, opti
 
 def test_resume_is_exact(tmp_path, monkeypatch):
     """Two epochs in one go equal one epoch, a stop (SIGTERM at the epoch's end), and a
-    resumed second epoch: the same losses at every step and the same weights."""
+    resumed second epoch (with loader workers this time): the same losses at every step
+    and the same weights."""
     whole = Trainer(tiny(tmp_path, "whole"), show_progress=False)
     whole.fit()
     first = Trainer(tiny(tmp_path, "parts"), show_progress=False)
@@ -107,8 +108,8 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     monkeypatch.setattr(first, "_save_epoch", save_then_stop)
     with pytest.raises(TrainingStopped, match="stopped by SIGTERM at step 6"):
         first.fit()
-    resumed = Trainer(tiny(tmp_path, "parts", resume="auto"), show_progress=False)
-    assert (resumed.epoch, resumed.step, resumed.step_in_epoch) == (1, 6, 0)
+    resumed = Trainer(tiny(tmp_path, "parts", resume="auto", workers=2), show_progress=False)
+    assert (resumed.epoch, resumed.step, resumed.step_in_epoch) == (1, 6, 0) and resumed.config.workers == 2
     resumed.fit()
     assert losses(whole.out) == losses(resumed.out) and len(losses(whole.out)) == 12
     for key, value in whole.model.state_dict().items():

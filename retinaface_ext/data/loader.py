@@ -1,15 +1,27 @@
 """Batches for training: images stacked, faces padded into exactly what
 :func:`retinaface_ext.ops.match` takes, and data loaders whose random draws repeat."""
 
+import os
 import random
 from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+)
 
 from ..targets import WIDTH, split_rows
 from .transforms import MEAN_BGR
+
+#: The most loader workers a process gets by default.
+MAX_DEFAULT_WORKERS = 8
 
 
 class Batch(NamedTuple):
@@ -65,17 +77,45 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
+class KeyedSampler(Sampler):
+    """``sampler``'s indices as ``(index, seed)`` keys: the seed is the epoch's, so that
+    an item's random draws depend on (run seed, epoch, index) alone, not on which worker
+    loads it, how many there are, or whether they outlive an epoch."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler, self.seed = sampler, 0
+
+    def __iter__(self):
+        seed = self.seed
+        return ((int(index), seed) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class Reseeded(Dataset):
+    """``dataset[index]`` for a key ``(index, seed)`` of :class:`KeyedSampler`, with the
+    dataset's draws reseeded from (seed, index) first (where it has ``reseed``)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        if hasattr(self.dataset, "reseed"):
+            self.dataset.reseed(int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1))
+        return self.dataset[index]
+
+
 def seed_worker(worker_id: int) -> None:
-    """Seeds a loader worker from the seed torch gave it (the loader's base seed, drawn
-    from its generator for each epoch, plus the worker id): Python's and numpy's
-    generators and the dataset's transform, so that workers differ from each other and
-    from epoch to epoch, and a run with the same seed repeats."""
+    """Seeds Python's and numpy's global generators in a loader worker from the seed torch
+    gave it (for transforms of one's own that draw from them; ours are reseeded per item)."""
     seed = torch.initial_seed() % 2**63
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(seed)
 
 
 class FaceLoader(DataLoader):
@@ -95,15 +135,21 @@ class FaceLoader(DataLoader):
                 raise _without_worker_traceback(error) from error
             yield batch
 
+    def close(self) -> None:
+        """Stops the persistent workers now (they would otherwise live as long as the loader);
+        the next iteration starts new ones."""
+        if self._iterator is not None and hasattr(self._iterator, "_shutdown_workers"):
+            self._iterator._shutdown_workers()
+        self._iterator = None
+
     def set_epoch(self, epoch: int) -> None:
-        """Makes epoch ``epoch``'s order and augmentation depend on (seed, epoch, rank)
-        alone, so that a resumed run repeats an uninterrupted one."""
-        seed = epoch_seed(self.seed, epoch, self.rank)
-        self.generator.manual_seed(seed)
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
-        if self.num_workers == 0 and hasattr(self.dataset, "reseed"):
-            self.dataset.reseed(seed)
+        """Makes epoch ``epoch``'s order and augmentation depend on (seed, epoch) alone,
+        so that a resumed run repeats an uninterrupted one."""
+        self.sampler.seed = epoch_seed(self.seed, epoch)
+        self.order.manual_seed(epoch_seed(self.seed, epoch, self.rank))
+        self.generator.manual_seed(epoch_seed(self.seed, epoch, self.rank))
+        if isinstance(self.sampler.sampler, DistributedSampler):
+            self.sampler.sampler.set_epoch(epoch)
 
 
 def _without_worker_traceback(error: Exception) -> Exception:
@@ -119,6 +165,13 @@ def _without_worker_traceback(error: Exception) -> Exception:
         return ValueError(message)
 
 
+def default_workers(processes: int = 1) -> int:
+    """Loader workers per process: the CPUs this process may use
+    (``os.sched_getaffinity``), shared among ``processes`` on the machine, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus // max(1, processes)))
+
+
 def make_loader(
     dataset,
     batch_size: int,
@@ -131,35 +184,38 @@ def make_loader(
 ) -> FaceLoader:
     """A loader of :class:`Batch` es with repeatable randomness.
 
-    Shuffling and the workers' seeds come from a generator seeded with ``seed``; each
-    worker reseeds the dataset's transform (:func:`seed_worker`). Call
-    ``loader.set_epoch(epoch)`` before each epoch to make it a function of the epoch
-    (needed with ``distributed``, where a :class:`DistributedSampler` splits the images
-    among the processes of the default process group).
+    The order comes from a generator seeded with ``seed``; each item's random draws from
+    (seed, epoch, index) (the dataset's ``reseed``, called before each item), so they are
+    the same with any number of workers. Call ``loader.set_epoch(epoch)`` before each
+    epoch to make it a function of the epoch (needed with ``distributed``, where a
+    :class:`DistributedSampler` splits the images among the processes of the default
+    process group). Workers persist from epoch to epoch.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if int(num_workers) < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     rank = 0
-    sampler = None
+    # The order's own generator: the loader draws its workers' base seed from the other
+    # one on a fresh start but not when persistent workers go on.
+    order = torch.Generator()
     if distributed:
         rank = torch.distributed.get_rank()
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    generator = torch.Generator().manual_seed(epoch_seed(seed, 0, rank))
-    if num_workers == 0 and hasattr(dataset, "reseed"):
-        dataset.reseed(epoch_seed(seed, 0, rank))
+    else:
+        sampler = RandomSampler(dataset, generator=order) if shuffle else SequentialSampler(dataset)
     loader = FaceLoader(
-        dataset,
+        Reseeded(dataset),
         batch_size=int(batch_size),
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        sampler=KeyedSampler(sampler),
         num_workers=int(num_workers),
         collate_fn=collate,
         worker_init_fn=seed_worker,
-        generator=generator,
+        generator=torch.Generator(),
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=int(num_workers) > 0,
     )
-    loader.seed, loader.rank = int(seed), rank
+    loader.seed, loader.rank, loader.order = int(seed), rank, order
+    loader.set_epoch(0)
     return loader

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..data.loader import default_workers
 from ..models.config import config_for
 
 BACKBONES = ("mobilenet0.25", "resnet50")
@@ -34,7 +35,6 @@ KEPT_ON_RESUME = (
     "schedule",
     "clip_grad",
     "amp",
-    "workers",
     "seed",
     "sync_bn",
     "synthetic",
@@ -103,7 +103,12 @@ class TrainConfig:
     amp: Optional[str] = _flag(
         None, "mixed precision: fp16 (CUDA, with a gradient scaler) or bf16", RECIPE, choices=AMP_MODES
     )
-    workers: int = _flag(2, "data loading processes", DATA, "count0")
+    workers: Optional[int] = _flag(
+        None,
+        "data loading processes (default: the CPUs this process may use, shared per machine, at most 8)",
+        RUN,
+        "count0",
+    )
     seed: int = _flag(0, "the random seed", RUN, "count0")
     device: Optional[str] = _flag(None, "cpu, cuda, cuda:1 (default: cuda if available)", RUN)
     out: str = _flag(os.path.join("runs", "train"), "run folder", RUN)
@@ -150,6 +155,9 @@ class TrainConfig:
             )
         if not 0 <= config.seed <= MAX_SEED:
             raise ValueError(f"--seed must be in [0, 2**64 - 1], got {config.seed}")
+        if config.workers is None:
+            processes = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's processes on this machine
+            config.workers = default_workers(int(processes) if processes.isdigit() else 1)
         if config.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {config.workers}")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):

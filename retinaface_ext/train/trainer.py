@@ -252,6 +252,7 @@ class Trainer:
         finally:
             for number, handler in handlers.items():
                 signal.signal(number, handler)
+            self.loader.close()
             self.log.close()
         if self.is_main and self.val_set is not None:
             self.draw_val_image(os.path.join(self.out, "val_detections.jpg"))
