@@ -2,8 +2,9 @@
 and without DCN: ours (MultiBoxLoss on one batched match; our deformable convolution) vs
 the reference (the seed's MultiBoxLoss with its per-image match loop; torchvision's
 deform_conv2d for DCN). Batch 8 on the CPU, 32 on CUDA, where bf16 autocast rows stand
-beside the float32 ones (the forward under autocast, the loss in float32). And the loss
-alone (matching included), with 8 and with 100 faces per image.
+beside the float32 ones (the forward under autocast, the loss in float32); our DCN step
+with the speed options of ``retinaface train`` (channels-last, fused SGD, bf16). And the
+loss alone (matching included), with 8 and with 100 faces per image.
 
     pytest --benchmark benchmarks/bench_train.py
 """
@@ -38,13 +39,14 @@ def face_targets(faces, batch, seed=0):
     return targets
 
 
-def training_step(dcn, impl, device, precision="float32"):
+def training_step(dcn, impl, device, precision="float32", channels_last=False, fused=False):
     torch.manual_seed(0)
     batch = BATCH[device]
-    model = RetinaFace("mobilenet0.25", dcn=dcn).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = RetinaFace("mobilenet0.25", dcn=dcn).to(device).train().to(memory_format=layout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, fused=fused)
     priors = prior_boxes((SIZE, SIZE), device=device)
-    images = (torch.randn(batch, 3, SIZE, SIZE) * 50).to(device)
+    images = (torch.randn(batch, 3, SIZE, SIZE) * 50).to(device).contiguous(memory_format=layout)
     targets = [t.to(device) for t in face_targets(8, batch)]
     criterion = MultiBoxLoss() if impl == "ours" else SeedMultiBoxLoss()
     autocast = precision == "bf16_autocast"
@@ -90,6 +92,28 @@ def bench_dcn_cost(benchmark, synchronized, device, dcn):
     )
     step = training_step(dcn, "ours", device)
     benchmark.pedantic(synchronized(step, device), **rounds(device, cpu=8, cuda=20))
+
+
+OPTIONS = {  # what `retinaface train` does with each of its speed options
+    "default": {},
+    "channels_last": dict(channels_last=True),
+    "fused_sgd": dict(fused=True),
+    "channels_last+fused_sgd": dict(channels_last=True, fused=True),
+    "channels_last+fused_sgd+bf16": dict(channels_last=True, fused=True, precision="bf16_autocast"),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def bench_step_options(benchmark, synchronized, device, option):
+    """Our DCN step with the training's speed options (--channels-last; the fused SGD of
+    CUDA runs; bf16 autocast), side by side."""
+    if option != "default" and option != "channels_last" and device == "cpu":
+        pytest.skip("fused SGD and autocast rows on CUDA only")
+    benchmark.group = (
+        f"ours: training step {device} MobileNet-0.25 + DCN, batch {BATCH[device]}, {SIZE}x{SIZE}, options"
+    )
+    step = training_step(True, "ours", device, **OPTIONS[option])
+    benchmark.pedantic(synchronized(step, device), **rounds(device, cpu=3, cuda=20))
 
 
 @pytest.mark.parametrize("impl", ["ours", "seed"])

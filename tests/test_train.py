@@ -74,10 +74,14 @@ def test_validation_runs_without_cudnns_autotuner_and_restores_it(tmp_path, monk
 
 @pytest.mark.parametrize("option", ["channels_last", pytest.param("compile", marks=pytest.mark.slow)])
 def test_channels_last_and_compiled_training_follow_the_plain_run(tmp_path, option):
-    """The same first two steps (losses within float tolerance) as the default run."""
-    plain = Trainer(tiny(tmp_path, "plain", epochs=1, val_every=5), show_progress=False)
+    """The same first two steps (losses within float tolerance) as a plain run (NCHW, not
+    compiled). Channels-last is the default on the CPU."""
+    assert (
+        TrainConfig(device="cpu").resolved().channels_last and not TrainConfig(device="cuda").resolved().channels_last
+    )
+    plain = Trainer(tiny(tmp_path, "plain", epochs=1, val_every=5, channels_last=False), show_progress=False)
     plain.fit()
-    other = Trainer(tiny(tmp_path, option, epochs=1, val_every=5, **{option: True}), show_progress=False)
+    other = Trainer(tiny(tmp_path, option, epochs=1, val_every=5, **{"channels_last": False, option: True}), False)
     other.fit()
     if option == "channels_last":
         assert other.model.body.stage1[0][0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,6 +1,7 @@
 """``retinaface train``: train RetinaFace. Its flags are made from the fields of
 :class:`~retinaface_ext.train.options.TrainConfig` (their defaults, help and kinds)."""
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -51,6 +52,9 @@ def add_train_arguments(parser) -> None:
         flag, default, help = f"--{config_field.name.replace('_', '-')}", config_field.default, meta["help"]
         if isinstance(default, bool):
             target.add_argument(flag, action="store_true", help=help)
+            continue
+        if meta["kind"] == "switch":
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
             continue
         shown = f"{help} ({default})" if default is not None else help
         target.add_argument(
