@@ -218,6 +218,7 @@ def test_the_aoti_engine_equals_the_torch_engine(crowd, tmp_path, monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.timeout(230)  # a CUDA compile and a C++ build: more than run-checks' 150 s per test
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 def test_a_cuda_package_equals_eager_and_runs_in_the_cpp_example(crowd, tmp_path):
     """The detector compiled for CUDA: its detections equal the eager module's on CUDA at
