@@ -90,6 +90,13 @@ def test_channels_last_and_compiled_training_follow_the_plain_run(tmp_path, opti
         buffers = [(p, resumed.optimizer.state[p]["momentum_buffer"]) for p in resumed.model.parameters()]
         assert any(p.dim() == 4 and not p.is_contiguous() for p, _ in buffers)
         assert all(buffer.stride() == p.stride() for p, buffer in buffers)
+        # The saved groups' `fused` is not taken over: the run's own choice (not fused on the CPU).
+        checkpoint = load_checkpoint(tmp_path / "plain" / "last.pt")
+        for group in checkpoint["optimizer"]["param_groups"]:
+            group["fused"] = True
+        torch.save(checkpoint, tmp_path / "forged.pt")
+        forged = Trainer(tiny(tmp_path, "forged-run", epochs=2, resume=str(tmp_path / "forged.pt")), False)
+        assert [group["fused"] for group in forged.optimizer.param_groups] == [False]
     expected, got = losses(plain.out), losses(other.out)
     assert len(got) == len(expected) == 6
     for (step, *a), (_, *b) in zip(expected[:2], got[:2]):  # after that the tiny run is chaotic

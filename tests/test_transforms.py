@@ -223,3 +223,6 @@ def test_uint8_output_normalised_later_equals_the_float_output():
     batch = collate(raw)
     assert batch.images.dtype == torch.uint8
     torch.testing.assert_close(batch.normalized().images, collate(floats).images, rtol=0, atol=0)
+    channels_last = batch.normalized(memory_format=torch.channels_last).images
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(channels_last, collate(floats).images, rtol=0, atol=0)

@@ -39,13 +39,18 @@ class Batch(NamedTuple):
     def to(self, device, non_blocking: bool = False) -> "Batch":
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
-    def normalized(self, mean: Sequence[float] = MEAN_BGR) -> "Batch":
+    def normalized(
+        self, mean: Sequence[float] = MEAN_BGR, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> "Batch":
         """uint8 images (``TrainTransform(subtract_mean=False)``) as float32 minus
-        ``mean``, on their device; float images are returned as they are."""
+        ``mean``, on their device, written in ``memory_format`` in the same pass; float
+        images are only laid out in it."""
         if self.images.is_floating_point():
-            return self
+            return self._replace(images=self.images.contiguous(memory_format=memory_format))
         mean = torch.tensor(mean, dtype=torch.float32, device=self.images.device)[:, None, None]
-        images = torch.empty(self.images.shape, dtype=torch.float32, device=self.images.device)
+        images = torch.empty(
+            self.images.shape, dtype=torch.float32, device=self.images.device, memory_format=memory_format
+        )
         return self._replace(images=torch.sub(self.images, mean, out=images))
 
     def targets(self) -> List[torch.Tensor]:
@@ -72,9 +77,14 @@ def collate(batch: Sequence) -> Batch:
     )
 
 
+def mixed_seed(*entropy: int) -> int:
+    """A 63-bit seed mixed from several integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A 63-bit seed for one (run seed, epoch, process) triple."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
+    return mixed_seed(seed, epoch, rank)
 
 
 class KeyedSampler(Sampler):
@@ -106,7 +116,7 @@ class Reseeded(Dataset):
     def __getitem__(self, key):
         index, seed = key
         if hasattr(self.dataset, "reseed"):
-            self.dataset.reseed(int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1))
+            self.dataset.reseed(mixed_seed(seed, index))
         return self.dataset[index]
 
 

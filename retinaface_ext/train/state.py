@@ -18,6 +18,19 @@ VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
 
 
+def fit_optimizer_to_run(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """A loaded optimizer state as this run steps: ``load_state_dict`` takes the saved
+    groups' ``fused`` (a CPU checkpoint on CUDA would lose the fused update, and with
+    fp16's gradient scaler fail at its first step), and momentum buffers in their
+    parameters' memory format (a run resumed with another ``--channels-last``)."""
+    for group in optimizer.param_groups:
+        group["fused"] = fused
+    for parameter, state in optimizer.state.items():
+        buffer = state.get("momentum_buffer")
+        if isinstance(buffer, torch.Tensor) and buffer.stride() != parameter.stride():
+            state["momentum_buffer"] = torch.empty_like(parameter).copy_(buffer)
+
+
 def random_states() -> Dict[str, Any]:
     """Python's, numpy's (legacy global), torch's and every CUDA device's generator, in
     types that ``torch.load(weights_only=True)`` accepts."""

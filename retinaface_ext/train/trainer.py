@@ -36,6 +36,7 @@ from .state import (
     BEST,
     LAST,
     JsonLog,
+    fit_optimizer_to_run,
     load_training_checkpoint,
     prepare_run_folder,
     random_states,
@@ -88,6 +89,7 @@ class Trainer:
         self.preset = config_for(config.backbone)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.model = self._model().to(self.device)
+        self.fused_sgd = self.device.type == "cuda"
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
@@ -95,7 +97,7 @@ class Trainer:
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
-            fused=self.device.type == "cuda",  # one kernel for all parameters
+            fused=self.fused_sgd,  # one kernel for all parameters
         )
         if checkpoint is not None:  # a checkpoint that does not fit fails before the data are read
             self._restore(checkpoint, "model", "optimizer", "rng")
@@ -330,9 +332,8 @@ class Trainer:
             )
 
     def _train_step(self, batch) -> np.ndarray:
-        batch = batch.to(self.device, non_blocking=True).normalized(self.preset.mean_bgr)
-        if self.config.channels_last:
-            batch = batch._replace(images=batch.images.contiguous(memory_format=torch.channels_last))
+        layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        batch = batch.to(self.device, non_blocking=True).normalized(self.preset.mean_bgr, layout)
         # BatchNorm statistics as they were, to save the last good state if this step fails.
         statistics = [buffer.clone() for buffer in self.model.buffers()]
         with torch.autocast(
@@ -476,21 +477,13 @@ class Trainer:
                 else:
                     getattr(self, part).load_state_dict(checkpoint[part])
             if "optimizer" in parts:
-                self._match_parameter_layouts()
+                fit_optimizer_to_run(self.optimizer, self.fused_sgd)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(
                 f"--resume {path}: the checkpoint does not fit the run it records "
                 f"({type(error).__name__}: {first[:300]})"
             ) from error
-
-    def _match_parameter_layouts(self) -> None:
-        """Momentum buffers in their parameters' memory format: a run resumed with another
-        ``--channels-last`` than the one saved, else the fused SGD update would refuse them."""
-        for parameter, state in self.optimizer.state.items():
-            buffer = state.get("momentum_buffer")
-            if isinstance(buffer, torch.Tensor) and buffer.stride() != parameter.stride():
-                state["momentum_buffer"] = torch.empty_like(parameter).copy_(buffer)
 
     def _resume(self, checkpoint) -> None:
         """The rest of the run's state: its schedule, loss scaler, where it stopped, and
