@@ -2,8 +2,9 @@
 tensors, with errors that say which image is wrong and why."""
 
 import os
+import stat
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -18,6 +19,64 @@ MAX_PIXELS = 64 * 1024 * 1024
 MAX_DECODED_PIXELS = 128 * 1024 * 1024
 
 COLOR_ORDERS = ("bgr", "rgb")
+EXIF_ORIENTATION = 0x0112
+
+
+def display_path(path: Union[str, bytes, os.PathLike]) -> str:
+    """A file name as errors and logs show it: bytes that are not UTF-8 (a name from
+    another system, ``bad\\xff.jpg``) escaped, so that printing it never fails."""
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def opencv_path(path: Union[str, os.PathLike], what: str = "file") -> str:
+    """``path`` as OpenCV's path functions take it: they crash the process on a name that
+    is not UTF-8, so such a name is a ValueError here instead."""
+    path = os.fspath(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{display_path(path)}: OpenCV cannot open a {what} whose name is not UTF-8; rename it"
+        ) from None
+    return path
+
+
+def open_regular_file(path: Union[str, os.PathLike], what: str = "image"):
+    """``path`` opened for reading in binary, only when it is a regular file: a FIFO,
+    device or socket is refused (reading one would wait forever or never end), checked
+    on the opened file itself. FileNotFoundError or ValueError naming the file."""
+    shown = display_path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        kind = " (a link to a missing file)" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"{what} not found: {shown}{kind}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{shown}: is a folder, not a regular file") from None
+    except OSError as error:
+        raise ValueError(f"{shown}: cannot be opened ({error.strerror or type(error).__name__})") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise ValueError(f"{shown}: is {_file_kind(mode)}, not a regular file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def image_file_size(path: Union[str, os.PathLike]) -> Optional[Tuple[int, int]]:
@@ -25,35 +84,50 @@ def image_file_size(path: Union[str, os.PathLike]) -> Optional[Tuple[int, int]]:
     Pillow reads the headers of most formats, and the Radiance HDR and PFM headers, which
     OpenCV decodes and Pillow does not, are read here. None when OpenCV cannot decode the
     file either. ValueError for a file beyond Pillow's decompression-bomb limit (above
-    ours), and for one that OpenCV would decode but whose size cannot be read: its header
-    could declare any number of pixels."""
+    ours), for one that OpenCV would decode but whose size cannot be read (its header
+    could declare any number of pixels), and for one that is not a regular file."""
+    with open_regular_file(path) as handle:
+        return _header_size(handle, display_path(path))
+
+
+def _header_size(handle, shown: str) -> Optional[Tuple[int, int]]:
     from PIL import Image
 
-    path = os.fspath(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(handle) as image:
                 width, height = image.size
         return height, width
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: too many pixels to decode ({error})") from None
+        raise ValueError(f"{shown}: too many pixels to decode ({error})") from None
     except Exception:  # unknown to Pillow, or broken
         pass
-    size = _radiance_or_pfm_size(path)
-    if size is None and cv2.haveImageReader(path):
+    handle.seek(0)
+    size = _radiance_or_pfm_size(handle.read(1 << 16))
+    if size is None and _opencv_has_reader(handle):
         raise ValueError(
-            f"{path}: its format does not tell its size in a header read here, so it is not "
+            f"{shown}: its format does not tell its size in a header read here, so it is not "
             f"decoded; save it as PNG or JPEG"
         )
     return size
 
 
-def _radiance_or_pfm_size(path: str) -> Optional[Tuple[int, int]]:
+def _opencv_has_reader(handle) -> bool:
+    """Whether OpenCV knows the format of the opened file, asked through the descriptor's
+    own path where the system has one (any file name works there)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(folder):
+            return bool(cv2.haveImageReader(f"{folder}/{handle.fileno()}"))
+    try:
+        return bool(cv2.haveImageReader(opencv_path(handle.name)))
+    except (ValueError, TypeError):
+        return False
+
+
+def _radiance_or_pfm_size(head: bytes) -> Optional[Tuple[int, int]]:
     """(height, width) from a Radiance HDR header (``#?...`` lines, a blank line, then
     ``-Y H +X W`` or another axis order) or a PFM one (``PF``/``Pf``, ``W H``)."""
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
     if head.startswith((b"PF", b"Pf")):
         fields = head[2:].split(maxsplit=2)[:2]
         numbers = [int(f) for f in fields if f.isdigit()]
@@ -68,19 +142,32 @@ def _radiance_or_pfm_size(path: str) -> Optional[Tuple[int, int]]:
     return (first, second) if fields[0][1:] == b"Y" else (second, first)
 
 
-def read_image(path: Union[str, os.PathLike], max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
+def read_image(
+    path: Union[str, os.PathLike],
+    max_pixels: int = MAX_DECODED_PIXELS,
+    check_size: Optional[Callable[[int, int], object]] = None,
+) -> np.ndarray:
     """An image file as OpenCV reads it: ``[H, W, 3]`` uint8 BGR (grayscale and alpha
-    images are converted). Raises FileNotFoundError or ValueError naming the file; a file
-    whose header declares more than ``max_pixels`` pixels is refused before decoding."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    size = image_file_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ValueError(f"{path}: the file declares {size[0]}x{size[1]} pixels, more than {max_pixels} (not decoded)")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    images are converted, the EXIF orientation applied). Raises FileNotFoundError or
+    ValueError naming the file; only a regular file is opened, and one whose header
+    declares more than ``max_pixels`` pixels (or that ``check_size(height, width)``
+    refuses by raising) is not decoded. The bytes are read here and decoded from memory,
+    so file names of any bytes work."""
+    shown = display_path(path)
+    with open_regular_file(path) as handle:
+        size = _header_size(handle, shown)
+        if size is not None:
+            if check_size is not None:
+                check_size(*size)
+            if size[0] * size[1] > max_pixels:
+                raise ValueError(
+                    f"{shown}: the file declares {size[0]}x{size[1]} pixels, more than {max_pixels} (not decoded)"
+                )
+        handle.seek(0)
+        data = np.frombuffer(handle.read(), np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(f"cannot decode image file: {path}")
+        raise ValueError(f"cannot decode image file: {shown}")
     return image
 
 
@@ -91,7 +178,12 @@ def _is_pil_image(image) -> bool:
 def _pil_pixels(image, name: str) -> np.ndarray:
     """A PIL image as a writable uint8 array (RGB or gray). 16-bit gray images are
     scaled to 8 bits as OpenCV reads 16-bit files (divided by 256); Pillow's own
-    conversion would saturate them at 255."""
+    conversion would saturate them at 255. An EXIF orientation is applied, as OpenCV
+    applies it to a file (a phone's portrait photo is stored sideways)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # as OpenCV reads a file: upright
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):
         return np.clip(np.rint(np.asarray(image).astype(np.float32) / 256), 0, 255).astype(np.uint8)
     if image.mode in ("I", "F"):

@@ -275,7 +275,7 @@ def test_huge_images_are_refused_from_their_header(detector, tmp_path, monkeypat
     def no_decoding(*args, **kwargs):
         raise AssertionError("the image was decoded")
 
-    monkeypatch.setattr(cv2, "imread", no_decoding)
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
     with pytest.raises(ValueError, match=r"image \(.*big.png\): 9000x8000 pixels is more than this detector takes"):
         detector.detect(big)
     with pytest.raises(ValueError, match=r"images\[1\] \(.*big.png\): 9000x8000"):

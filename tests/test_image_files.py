@@ -28,7 +28,7 @@ def test_formats_pillow_cannot_measure_are_measured_before_decoding(detector, tm
     path = tmp_path / "bomb.jpg"
     path.write_bytes(header + bytes(64))
     assert retinaface_ext.images.image_file_size(path) == declared
-    monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("the image was decoded"))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("the image was decoded"))
     with pytest.raises(ValueError, match=f"{declared[0]}x{declared[1]} pixels is more than this detector takes"):
         detector.detect(str(path))
     with pytest.raises(ValueError, match=f"declares {declared[0]}x{declared[1]} pixels, more than .* .not decoded."):
@@ -39,7 +39,7 @@ def test_a_file_opencv_decodes_but_nobody_can_measure_is_refused(tmp_path, monke
     path = tmp_path / "odd.jpg"
     path.write_bytes(b"\x00 something only OpenCV reads")
     monkeypatch.setattr(cv2, "haveImageReader", lambda name: True)
-    monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("the image was decoded"))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("the image was decoded"))
     with pytest.raises(ValueError, match="odd.jpg: its format does not tell its size .* not decoded"):
         retinaface_ext.images.read_image(path)
 

@@ -115,6 +115,6 @@ def test_an_earlier_result_stays_whole_when_a_run_fails(clip, tmp_path, capsys, 
         raise ValueError("the network broke")
 
     monkeypatch.setattr(Detector, "detect", broken)
-    code, _, err = run_cli(capsys, "detect", clip, "--weights", WEIGHTS, "--out", out)
+    code, _, err = run_cli(capsys, "detect", clip, "--weights", WEIGHTS, "--out", out, "--overwrite")
     one_line_error(code, err, "the network broke")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -8,6 +8,8 @@ option values, failed writes) print one line on stderr and exit with status 2;
 """
 
 import argparse
+import logging
+import signal
 import sys
 from typing import List, Optional
 
@@ -44,11 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it cleans up as after Ctrl-C
+    (temporary files removed, partial results kept where the command keeps them)."""
+
+    exit_status = 143
+
+
+def _terminate(number, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ..runtime import reuse_freed_memory
 
     reuse_freed_memory()
+    # torch's "No CUDA runtime is found, using CUDA_HOME=..." when inductor compiles on a
+    # machine without a GPU: noise for this command, which builds no extension.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
     try:
         return args.run(args)
     except (UserError, OSError, ValueError, ImportError) as error:
@@ -56,9 +76,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"retinaface {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+        return getattr(stop, "exit_status", 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

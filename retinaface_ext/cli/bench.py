@@ -4,7 +4,7 @@ from the medians."""
 
 import time
 
-from .args import positive_int, positive_number
+from .args import UserError, positive_int, positive_number
 from .shared import add_detector_options, make_detector
 
 
@@ -27,6 +27,14 @@ def command_bench(args) -> int:
 
     detector = make_detector(args, target_size=args.target_size, max_size=args.max_size)
     image = detector.read_image(args.image)
+    pixels = detector.pass_pixels(*image.shape[:2])
+    if args.batch_size * pixels > detector.max_pass_pixels:  # one pass is asked for: say so rather than split it
+        raise UserError(
+            f"--batch-size {args.batch_size}: {args.batch_size} images of {pixels / 1e6:.2f}M pixels are "
+            f"{args.batch_size * pixels / 1e6:.0f}M pixels in one forward pass, more than the "
+            f"{detector.max_pass_pixels / 1e6:.0f}M pixels a pass may take (Detector's max_pass_pixels); "
+            f"at most {max(1, detector.max_pass_pixels // pixels)} of this image"
+        )
     prepared = detector.network_input(image)
     with torch.inference_mode():
         outputs = detector.model(prepared)

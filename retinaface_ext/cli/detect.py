@@ -15,17 +15,20 @@ from .shared import (
     make_detector,
     output_folder,
     progress_bar,
+    refuse_existing,
 )
 
 
 def command_detect(args) -> int:
     from ..draw import draw_detections
     from ..files import atomic_write_text, write_image
+    from ..images import display_path
     from ..inference.ahead import read_ahead
-    from .video import command_detect_video, is_video_source
+    from .video import command_detect_video, video_source
 
-    if is_video_source(args.input):
-        return command_detect_video(args)
+    source = video_source(args.input)
+    if source is not None:
+        return command_detect_video(args, source)
     check_origin_size(args)
     files, root = image_files(args.input, args.recursive)
     files, results = folder_run(args, files, root)
@@ -37,10 +40,14 @@ def command_detect(args) -> int:
             image_out = os.path.join(args.out, os.path.relpath(path, root))
             if os.path.realpath(image_out) in inputs and not args.no_draw:
                 raise UserError(
-                    f"--out {args.out}: the annotated copy of {path} would overwrite it; choose another folder"
+                    f"--out {args.out}: the annotated copy of {display_path(path)} would overwrite it; "
+                    "choose another folder"
                 )
             outputs[path] = (image_out, image_out + ".json")
-    crops = align_outputs(args.align, files, root) if args.align else {}
+        images_out = [] if args.no_draw else [image_out for image_out, _ in outputs.values()]
+        jsons_out = [json_out for _, json_out in outputs.values()] if args.json else []
+        refuse_existing(images_out + jsons_out, args.overwrite)
+    crops = align_outputs(args.align, files, root, args.overwrite) if args.align else {}
     detector = make_detector(args, target_size=args.target_size, max_size=args.max_size)
     unreadable = 0
     read = reader(detector, keep_going=results is not None)
@@ -70,12 +77,14 @@ def command_detect(args) -> int:
                 if args.align:
                     write_crops(image, faces, crops[path])
                 if results is None and (not args.json or args.out):
-                    progress.write(f"{path}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout)
+                    progress.write(
+                        f"{display_path(path)}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout
+                    )
                 progress.update()
     if results is not None:
         results.close()
         note = f" ({unreadable} could not be read: their lines hold an 'error')" if unreadable else ""
-        print(f"{results.path}: {len(files)} images written{note}", file=sys.stderr)
+        print(f"{display_path(results.path)}: {len(files)} images written{note}", file=sys.stderr)
     return 0
 
 
@@ -147,15 +156,18 @@ def folder_run(args, files, root):
     return files, ResultsWriter(target)
 
 
-def align_outputs(folder, files, root):
+def align_outputs(folder, files, root, overwrite=False):
     """Per input, the pattern of its crops under ``folder``: its path relative to the
     input folder, without extension, plus ``_face<k>`` and its extension. Refused before
-    anything is written when a crop could overwrite an input."""
+    anything is written when a crop could overwrite an input, or, without
+    ``overwrite``, any file already there."""
     import re
+
+    from ..images import display_path
 
     output_folder(folder, "--align")
     inputs = {os.path.realpath(f) for f in files}
-    outputs = {}
+    outputs, crop_patterns = {}, {}
     for path in files:
         stem, extension = os.path.splitext(os.path.relpath(path, root))
         prefix = os.path.join(folder, stem + "_face")
@@ -164,8 +176,15 @@ def align_outputs(folder, files, root):
         clash = next((other for other in inputs if taken.match(other)), None)
         if clash:
             raise UserError(
-                f"--align {folder}: a crop of {path} would overwrite the input {clash}; choose another folder"
+                f"--align {folder}: a crop of {display_path(path)} would overwrite the input "
+                f"{display_path(clash)}; choose another folder"
             )
+        crop_patterns[(os.path.realpath(prefix), extension)] = path
+    if not overwrite and os.path.isdir(folder):
+        crop = re.compile(r"(.*_face)\d+(\.[^./]*)?$")
+        present = (os.path.join(d, f) for d, _, names in os.walk(folder) for f in names)
+        matched = (crop.match(os.path.realpath(p)) for p in present)
+        refuse_existing([m[0] for m in matched if m and (m[1], m[2] or "") in crop_patterns], overwrite)
     return outputs
 
 
@@ -200,6 +219,11 @@ def add_detect_command(commands) -> None:
         "--json", action="store_true", help="write <image>.json per image, or stream JSON lines to stdout without --out"
     )
     detect.add_argument("--no-draw", action="store_true", help="with --out: do not write annotated images or video")
+    detect.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already in --out or --align (without it, a run that would replace any is refused)",
+    )
     detect.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     detect.add_argument(
         "--jsonl",

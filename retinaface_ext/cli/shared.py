@@ -15,11 +15,17 @@ PROTOCOL_MAX_SIZE = 2150
 
 
 def image_files(path: str, recursive: bool = False) -> Tuple[List[str], str]:
-    """The image files to read and the folder their output names are relative to."""
+    """The image files to read and the folder their output names are relative to. In a
+    folder, every entry with an image extension is listed, whatever it is (a FIFO, a
+    dangling link): reading it says what is wrong with it."""
+    from ..images import display_path
+
     if os.path.isfile(path):
         return [path], os.path.dirname(path)
     if not os.path.isdir(path):
-        raise UserError(f"no such image or folder: {path}")
+        if os.path.lexists(path):
+            raise UserError(f"{display_path(path)}: neither an image file nor a folder")
+        raise UserError(f"no such image or folder: {display_path(path)}")
     found = []
     for root, dirs, files in os.walk(path):
         dirs.sort()
@@ -27,7 +33,7 @@ def image_files(path: str, recursive: bool = False) -> Tuple[List[str], str]:
         if not recursive:
             break
     if not found:
-        raise UserError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{display_path(path)}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     return found, path
 
 
@@ -40,6 +46,21 @@ def output_folder(path: str, option: str = "--out") -> str:
         where = "is" if probe == os.path.abspath(path) else f"lies under {probe}, which is"
         raise UserError(f"{option} {path}: {where} a file, not a folder")
     return path
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """Nothing is written over a file this run did not make: the existing files among
+    ``paths`` (None entries skipped) are refused in one line, before any work, unless
+    ``overwrite`` (``--overwrite``); a folder in the way is refused either way."""
+    from ..images import display_path
+
+    taken = [p for p in paths if p and os.path.lexists(p)]
+    for path in taken:
+        if os.path.isdir(path):
+            raise UserError(f"{display_path(path)}: is a folder, where an output file would go")
+    if taken and not overwrite:
+        more = f" and {len(taken) - 1} more output files" if len(taken) > 1 else ""
+        raise UserError(f"{display_path(taken[0])}{more} already exist; add --overwrite to replace them")
 
 
 def make_detector(args, **overrides):
@@ -60,6 +81,7 @@ def make_detector(args, **overrides):
         device=device,
         batch_size=args.batch_size,
         engine=args.engine,
+        trust_package=args.trust_package,
         **dataclasses.asdict(detection_settings(args)),
     )
     settings.update(overrides)
@@ -125,6 +147,12 @@ def add_detector_options(parser, batch_size=1):
         type=positive_int,
         default=batch_size,
         help=f"images per forward pass; similar sizes share one ({batch_size})",
+    )
+    parser.add_argument(
+        "--trust-package",
+        action="store_true",
+        help="run a .pt2 --weights package that this installation did not build (a package is native "
+        "code that runs as it loads: only from a source you trust)",
     )
     parser.add_argument(
         "--engine",

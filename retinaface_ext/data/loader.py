@@ -17,6 +17,7 @@ from torch.utils.data import (
     default_collate,
 )
 
+from ..models.config import whole_number
 from ..targets import WIDTH, split_rows
 from .transforms import MEAN_BGR
 
@@ -175,6 +176,13 @@ def _without_worker_traceback(error: Exception) -> Exception:
         return ValueError(message)
 
 
+def usable_workers(requested: int, batches: int) -> int:
+    """``requested`` loader workers, at most what can work at once: the CPUs this
+    process may use, and the batches of an epoch (each worker makes whole batches)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(whole_number(requested, "workers", 0), max(1, cpus), max(1, batches))
+
+
 def default_workers(processes: int = 1) -> int:
     """Loader workers per process: the CPUs this process may use
     (``os.sched_getaffinity``), shared among ``processes`` on the machine, at most 8."""
@@ -201,10 +209,7 @@ def make_loader(
     :class:`DistributedSampler` splits the images among the processes of the default
     process group). Workers persist from epoch to epoch.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    if int(num_workers) < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    batch_size, num_workers = whole_number(batch_size, "batch_size"), whole_number(num_workers, "num_workers", 0)
     rank = 0
     # The order's own generator: the loader draws its workers' base seed from the other
     # one on a fresh start but not when persistent workers go on.

@@ -26,12 +26,14 @@ with our ``detect_faces`` op (:class:`~retinaface_ext.export.pt2.DetectFacesGrap
 
 from .exporter import EXPORTERS, ExportReport, to_onnx
 from .graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, DetectionGraph
-from .pt2 import DETECT_FACES_OUTPUTS, DetectFacesGraph, Pt2Report, load_pt2, to_pt2
+from .pt2 import DETECT_FACES_OUTPUTS, DetectFacesGraph, Pt2Report, to_pt2
+from .pt2_files import UntrustedPackage, load_pt2
 
 __all__ = [
     "to_onnx",
     "to_pt2",
     "load_pt2",
+    "UntrustedPackage",
     "Pt2Report",
     "DetectFacesGraph",
     "DETECT_FACES_OUTPUTS",

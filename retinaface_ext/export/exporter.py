@@ -69,13 +69,13 @@ def _network(model) -> InferenceRetinaFace:
     return InferenceRetinaFace(model, channels_last=False, fuse_activations=False).cpu()
 
 
-def _size(size) -> Tuple[int, int]:
+def _size(size, caller: str = "to_onnx") -> Tuple[int, int]:
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
-        raise ValueError(f"to_onnx: size must be (height, width), got {size!r}") from None
+        raise ValueError(f"{caller}: size must be (height, width), got {size!r}") from None
     if height < 32 or width < 32:
-        raise ValueError(f"to_onnx: size must be at least 32 x 32 (the network's coarsest stride), got {size!r}")
+        raise ValueError(f"{caller}: size must be at least 32 x 32 (the network's coarsest stride), got {size!r}")
     return height, width
 
 

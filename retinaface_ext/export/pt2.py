@@ -7,7 +7,7 @@ the post-processing and deformable convolutions are calls into it."""
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from ..models.config import DetectionSettings
 from ..priors import make_prior_boxes
 from .exporter import _example_images, _size
 from .graph import NETWORK_INPUTS, NETWORK_OUTPUTS
+from .pt2_files import _first_line, _load, file_digest, record_built
 
 #: The packages' inputs and outputs; the network package's are :data:`NETWORK_OUTPUTS`.
 DETECT_FACES_OUTPUTS = ("boxes", "scores", "landmarks", "counts")
@@ -123,7 +124,7 @@ def to_pt2(
         raise ValueError(f"to_pt2: device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("to_pt2: device='cuda' needs a visible CUDA device (the package is compiled on it)")
-    height, width = _size(size)
+    height, width = _size(size, "to_pt2")
     if dynamic and min(height, width) < MIN_SIDE:
         raise ValueError(f"to_pt2: a dynamic package needs an example of at least {MIN_SIDE} x {MIN_SIDE}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -131,6 +132,7 @@ def to_pt2(
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"to_pt2: {path} is a folder")
+    created = _make_folder(os.path.dirname(os.path.abspath(path)))  # before minutes of work, not after
     network = _network(model).to(device)
     module = DetectFacesGraph(network, settings).eval() if postprocess else network
     # torch.export specialises a dimension of size 1: a dynamic batch needs an example of 2.
@@ -183,30 +185,35 @@ def to_pt2(
         )
         if check:
             _check(report, temporary, module, example, dynamic)
+        digest = file_digest(temporary)
         os.replace(temporary, path)
+        record_built(digest)
+    except BaseException:
+        for folder in reversed(created):
+            if not os.listdir(folder):
+                os.rmdir(folder)
+        raise
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return report
 
 
-def load_pt2(path: Union[str, os.PathLike], device_index: int = -1):
-    """An AOTInductor package, loaded, and its metadata: (callable, dict). Raises
-    ValueError naming the file when it is not a package or not one of ours."""
-    from .. import _extension
-
-    _extension.require()  # our ops must be registered before the package resolves them
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such .pt2 package")
-    try:
-        package = torch._inductor.aoti_load_package(path, device_index=device_index)
-        metadata = package.get_metadata()
-    except Exception as error:
-        raise ValueError(f"{path}: not a loadable AOTInductor package ({_first_line(error)})") from None
-    if "retinaface_ext.outputs" not in metadata:
-        raise ValueError(f"{path}: not a RetinaFace package made by retinaface_ext.export.to_pt2")
-    return package, metadata
+def _make_folder(folder: str) -> List[str]:
+    """Create ``folder`` and the folders above it that are missing (as ``to_onnx``'s
+    write does); returns those it created, top first. ValueError naming the first
+    existing one when it is a file or cannot be written."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"to_pt2: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"to_pt2: cannot write into {folder}")
+    for new in reversed(missing):
+        os.mkdir(new)
+    return missing[::-1]
 
 
 def _network(model) -> InferenceRetinaFace:
@@ -220,7 +227,7 @@ def _network(model) -> InferenceRetinaFace:
 
 
 def _check(report: Pt2Report, package_path: str, module, example, dynamic: bool) -> None:
-    package = torch._inductor.aoti_load_package(package_path)
+    package = _load(package_path, package_path, -1)
     inputs = [example]
     if dynamic:
         batch, _, height, width = example.shape
@@ -240,8 +247,3 @@ def _check(report: Pt2Report, package_path: str, module, example, dynamic: bool)
                 raise RuntimeError(
                     f"to_pt2: the package's {name} differs from eager PyTorch by {difference:.3g}; nothing written"
                 )
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -1,9 +1,9 @@
 """Reading ahead in background threads, so that the network does not wait for JPEG or video
 decoding: OpenCV's decoders release the GIL, so threads decode while the forward pass runs."""
 
+import collections
 import concurrent.futures
 import os
-import queue
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Tuple, TypeVar
 
@@ -44,45 +44,58 @@ def read_ahead(
                 future.cancel()
 
 
-_DONE = object()
-
-
-def produce_ahead(produce: Iterator[Result], ahead: int = 64) -> Iterator[Result]:
+def produce_ahead(
+    produce: Iterator[Result], ahead: int = 64, max_bytes: Optional[int] = None, size_of: Callable[[Result], int] = len
+) -> Iterator[Result]:
     """The items of ``produce`` (a sequential source such as a video's frames), made in
-    one background thread up to ``ahead`` items before they are asked for. An exception
-    in the source is raised here, in order; closing the iterator stops the thread."""
-    buffer: "queue.Queue" = queue.Queue(maxsize=max(1, ahead))
-    stop = threading.Event()
+    one background thread up to ``ahead`` items before they are asked for and, with
+    ``max_bytes``, no more than that many bytes of them (``size_of`` an item; one item
+    is always let through). An exception in the source is raised here, in order;
+    closing the iterator stops the thread."""
+    ready = threading.Condition()
+    waiting: "collections.deque" = collections.deque()  # (item, bytes)
+    state = {"bytes": 0, "done": False, "error": None, "stop": False}
+
+    def full(size: int) -> bool:
+        over = max_bytes is not None and state["bytes"] + size > max_bytes
+        return bool(waiting) and (len(waiting) >= ahead or over)
 
     def run():
         try:
             for item in produce:
-                while not stop.is_set():
-                    try:
-                        buffer.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put((_DONE, None))
+                size = size_of(item) if max_bytes is not None else 0
+                with ready:
+                    while full(size) and not state["stop"]:
+                        ready.wait(0.1)
+                    if state["stop"]:
+                        return
+                    waiting.append((item, size))
+                    state["bytes"] += size
+                    ready.notify_all()
         except BaseException as error:  # handed to the consumer
-            buffer.put((_DONE, error))
+            state["error"] = error
+        with ready:
+            state["done"] = True
+            ready.notify_all()
 
     thread = threading.Thread(target=run, name="retinaface-produce", daemon=True)
     thread.start()
     try:
         while True:
-            item, error = buffer.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
+            with ready:
+                while not waiting and not state["done"]:
+                    ready.wait()
+                if not waiting:
+                    if state["error"] is not None:
+                        raise state["error"]
+                    return
+                item, size = waiting.popleft()
+                state["bytes"] -= size
+                ready.notify_all()
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+        with ready:
+            state["stop"] = True
+            waiting.clear()
+            ready.notify_all()
+        thread.join()

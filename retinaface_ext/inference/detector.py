@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..images import ImageLike
+from ..images import MAX_PIXELS, ImageLike
 from ..models import PaddingMask, RetinaFace, config_for
 from ..models.checkpoint import check_finite
-from ..models.config import DetectionSettings
+from ..models.config import DetectionSettings, whole_number
 from .detections import Detections
 from .engines import AotiEngine, OnnxRuntimeEngine, TorchEngine
 from .postprocess import Postprocessing
@@ -28,22 +28,35 @@ ENGINES = ("torch", "onnxruntime", "aoti")
 #: Images share a padded forward pass only while the pass costs at most this many times
 #: their own pixels; the rest run in other passes (groups of similar sizes).
 MAX_PADDING_FACTOR = 2.0
+#: The network input pixels of one forward pass, all images of the pass together (the
+#: padded canvas times the images): what one image may have (MAX_PIXELS). Memory grows
+#: with it: about 50 bytes a pixel for MobileNet-0.25 and 200 for ResNet-50 on the CPU.
+MAX_PASS_PIXELS = MAX_PIXELS
 DEFAULTS = DetectionSettings()
 
 
 def padding_groups(
-    sizes: Sequence[Tuple[int, int]], max_images: int, max_padding: float = MAX_PADDING_FACTOR
+    sizes: Sequence[Tuple[int, int]],
+    max_images: int,
+    max_padding: float = MAX_PADDING_FACTOR,
+    max_pixels: Optional[int] = None,
 ) -> List[List[int]]:
     """Indices of ``sizes`` (h, w) in groups that share a padded canvas: at most
-    ``max_images`` per group, and a group's canvas pixels times its images at most
-    ``max_padding`` times their own pixels. First fit, largest images first."""
+    ``max_images`` per group, a group's canvas pixels times its images at most
+    ``max_padding`` times their own pixels and at most ``max_pixels`` (an image larger
+    than that alone is a group of its own). First fit, largest images first."""
     groups: List[List[int]] = []
     canvases: List[Tuple[int, int, int]] = []  # height, width and the images' own pixels, per group
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1]):
         h, w = sizes[i]
         for g, (gh, gw, pixels) in enumerate(canvases):
             height, width = max(gh, h), max(gw, w)
-            if len(groups[g]) < max_images and height * width * (len(groups[g]) + 1) <= max_padding * (pixels + h * w):
+            canvas = height * width * (len(groups[g]) + 1)
+            if (
+                len(groups[g]) < max_images
+                and canvas <= max_padding * (pixels + h * w)
+                and (max_pixels is None or canvas <= max_pixels)
+            ):
                 groups[g].append(i)
                 canvases[g] = (height, width, pixels + h * w)
                 break
@@ -78,6 +91,9 @@ class Detector:
         channels_last: run the network in channels-last memory format (faster on CPU).
         batch_size: images per forward pass in :meth:`detect`; images share a pass only
             when the padding costs at most ``MAX_PADDING_FACTOR`` times their pixels.
+        max_pass_pixels: network input pixels per forward pass, all its images together
+            (``MAX_PASS_PIXELS``, 64M): a larger batch runs as several passes, so that
+            memory stays bounded whatever ``batch_size`` asks.
         clip_boxes: clip the boxes to the image (default False, as Pytorch_Retinaface).
         engine: ``"torch"`` (the default) or ``"onnxruntime"``: the network exported to
             ONNX (once per weights, into the cache; see :mod:`retinaface_ext.inference.onnx_network`)
@@ -93,6 +109,10 @@ class Detector:
             pass; sides must be at least 33 pixels.
         half: run the network in float16 (CUDA only); the post-processing stays float32.
         compile: ``torch.compile`` the network and the post-processing (torch engine).
+        trust_package: load a ``.pt2`` package that this installation did not build. A
+            package is a program (native code that runs as it loads), so one from
+            elsewhere is refused unless you trust its source; see
+            :func:`retinaface_ext.export.load_pt2`.
     """
 
     def __init__(
@@ -114,14 +134,15 @@ class Detector:
         half: bool = False,
         compile: bool = False,
         confidence_threshold: Optional[float] = None,
+        max_pass_pixels: int = MAX_PASS_PIXELS,
+        trust_package: bool = False,
     ):
         if confidence_threshold is not None:
             warnings.warn("Detector(confidence_threshold=...) is now score_threshold", DeprecationWarning, stacklevel=2)
             score_threshold = confidence_threshold
         self.settings = DetectionSettings(score_threshold, nms_threshold, top_k, keep_top_k)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = whole_number(batch_size, "batch_size")
+        self.max_pass_pixels = whole_number(max_pass_pixels, "max_pass_pixels")
         suffix = (
             os.path.splitext(os.fspath(weights_or_model))[1].lower()
             if isinstance(weights_or_model, (str, os.PathLike))
@@ -137,12 +158,12 @@ class Detector:
         if engine in ("onnxruntime", "aoti"):
             if half or compile:
                 raise ValueError(f"half and compile apply to engine='torch'; {engine} runs the float32 graph")
-            kind = OnnxRuntimeEngine if engine == "onnxruntime" else AotiEngine
-            if file_engine:
-                self.engine = kind(weights_or_model, config_for(backbone or "mobilenet0.25"), device)
+            source = weights_or_model if file_engine else self._load_model(weights_or_model, backbone, device)[0]
+            if engine == "onnxruntime":
+                config = config_for(backbone or "mobilenet0.25") if file_engine else source.config
+                self.engine = OnnxRuntimeEngine(source, config, device)
             else:
-                model, _ = self._load_model(weights_or_model, backbone, device)
-                self.engine = kind(model, model.config, device)
+                self.engine = AotiEngine(source, device, backbone, trust_package)
         else:
             model, device = self._load_model(weights_or_model, backbone, device)
             self.engine = TorchEngine(
@@ -201,22 +222,38 @@ class Detector:
             names = [names]
         elif isinstance(names, str) or len(names) != len(batch):
             raise ValueError(f"names must hold one name per image ({len(batch)}), got {names!r}")
-        results = []
-        for start in range(0, len(batch), self.batch_size):
-            chunk, chunk_names = batch[start : start + self.batch_size], names[start : start + self.batch_size]
-            prepared = [self.preprocessing.prepare(image, name, color) for image, name in zip(chunk, chunk_names)]
+        results, prepared, chunk_names, pixels = [], [], [], 0
+        for image, name in zip(batch, names):
+            one = self.preprocessing.prepare(image, name, color)
+            size = one.tensor.shape[-2] * one.tensor.shape[-1]
+            if prepared and pixels + size > self.max_pass_pixels:
+                results.extend(self._detect_prepared(prepared, chunk_names))
+                prepared, chunk_names, pixels = [], [], 0
+            prepared.append(one)
+            chunk_names.append(name)
+            pixels += size
+            if len(prepared) == self.batch_size:
+                results.extend(self._detect_prepared(prepared, chunk_names))
+                prepared, chunk_names, pixels = [], [], 0
+        if prepared:
             results.extend(self._detect_prepared(prepared, chunk_names))
         return results[0] if single else results
 
-    def detect_video(self, source, batch_size: Optional[int] = None):
+    def pass_pixels(self, height: int, width: int) -> int:
+        """The network input pixels of an ``height x width`` image here (after resizing),
+        what it takes of a forward pass's ``max_pass_pixels``."""
+        size = self.preprocessing.network_size(height, width)[1]
+        return size[0] * size[1]
+
+    def detect_video(self, source, batch_size: Optional[int] = None, name: Optional[str] = None):
         """Faces in each frame of a video file, a camera index or a stream address (or an
         opened ``cv2.VideoCapture``): an iterator of :class:`~.video.VideoFrame` (index,
         time in seconds, the BGR frame, its Detections), in order. Frames are decoded
-        ahead in a background thread and detected ``batch_size`` at a time (default: this
-        detector's)."""
+        ahead in a background thread (bounded in bytes) and detected ``batch_size`` at a
+        time (default: this detector's). ``name`` is what errors call the source."""
         from .video import detect_video
 
-        return detect_video(self, source, batch_size)
+        return detect_video(self, source, batch_size, name)
 
     def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> np.ndarray:
         """An image file as OpenCV reads it (BGR), refused from its header, before
@@ -235,7 +272,7 @@ class Detector:
         results: List[Optional[Detections]] = [None] * len(prepared)
         sizes = [tuple(p.tensor.shape[-2:]) for p in prepared]
         max_padding = MAX_PADDING_FACTOR if self.engine.pads else 1.0
-        for group in padding_groups(sizes, self.batch_size, max_padding):
+        for group in padding_groups(sizes, self.batch_size, max_padding, self.max_pass_pixels):
             for i, detections in zip(
                 group, self._forward_group([prepared[i] for i in group], [names[i] for i in group])
             ):

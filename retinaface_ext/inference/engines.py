@@ -72,27 +72,37 @@ class OnnxRuntimeEngine:
 class AotiEngine:
     """The network as an AOTInductor package (:func:`retinaface_ext.export.to_pt2` with
     ``postprocess=False``): a ``.pt2`` file, or a RetinaFace exported and compiled once
-    into the cache (tens of seconds the first time). Runs where it was compiled for."""
+    into the cache (tens of seconds the first time). Runs where it was compiled for.
+    A file this installation did not build needs ``trust=True`` (see
+    :func:`retinaface_ext.export.load_pt2`); ``backbone``, when given, must be the
+    package's."""
 
     name, pads, channels_last, half, compiled = "aoti", False, False, False, False
 
-    def __init__(self, source, config: RetinaFaceConfig, device=None):
-        from ..export.pt2 import MIN_SIDE, load_pt2
+    def __init__(self, source, device=None, backbone: Optional[str] = None, trust: bool = False):
+        from ..export.pt2 import MIN_SIDE
+        from ..export.pt2_files import load_pt2
+        from ..images import display_path
 
         self.device = resolve_device(device)
+        index = self.device.index if self.device.index is not None else -1
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
+            self.network, metadata = load_pt2(path, index, trust)
         else:
-            path = cached_package(source, self.device.type)
-        self.network, metadata = load_pt2(path, self.device.index if self.device.index is not None else -1)
+            path, (self.network, metadata) = cached_package(source, self.device.type, index)
+        shown = display_path(path)
         if metadata.get("retinaface_ext.postprocess") != "0":
             raise ValueError(
-                f"{path}: this package holds the post-processing too; the Detector runs a network package "
+                f"{shown}: this package holds the post-processing too; the Detector runs a network package "
                 "(to_pt2(..., postprocess=False)); call the package directly for its detections"
             )
-        self.path, self.min_side = path, MIN_SIDE
-        backbone = metadata.get("retinaface_ext.backbone")
-        self.config = config if backbone is None or backbone == config.backbone else config_for(backbone)
+        found = metadata.get("retinaface_ext.backbone")
+        if found not in ("mobilenet0.25", "resnet50"):
+            raise ValueError(f"{shown}: the package names no backbone this version knows ({found!r})")
+        if backbone is not None and config_for(backbone).backbone != found:
+            raise ValueError(f"backbone={backbone!r}, but {shown} holds a {found} network")
+        self.path, self.min_side, self.config = path, MIN_SIDE, config_for(found)
 
     def __call__(self, images: torch.Tensor, padding_mask: Optional[object] = None) -> Outputs:
         if min(images.shape[-2:]) < self.min_side:
@@ -103,19 +113,29 @@ class AotiEngine:
         return tuple(self.network(images.contiguous()))
 
 
-def cached_package(model: RetinaFace, device: str) -> str:
+def cached_package(model: RetinaFace, device: str, device_index: int = -1):
     """The network of ``model`` compiled into ``<cache>/pt2/<digest>-<device>.pt2`` once per
-    weights, device, torch and retinaface_ext version; returns the path."""
+    weights, device, torch and retinaface_ext version, beside the file's SHA-256 taken when
+    it was built (``.sha256``); returns (path, load_pt2's result). An entry whose bytes no
+    longer match (cut short, replaced) or that does not load is built again."""
     import hashlib
 
     from .. import __version__
     from ..export.pt2 import to_pt2
-    from ..files import cache_root
+    from ..export.pt2_files import file_digest, load_pt2
+    from ..files import atomic_write_text, cache_root
     from .onnx_network import model_digest
 
     key = hashlib.sha256(f"{model_digest(model)}:{torch.__version__}:{__version__}".encode()).hexdigest()[:32]
     path = os.path.join(cache_root(), "pt2", f"{key}-{device}.pt2")
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        to_pt2(model, path, device=device, postprocess=False, check=False)
-    return path
+    recorded = path + ".sha256"
+    if os.path.isfile(path) and os.path.isfile(recorded):
+        try:
+            with open(recorded, encoding="ascii") as handle:
+                if handle.read().strip() == file_digest(path):
+                    return path, load_pt2(path, device_index, trust=True)
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass  # built again below
+    to_pt2(model, path, device=device, postprocess=False, check=False)
+    atomic_write_text(recorded, file_digest(path) + "\n")
+    return path, load_pt2(path, device_index, trust=True)

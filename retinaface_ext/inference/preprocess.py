@@ -14,7 +14,7 @@ from ..images import (
     MAX_PIXELS,
     ImageLike,
     check_size,
-    image_file_size,
+    display_path,
     read_image,
     resize_factor,
     resized_shape,
@@ -48,19 +48,20 @@ class Preprocessing:
     def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None):
         """An image file as OpenCV reads it (BGR), refused from its header, before
         decoding, when its size would be refused."""
-        size = image_file_size(path)
-        if size is not None:
-            self.check_input_size(*size, name or os.fspath(path))
-        return read_image(path, MAX_DECODED_PIXELS)
+        name = name or display_path(path)
+        return read_image(path, MAX_DECODED_PIXELS, lambda height, width: self.check_input_size(height, width, name))
+
+    def network_size(self, height: int, width: int) -> Tuple[float, Tuple[int, int]]:
+        """The resize factor and network input size (height, width) of an image."""
+        if self.target_size is None and self.max_size is None:
+            return 1.0, (int(height), int(width))
+        factor = resize_factor(height, width, self.target_size, self.max_size)
+        return factor, resized_shape(height, width, factor)
 
     def check_input_size(self, height: int, width: int, name: str) -> Tuple[float, Tuple[int, int]]:
         """The resize factor and network input size of an image, or ValueError naming it
         when that input would exceed MAX_PIXELS."""
-        if self.target_size is None and self.max_size is None:
-            factor, size = 1.0, (int(height), int(width))
-        else:
-            factor = resize_factor(height, width, self.target_size, self.max_size)
-            size = resized_shape(height, width, factor)
+        factor, size = self.network_size(height, width)
         if size[0] * size[1] > MAX_PIXELS:
             raise ValueError(
                 f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
@@ -73,7 +74,7 @@ class Preprocessing:
         (``[3, h, w]`` float32, mean subtracted, resized), the resize factor and the
         image's own size. ``name`` is what errors call it."""
         if isinstance(image, (str, os.PathLike)):
-            image = self.read_image(image, f"{name} ({os.fspath(image)})")
+            image = self.read_image(image, f"{name} ({display_path(image)})")
         tensor = to_bgr_tensor(image, name, self.device, color)
         height, width = tensor.shape[-2:]
         factor, size = self.check_input_size(height, width, name)

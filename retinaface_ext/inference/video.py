@@ -24,11 +24,19 @@ class VideoFrame:
 
 
 def source_name(source: VideoSource) -> str:
+    from ..images import display_path
+
     if isinstance(source, int):
         return f"camera {source}"
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
+        return display_path(source)
     return "video"
+
+
+#: Decoded frames waiting for the detector take at most this many bytes (and 64 frames):
+#: 64 frames of 1080p, 5 of 8K, one at a time beyond that.
+AHEAD_BYTES = 512 << 20
+AHEAD_FRAMES = 64
 
 
 def open_video(source: VideoSource):
@@ -37,12 +45,16 @@ def open_video(source: VideoSource):
     open it."""
     import cv2
 
+    from ..images import display_path, opencv_path
+
     if isinstance(source, cv2.VideoCapture):
         return source
     if isinstance(source, (str, os.PathLike)) and "://" not in os.fspath(source):
         if not os.path.exists(source):
-            raise FileNotFoundError(f"{os.fspath(source)}: no such video file")
-    capture = cv2.VideoCapture(source if isinstance(source, int) else os.fspath(source))
+            raise FileNotFoundError(f"{display_path(source)}: no such video file")
+        if os.path.isdir(source):
+            raise ValueError(f"{display_path(source)}: is a folder, not a video file")
+    capture = cv2.VideoCapture(source if isinstance(source, int) else opencv_path(source, "video"))
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"{source_name(source)}: OpenCV cannot open it as a video")
@@ -69,25 +81,41 @@ def _frames(capture) -> Iterator[np.ndarray]:
         yield frame
 
 
-def detect_video(detector, source: VideoSource, batch_size: Optional[int] = None, ahead: int = 64):
-    """Per frame of ``source``, a :class:`VideoFrame`, in order. Frames are decoded up to
-    ``ahead`` ahead in a background thread and detected ``batch_size`` at a time (default:
-    the detector's batch size). Raises ValueError when the source opens but yields no
-    frame. A capture passed in is left open; one opened here is released."""
+def detect_video(
+    detector,
+    source: VideoSource,
+    batch_size: Optional[int] = None,
+    name: Optional[str] = None,
+    ahead_bytes: int = AHEAD_BYTES,
+):
+    """Per frame of ``source``, a :class:`VideoFrame`, in order. Frames are decoded ahead
+    in a background thread (at most ``ahead_bytes`` of them, and 64) and detected
+    ``batch_size`` at a time (default: the detector's; fewer where the frames would pass
+    the detector's pixels per forward pass). Raises ValueError naming the source
+    (``name``, default its path) when it opens but yields no frame. A capture passed in is
+    left open; one opened here is released."""
+    from ..models.config import whole_number
+
+    size = detector.batch_size if batch_size is None else whole_number(batch_size, "batch_size")
+    ahead_bytes = whole_number(ahead_bytes, "ahead_bytes")
     capture = open_video(source)
     owned = capture is not source
-    name = source_name(source)
+    name = name if name is not None else source_name(source)
     fps = video_properties(capture)[0]
-    size = batch_size or detector.batch_size
     index = 0
-    frames = produce_ahead(_frames(capture), ahead)
+    frames = produce_ahead(_frames(capture), AHEAD_FRAMES, ahead_bytes, size_of=lambda frame: frame.nbytes)
     try:
-        chunk = []
+        chunk, pixels = [], 0
         for frame in frames:
+            frame_pixels = detector.pass_pixels(frame.shape[0], frame.shape[1])
+            if chunk and pixels + frame_pixels > detector.max_pass_pixels:
+                yield from _detect_chunk(detector, chunk, index, fps, name)
+                index, chunk, pixels = index + len(chunk), [], 0
             chunk.append(frame)
+            pixels += frame_pixels
             if len(chunk) == size:
                 yield from _detect_chunk(detector, chunk, index, fps, name)
-                index, chunk = index + len(chunk), []
+                index, chunk, pixels = index + len(chunk), [], 0
         if chunk:
             yield from _detect_chunk(detector, chunk, index, fps, name)
             index += len(chunk)

@@ -10,6 +10,14 @@ from typing import Tuple
 MEAN_BGR = (104.0, 117.0, 123.0)
 
 
+def whole_number(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int when it is a whole number (not a bool, a float or a string)
+    of at least ``minimum``; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class DetectionSettings:
     """How faces are read from a network's outputs, with Pytorch_Retinaface's defaults
@@ -35,10 +43,7 @@ class DetectionSettings:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("top_k", "keep_top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, whole_number(getattr(self, name), name))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ files do not all have them.
 
 import dataclasses
 import hashlib
+import math
 import os
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -30,6 +32,11 @@ from ..files import cache_root
 #: Replaces every entry's addresses by ``<this>/<file name>`` (a mirror of the files).
 MIRROR_VARIABLE = "RETINAFACE_EXT_WEIGHTS_URL"
 CHUNK = 1 << 20
+#: A download from one address gives up after this many seconds in all (a server that
+#: trickles bytes never trips the 30 s a read may wait); ``$RETINAFACE_EXT_DOWNLOAD_SECONDS``
+#: sets another.
+DOWNLOAD_SECONDS = 900.0
+READ_SECONDS = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +179,32 @@ def load_published(name: str, progress: bool = True) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
-def download(name: str, urls: Optional[Sequence[str]] = None, progress: bool = True) -> str:
+def download_seconds() -> float:
+    text = os.environ.get("RETINAFACE_EXT_DOWNLOAD_SECONDS")
+    if text is None:
+        return DOWNLOAD_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"the environment variable RETINAFACE_EXT_DOWNLOAD_SECONDS={text!r} is not a number > 0")
+    return seconds
+
+
+def download(
+    name: str, urls: Optional[Sequence[str]] = None, progress: bool = True, seconds: Optional[float] = None
+) -> str:
     """Download the published weights ``name`` into the weights folder (or return the
     file already there) and return its path. Each address in turn: streamed to a
-    temporary file, bounded in size, read with ``weights_only=True``, checked
+    temporary file, bounded in size and in time (``seconds`` for all the addresses, default
+    :func:`download_seconds`), read with ``weights_only=True``, checked
     (:func:`check_weights`), then renamed into place. Raises WeightsUnavailable naming
     every address tried and the path where a file downloaded by hand is picked up."""
     from .checkpoint import read_state_dict
 
+    seconds = download_seconds() if seconds is None else float(seconds)
+    deadline = time.monotonic() + seconds
     target = cached_path(name)
     if os.path.isfile(target):
         return target
@@ -189,7 +214,7 @@ def download(name: str, urls: Optional[Sequence[str]] = None, progress: bool = T
     for url in urls or addresses(name):
         temporary = os.path.join(os.path.dirname(target), f".{entry.file_name}.{os.getpid()}.part")
         try:
-            _fetch(url, temporary, entry, progress)
+            _fetch(url, temporary, entry, progress, deadline, seconds)
             check_weights(name, read_state_dict(temporary), url)
             os.replace(temporary, target)
             return target
@@ -204,13 +229,16 @@ def download(name: str, urls: Optional[Sequence[str]] = None, progress: bool = T
     )
 
 
-def _fetch(url: str, path: str, entry: PublishedWeights, progress: bool) -> None:
+def _fetch(url: str, path: str, entry: PublishedWeights, progress: bool, deadline: float, seconds: float) -> None:
     if not url.startswith(("https://", "http://")):
         raise ValueError("only http and https addresses are fetched")
     from tqdm import tqdm
 
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"not tried: the {seconds:g} s for the download were spent")
     request = urllib.request.Request(url, headers={"User-Agent": "retinaface_ext"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=min(READ_SECONDS, left)) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         if total is not None and total > entry.max_bytes:
             raise ValueError(f"it announces {total} bytes, more than the {entry.max_bytes} expected")
@@ -219,7 +247,9 @@ def _fetch(url: str, path: str, entry: PublishedWeights, progress: bool) -> None
             open(path, "wb") as handle,
             tqdm(total=total, unit="B", unit_scale=True, desc=entry.name, disable=not progress, leave=False) as bar,
         ):
-            while chunk := response.read(CHUNK):
+            while chunk := response.read1(CHUNK):  # what one read brings: the deadline is checked often
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the download took more than {seconds:g} s ({received} bytes received)")
                 received += len(chunk)
                 if received > entry.max_bytes:
                     raise ValueError(f"it sent more than the {entry.max_bytes} bytes expected")

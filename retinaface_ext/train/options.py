@@ -128,6 +128,9 @@ class TrainConfig:
         "switch",
     )
     compile: bool = _flag(False, "torch.compile the model for training (the first steps compile it)", RUN)
+    tensorboard: bool = _flag(
+        False, "also write TensorBoard events into <out>/tensorboard (needs the tensorboard package)", RUN
+    )
     synthetic_dir: Optional[str] = None
     synthetic: SyntheticDefaults = field(default_factory=SyntheticDefaults)
 

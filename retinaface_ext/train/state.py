@@ -138,6 +138,7 @@ class JsonLog:
     """One JSON object per line, appended and flushed as they come (rank 0 only)."""
 
     def __init__(self, path: Optional[str]):
+        self.path = path
         self.handle = open(path, "a", encoding="utf-8") if path else None
 
     def write(self, **record) -> None:

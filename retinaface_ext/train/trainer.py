@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data import TrainTransform, WiderFaceDataset, make_loader
+from ..data.loader import usable_workers
 from ..data.synthetic import make_synthetic_faces
 from ..devices import resolve_device
 from ..evaluation.ap import average_precision
@@ -28,6 +29,7 @@ from ..models import RetinaFace
 from ..models.config import config_for
 from ..priors import prior_boxes
 from ..targets import BOX
+from .curves import TensorBoard, draw_results
 from .distributed import Distributed
 from .options import KEPT_ON_RESUME, SYNTHETIC, TrainConfig, resumed, synthetic_cache_dir
 from .pretrained import load_pretrained_backbone
@@ -113,11 +115,20 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.criterion = MultiBoxLoss(loc_weight=self.preset.loc_weight, variances=self.preset.variances)
         self.priors = prior_boxes((config.image_size, config.image_size), device=self.device)
+        per_process = config.batch_size // self.dist.world_size
+        workers = usable_workers(config.workers, len(self.train_set) // max(1, per_process * self.dist.world_size))
+        if workers < config.workers and self.is_main:
+            log.warning(
+                "--workers %d lowered to %d: no more can work at once here (the CPUs this process may use, "
+                "the batches of an epoch)",
+                config.workers,
+                workers,
+            )
         self.loader = make_loader(
             self.train_set,
-            config.batch_size // self.dist.world_size,
+            per_process,
             shuffle=True,
-            num_workers=config.workers,
+            num_workers=workers,
             seed=config.seed,
             distributed=self.dist.enabled,
             drop_last=True,
@@ -140,6 +151,8 @@ class Trainer:
         if checkpoint is not None:
             self._resume(checkpoint)
         self.log = JsonLog(os.path.join(self.out, "log.jsonl") if self.is_main else None)
+        self.board = TensorBoard(os.path.join(self.out, "tensorboard")) if config.tensorboard and self.is_main else None
+        self._plot_note_shown = False
         if self.is_main:
             write_args(self.out, config.as_dict())
         self._stop_requested: Optional[str] = None
@@ -256,6 +269,9 @@ class Trainer:
                 signal.signal(number, handler)
             self.loader.close()
             self.log.close()
+            if self.board is not None:
+                self.board.close()
+            self.draw_curves()
         if self.is_main and self.val_set is not None:
             self.draw_val_image(os.path.join(self.out, "val_detections.jpg"))
         return self.metrics
@@ -300,15 +316,10 @@ class Trainer:
                 rate, waiting = images / elapsed, waited / elapsed
                 totals += parts
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.log.write(
-                    event="step",
-                    epoch=self.epoch + 1,
-                    step=self.step,
-                    **dict(zip(LOSS_PARTS, parts.tolist())),
-                    lr=lr,
-                    images_per_s=rate,
-                    data_wait=waiting,
-                )
+                logged = dict(zip(LOSS_PARTS, parts.tolist()), lr=lr, images_per_s=rate, data_wait=waiting)
+                self.log.write(event="step", epoch=self.epoch + 1, step=self.step, **logged)
+                if self.board is not None:
+                    self.board.scalars("train", logged, self.step)
                 bar.set_postfix(
                     loc=f"{parts[0]:.3f}",
                     cls=f"{parts[1]:.3f}",
@@ -392,6 +403,8 @@ class Trainer:
             metrics.update(self._widerface_aps(detector))
         metrics["seconds"] = time.perf_counter() - started
         self.log.write(event="validation", epoch=self.epoch, step=self.step, **metrics)
+        if self.board is not None:
+            self.board.scalars("val", metrics, self.epoch)
         log.info(
             "epoch %d: validation AP@0.5 %.4f%s",
             self.epoch,
@@ -448,6 +461,20 @@ class Trainer:
     def _validate_epoch(self) -> None:
         self.metrics = self.validate()
         self._save_epoch(self.metrics)
+        self.draw_curves()
+
+    def draw_curves(self) -> None:
+        """results.png from log.jsonl (rank 0); without matplotlib, a note once."""
+        if not self.is_main or not os.path.isfile(self.log.path):
+            return
+        try:
+            drawn = draw_results(self.log.path, os.path.join(self.out, "results.png"))
+        except Exception as error:  # a picture never stops a run
+            log.warning("results.png not drawn: %s", error)
+            return
+        if not drawn and not self._plot_note_shown:
+            log.info("matplotlib is not installed: no results.png is drawn (pip install matplotlib)")
+            self._plot_note_shown = True
 
     def _save_epoch(self, validated: Optional[Dict[str, float]]) -> None:
         """last.pt after every epoch; best.pt when the validation AP improves (without
