@@ -169,3 +169,123 @@ def test_reading_ahead_keeps_the_order_and_raises_in_turn():
             got.append((k, value))
     assert got == [(k, k * k) for k in range(7)]
     assert list(read_ahead(np.arange(5), lambda k: -k, workers=2)) == [(k, -k) for k in range(5)]
+
+
+# ---------------------------------------------------------------- nothing of a user's lost
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"notes": "my own", "count": 3}', b'{"a":1}\n{"b":2}', b"[1, 2, 3]", b'{"image": [1, 2], "size": 3}\n'],
+)
+def test_jsonl_appends_only_to_a_results_file_of_ours(folder, tmp_path, capsys, content):
+    """A user's JSON file (a compact json.dump has no trailing newline: once taken for a
+    cut-off results line and emptied) is refused and left as it was."""
+    notes = tmp_path / "notes.json"
+    notes.write_bytes(content)
+    code, _, err = detect(capsys, folder, notes)
+    one_line_error(code, err, f"{notes}:", "not a results line of retinaface_ext")
+    assert notes.read_bytes() == content
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(folder, tmp_path, capsys):
+    jsonl = tmp_path / "r.jsonl"
+    assert detect(capsys, folder, jsonl)[0] == 0
+    jsonl.write_bytes(jsonl.read_bytes().rstrip(b"\n"))
+    code, _, err = detect(capsys, folder, jsonl)
+    assert code == 0 and "14 images already done, 0 to do" in err and len(lines_of(jsonl)) == 14
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "dangling link"])
+def test_a_jsonl_target_that_is_not_a_regular_file_is_refused_before_any_work(folder, tmp_path, capsys, kind):
+    """A FIFO or /dev/stdout was read whole before appending (a hang), /dev/zero read
+    until memory ran out, /dev/null failed after all the work."""
+    target = tmp_path / "target.jsonl"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target = pathlib.Path("/dev/null")
+    else:
+        target.symlink_to(tmp_path / "missing" / "r.jsonl")
+    started = time.monotonic()
+    code, _, err = detect(capsys, folder, target)
+    assert time.monotonic() - started < 30
+    expected = {"fifo": "is a FIFO (named pipe), not a regular file", "device": "is a character device"}
+    one_line_error(code, err, expected.get(kind, "a link to a missing file"))
+
+
+def test_entries_that_are_not_images_become_error_lines_and_the_run_goes_on(tmp_path, capsys):
+    """A dangling link stopped the whole run; a FIFO named b.jpg hung it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "good.jpg"), cv2.imread(str(CROWD))[:240, :320])
+    (images / "gone.jpg").symlink_to(images / "deleted.jpg")
+    os.mkfifo(images / "pipe.jpg")
+    jsonl = tmp_path / "r.jsonl"
+    code, _, err = detect(capsys, images, jsonl)
+    assert code == 0 and "2 could not be read" in err, err
+    records = {r["image"]: r for r in lines_of(jsonl)}
+    assert "a link to a missing file" in records["gone.jpg"]["error"]
+    assert "is a FIFO (named pipe), not a regular file" in records["pipe.jpg"]["error"]
+    assert records["good.jpg"]["faces"]
+    code, _, err = detect(capsys, images, jsonl)
+    assert code == 0 and "to do" in err  # the rerun reads the same entries without a traceback
+    code, _, err = run_cli(capsys, "detect", images / "pipe.jpg", "--weights", WEIGHTS)
+    one_line_error(code, err, "pipe.jpg: neither an image file nor a folder")
+
+
+def test_file_names_of_any_bytes_are_read_and_shown_escaped(tmp_path):
+    """cv2.imread crashed the process on a name that is not UTF-8 (in a subprocess here,
+    so that a crash fails this test alone)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    crop = cv2.imread(str(CROWD))[:240, :320]
+    ok, encoded = cv2.imencode(".jpg", crop)
+    name = os.path.join(os.fsencode(images), b"bad\xff.jpg")
+    with open(name, "wb") as handle:
+        handle.write(encoded.tobytes())
+    script = f"""
+import os, sys
+from retinaface_ext import Detector, cli
+detector = Detector({str(WEIGHTS)!r}, device="cpu")
+print("faces", len(detector.detect(os.fsdecode({name!r})).above(0.5)))
+sys.exit(cli.main(["detect", {str(images)!r}, "--weights", {str(WEIGHTS)!r}, "--jsonl", {str(tmp_path / "r.jsonl")!r}]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[1]) > 3
+    (record,) = lines_of(tmp_path / "r.jsonl")
+    assert os.fsencode(record["image"]) == b"bad\xff.jpg" and record["faces"]
+
+
+@pytest.mark.parametrize(
+    "rank, world, message",
+    [
+        ("5", "2", "RANK=5 and WORLD_SIZE=2 do not name a process"),
+        ("-1", "2", "RANK='-1' is not a whole number"),
+        ("one", "2", "RANK='one' is not a whole number"),
+        ("0", "x", "WORLD_SIZE='x' is not a whole number"),
+        ("0", "0", "RANK=0 and WORLD_SIZE=0 do not name a process"),
+    ],
+)
+def test_torchrun_variables_are_checked_and_named(folder, tmp_path, capsys, monkeypatch, rank, world, message):
+    """RANK=5 WORLD_SIZE=2 did nothing and exited 0; a word was a traceback."""
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    for extra in ([], ["--jsonl", tmp_path / "r.jsonl"]):
+        code, _, err = run_cli(capsys, "detect", folder, "--weights", WEIGHTS, "--recursive", *extra)
+        one_line_error(code, err, message)
+
+
+def test_annotated_outputs_do_not_replace_files_without_overwrite(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "img01.jpg").write_bytes(b"the user's own photo")
+    code, _, err = run_cli(capsys, "detect", folder, "--weights", WEIGHTS, "--recursive", "--out", out, "--json")
+    one_line_error(code, err, "img01.jpg already exist", "--overwrite")
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["img01.jpg"]
+    code, _, err = run_cli(
+        capsys, "detect", folder, "--weights", WEIGHTS, "--recursive", "--out", out, "--json", "--overwrite"
+    )
+    assert code == 0 and (out / "a" / "img01.jpg.json").exists(), err
+    assert cv2.imread(str(out / "a" / "img01.jpg")) is not None

@@ -67,3 +67,46 @@ def test_errors_name_images_as_the_caller_names_them(detector, tmp_path):
         small.detect([np.zeros((8, 8, 3), np.uint8), wide])
     with pytest.raises(ValueError, match="names must hold one name per image"):
         detector.detect([wide, wide], names=["one"])
+
+
+def test_a_pil_image_is_taken_upright_as_its_exif_orientation_says(detector, crowd, tmp_path):
+    """A phone's portrait photo is stored sideways with an orientation tag: by path it was
+    right (OpenCV applies the tag), as a PIL image it found 4 faces of 60."""
+    from PIL import Image
+
+    sideways = cv2.rotate(crowd, cv2.ROTATE_90_COUNTERCLOCKWISE)  # orientation 6: turn it clockwise to view
+    image = Image.fromarray(cv2.cvtColor(sideways, cv2.COLOR_BGR2RGB))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    image.save(path, exif=exif, quality=95)
+    by_path = detector.detect(str(path)).above(0.5)
+    with Image.open(path) as opened:
+        by_pil = detector.detect(opened).above(0.5)
+        assert opened.size == (crowd.shape[0], crowd.shape[1])  # stored sideways
+    upright = detector.detect(crowd).above(0.5)
+    assert len(by_pil) == len(by_path) and len(by_pil) >= len(upright) - 2 > 15
+    assert float(box_iou(by_pil.boxes, by_path.boxes).diagonal().min()) > 0.9
+
+
+def test_only_regular_files_are_read(detector, tmp_path, capsys):
+    """A FIFO named b.jpg hung Detector.detect and the commands (Pillow read its header
+    before the is-it-a-file check)."""
+    import os
+    import time
+
+    from cli_run import one_line_error, run_cli
+
+    pipe = tmp_path / "b.jpg"
+    os.mkfifo(pipe)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="b.jpg: is a FIFO .named pipe., not a regular file"):
+        detector.detect(str(pipe))
+    with pytest.raises(ValueError, match="is a FIFO"):
+        retinaface_ext.images.image_file_size(pipe)
+    code, _, err = run_cli(capsys, "bench", pipe, "--weights", WEIGHTS, "--runs", "1")
+    one_line_error(code, err, "b.jpg: is a FIFO")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    with pytest.raises(FileNotFoundError, match="gone.jpg .a link to a missing file."):
+        detector.detect(str(tmp_path / "gone.jpg"))
+    assert time.monotonic() - started < 30

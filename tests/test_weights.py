@@ -218,3 +218,50 @@ def test_the_weights_command_lists_fetches_and_verifies(home, capsys, monkeypatc
     one_line_error(code, err, "no published weights are called 'mobilenet'")
     code, _, err = run_cli(capsys, "weights", "verify", "resnet50")
     one_line_error(code, err, "not in the weights folder")
+
+
+def test_a_mirror_that_trickles_bytes_is_given_up_on_by_a_deadline(home, monkeypatch):
+    """A byte every 5 s kept `weights fetch` going forever: each read waited less than
+    its 30 s."""
+    import time
+
+    stop = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(200):  # at most 20 s, whatever the client does
+                if stop.wait(0.1):
+                    return
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/m.pth"
+        started = time.monotonic()
+        with pytest.raises(weights.WeightsUnavailable, match="the download took more than 1.5 s"):
+            weights.download("mobilenet0.25", urls=[url], progress=False, seconds=1.5)
+        assert time.monotonic() - started < 10
+        monkeypatch.setenv("RETINAFACE_EXT_DOWNLOAD_SECONDS", "1")
+        with pytest.raises(weights.WeightsUnavailable, match="more than 1 s"):
+            weights.download("mobilenet0.25", urls=[url], progress=False)
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not home.exists() or os.listdir(home) == []
+    monkeypatch.setenv("RETINAFACE_EXT_DOWNLOAD_SECONDS", "soon")
+    with pytest.raises(ValueError, match="RETINAFACE_EXT_DOWNLOAD_SECONDS='soon' is not a number"):
+        weights.download("mobilenet0.25", urls=[url], progress=False)

@@ -9,7 +9,9 @@
 // BGR pixels, row by row (what numpy's image.tobytes() writes for an OpenCV image).
 #include <dlfcn.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
@@ -25,12 +27,36 @@
 
 namespace {
 
+constexpr int64_t kMaxSide = 8192;  // the largest side a dynamic package takes (to_pt2's MAX_SIDE)
+
 struct Options {
   std::string ops, package, image;
   int64_t height = 0, width = 0;
   double threshold = 0.6;
   bool cuda = false;
 };
+
+// A whole number in [minimum, maximum], all of `text`; the error names the argument.
+int64_t parse_count(const char* text, const char* name, int64_t minimum, int64_t maximum) {
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || errno == ERANGE || value < minimum || value > maximum) {
+    throw std::runtime_error(std::string(name) + ": expected a whole number from " + std::to_string(minimum) + " to " +
+                             std::to_string(maximum) + ", got '" + text + "'");
+  }
+  return value;
+}
+
+double parse_fraction(const char* text, const char* name) {
+  errno = 0;
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  if (end == text || *end != '\0' || errno == ERANGE || !(value >= 0.0 && value <= 1.0)) {
+    throw std::runtime_error(std::string(name) + ": expected a number in [0, 1], got '" + text + "'");
+  }
+  return value;
+}
 
 Options parse(int argc, char** argv) {
   if (argc < 4) {
@@ -41,10 +67,11 @@ Options parse(int argc, char** argv) {
   for (int i = 4; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--raw" && i + 2 < argc) {
-      options.height = std::stoll(argv[++i]);
-      options.width = std::stoll(argv[++i]);
+      // The package takes sides up to 8192: HEIGHT * WIDTH * 3 cannot overflow.
+      options.height = parse_count(argv[++i], "--raw HEIGHT", 1, kMaxSide);
+      options.width = parse_count(argv[++i], "--raw WIDTH", 1, kMaxSide);
     } else if (flag == "--threshold" && i + 1 < argc) {
-      options.threshold = std::stod(argv[++i]);
+      options.threshold = parse_fraction(argv[++i], "--threshold");
     } else if (flag == "--cuda") {
       options.cuda = true;
     } else {
@@ -92,11 +119,16 @@ int main(int argc, char** argv) {
     if (dlopen(options.ops.c_str(), RTLD_LAZY | RTLD_GLOBAL) == nullptr) {
       throw std::runtime_error(std::string("cannot load the ops library: ") + dlerror());
     }
-    torch::inductor::AOTIModelPackageLoader loader(options.package);
-    auto metadata = loader.get_metadata();
+    // Loading a package runs its native code: its metadata, read from the archive as data,
+    // must say it is a detector package of ours before the loader sees it.
+    auto metadata = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(options.package, "model");
+    if (metadata.count("retinaface_ext.outputs") == 0) {
+      throw std::runtime_error(options.package + ": not a RetinaFace package made by retinaface_ext's to_pt2");
+    }
     if (metadata["retinaface_ext.postprocess"] != "1") {
       throw std::runtime_error(options.package + ": not a package with post-processing (export it with --postprocess)");
     }
+    torch::inductor::AOTIModelPackageLoader loader(options.package);
     at::Tensor images = read_image(options);
     if (options.cuda) images = images.to(at::kCUDA);
     std::vector<at::Tensor> outputs = loader.run({images});

@@ -81,28 +81,18 @@ class AotiEngine:
 
     def __init__(self, source, device=None, backbone: Optional[str] = None, trust: bool = False):
         from ..export.pt2 import MIN_SIDE
-        from ..export.pt2_files import load_pt2
-        from ..images import display_path
+        from ..export.pt2_files import load_pt2, read_metadata
 
         self.device = resolve_device(device)
         index = self.device.index if self.device.index is not None else -1
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
-            self.network, metadata = load_pt2(path, index, trust)
+            self.config = _network_package_config(path, read_metadata(path), backbone)  # before it runs
+            self.network, _ = load_pt2(path, index, trust)
         else:
             path, (self.network, metadata) = cached_package(source, self.device.type, index)
-        shown = display_path(path)
-        if metadata.get("retinaface_ext.postprocess") != "0":
-            raise ValueError(
-                f"{shown}: this package holds the post-processing too; the Detector runs a network package "
-                "(to_pt2(..., postprocess=False)); call the package directly for its detections"
-            )
-        found = metadata.get("retinaface_ext.backbone")
-        if found not in ("mobilenet0.25", "resnet50"):
-            raise ValueError(f"{shown}: the package names no backbone this version knows ({found!r})")
-        if backbone is not None and config_for(backbone).backbone != found:
-            raise ValueError(f"backbone={backbone!r}, but {shown} holds a {found} network")
-        self.path, self.min_side, self.config = path, MIN_SIDE, config_for(found)
+            self.config = _network_package_config(path, metadata, backbone)
+        self.path, self.min_side = path, MIN_SIDE
 
     def __call__(self, images: torch.Tensor, padding_mask: Optional[object] = None) -> Outputs:
         if min(images.shape[-2:]) < self.min_side:
@@ -111,6 +101,25 @@ class AotiEngine:
                 f"got {images.shape[-2]} x {images.shape[-1]}"
             )
         return tuple(self.network(images.contiguous()))
+
+
+def _network_package_config(path: str, metadata: dict, backbone: Optional[str]) -> RetinaFaceConfig:
+    """The preset of a network package, from its metadata; ValueError naming the file for
+    a package with the post-processing, or of another backbone than ``backbone``."""
+    from ..images import display_path
+
+    shown = display_path(path)
+    if metadata.get("retinaface_ext.postprocess") != "0":
+        raise ValueError(
+            f"{shown}: this package holds the post-processing too; the Detector runs a network package "
+            "(to_pt2(..., postprocess=False)); call the package directly for its detections"
+        )
+    found = metadata.get("retinaface_ext.backbone")
+    if found not in ("mobilenet0.25", "resnet50"):
+        raise ValueError(f"{shown}: the package names no backbone this version knows ({found!r})")
+    if backbone is not None and config_for(backbone).backbone != found:
+        raise ValueError(f"backbone={backbone!r}, but {shown} holds a {found} network")
+    return config_for(found)
 
 
 def cached_package(model: RetinaFace, device: str, device_index: int = -1):
