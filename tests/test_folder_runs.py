@@ -289,3 +289,20 @@ def test_annotated_outputs_do_not_replace_files_without_overwrite(folder, tmp_pa
     )
     assert code == 0 and (out / "a" / "img01.jpg.json").exists(), err
     assert cv2.imread(str(out / "a" / "img01.jpg")) is not None
+
+
+def test_images_are_read_ahead_up_to_a_number_of_bytes():
+    """16 decoded images were held whatever their size (up to 400 MB each)."""
+    from retinaface_ext.inference.ahead import read_ahead
+
+    started = []
+
+    def read(k):
+        started.append(k)
+        time.sleep(0.005)
+        return np.zeros(1000, np.uint8)
+
+    reads = read_ahead(range(40), read, workers=2, ahead=30, max_bytes=2500)
+    next(reads)
+    assert len(started) <= 1 + 3 + 2  # the one taken, three finished, two running
+    assert sum(1 for _ in reads) == 39

@@ -20,22 +20,44 @@ def default_workers() -> int:
     return max(1, min(4, cpus))
 
 
+#: Decoded images waiting for the detector take at most about this many bytes.
+AHEAD_BYTES = 512 << 20
+
+
+def _nbytes(future) -> int:
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return 0
+    return int(getattr(future.result(), "nbytes", 0))
+
+
 def read_ahead(
-    items: Iterable[Item], read: Callable[[Item], Result], workers: Optional[int] = None, ahead: int = 16
+    items: Iterable[Item],
+    read: Callable[[Item], Result],
+    workers: Optional[int] = None,
+    ahead: int = 16,
+    max_bytes: int = AHEAD_BYTES,
 ) -> Iterator[Tuple[Item, Result]]:
     """``(item, read(item))`` in the order of ``items``, with up to ``ahead`` reads running
-    or done in ``workers`` threads before they are asked for. An exception of ``read`` is
-    raised when its item's turn comes (the reads after it are then cancelled)."""
+    (at most ``workers`` at once, in threads) or done before they are asked for, and no
+    new read started while the finished ones hold more than ``max_bytes`` (their
+    ``nbytes``). An exception of ``read`` is raised when its item's turn comes (the reads
+    after it are then cancelled)."""
     workers = workers or default_workers()
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="retinaface-read") as pool:
         pending = []
         iterator = iter(items)
         try:
             for item in iterator:
+                while pending:
+                    if len(pending) >= ahead or sum(_nbytes(f) for _, f in pending) > max_bytes:
+                        first, future = pending.pop(0)
+                        yield first, future.result()
+                        continue
+                    running = [f for _, f in pending if not f.done()]
+                    if len(running) < workers:
+                        break
+                    concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 pending.append((item, pool.submit(read, item)))
-                if len(pending) > ahead:
-                    item, future = pending.pop(0)
-                    yield item, future.result()
             while pending:
                 item, future = pending.pop(0)
                 yield item, future.result()
