@@ -65,6 +65,7 @@ def draw_results(log_path: str, png_path: str) -> bool:
 
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     table = epoch_table(log_path)
@@ -81,6 +82,7 @@ def draw_results(log_path: str, png_path: str) -> bool:
         axes = figure.add_subplot(2, 3, index)
         axes.set_title(title)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         for name in names:
             points = sorted((e, v) for e, v in table.get(name, {}).items() if math.isfinite(v))
@@ -91,8 +93,8 @@ def draw_results(log_path: str, png_path: str) -> bool:
             axes.set_ylim(0, 1)
             if names:
                 axes.legend(loc="lower right")
-        if title == "learning rate" and table.get("lr"):
-            axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        if title == "learning rate" and table.get("lr") and min(table["lr"].values()) > 0:
+            axes.set_yscale("log")  # the step schedule's x0.1 decays as equal steps
     figure.suptitle(f"{os.path.basename(os.path.dirname(os.path.abspath(log_path)))}: training curves")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
