@@ -282,7 +282,7 @@ def test_annotated_outputs_do_not_replace_files_without_overwrite(folder, tmp_pa
     (out / "a").mkdir(parents=True)
     (out / "a" / "img01.jpg").write_bytes(b"the user's own photo")
     code, _, err = run_cli(capsys, "detect", folder, "--weights", WEIGHTS, "--recursive", "--out", out, "--json")
-    one_line_error(code, err, "img01.jpg already exist", "--overwrite")
+    one_line_error(code, err, "img01.jpg already exists", "--overwrite")
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["img01.jpg"]
     code, _, err = run_cli(
         capsys, "detect", folder, "--weights", WEIGHTS, "--recursive", "--out", out, "--json", "--overwrite"

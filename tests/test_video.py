@@ -130,7 +130,7 @@ def test_files_in_out_that_the_run_did_not_write_are_not_replaced(clip, tmp_path
     (out / "clip.mp4").write_bytes(b"the user's own video")
     (out / "clip.jsonl").write_bytes(b"the user's own notes\n")
     code, _, err = run_cli(capsys, "detect", clip, "--weights", WEIGHTS, "--out", out)
-    one_line_error(code, err, "clip.mp4 and 1 more output files already exist", "--overwrite")
+    one_line_error(code, err, "clip.mp4 and 1 more output file already exist", "--overwrite")
     assert (out / "clip.mp4").read_bytes() == b"the user's own video"
     assert (out / "clip.jsonl").read_bytes() == b"the user's own notes\n"
     code, _, err = run_cli(capsys, "detect", clip, "--weights", WEIGHTS, "--out", out, "--overwrite")

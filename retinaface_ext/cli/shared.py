@@ -59,8 +59,10 @@ def refuse_existing(paths, overwrite: bool) -> None:
         if os.path.isdir(path):
             raise UserError(f"{display_path(path)}: is a folder, where an output file would go")
     if taken and not overwrite:
-        more = f" and {len(taken) - 1} more output files" if len(taken) > 1 else ""
-        raise UserError(f"{display_path(taken[0])}{more} already exist; add --overwrite to replace them")
+        if len(taken) == 1:
+            raise UserError(f"{display_path(taken[0])} already exists; add --overwrite to replace it")
+        more = f"{len(taken) - 1} more output file{'s' if len(taken) > 2 else ''}"
+        raise UserError(f"{display_path(taken[0])} and {more} already exist; add --overwrite to replace them")
 
 
 def make_detector(args, **overrides):
