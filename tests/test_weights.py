@@ -49,11 +49,19 @@ def serving(files, max_requests=8):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with running(Handler) as base:
+        yield base, requested
+
+
+@contextlib.contextmanager
+def running(handler):
+    """An HTTP server with ``handler`` on 127.0.0.1 (a free port), stopped on exit; yields
+    its base address."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -244,23 +252,18 @@ def test_a_mirror_that_trickles_bytes_is_given_up_on_by_a_deadline(home, monkeyp
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/m.pth"
-        started = time.monotonic()
-        with pytest.raises(weights.WeightsUnavailable, match="the download took more than 1.5 s"):
-            weights.download("mobilenet0.25", urls=[url], progress=False, seconds=1.5)
-        assert time.monotonic() - started < 10
-        monkeypatch.setenv("RETINAFACE_EXT_DOWNLOAD_SECONDS", "1")
-        with pytest.raises(weights.WeightsUnavailable, match="more than 1 s"):
-            weights.download("mobilenet0.25", urls=[url], progress=False)
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with running(Trickle) as base:
+        url = f"{base}/m.pth"
+        try:
+            started = time.monotonic()
+            with pytest.raises(weights.WeightsUnavailable, match="the download took more than 1.5 s"):
+                weights.download("mobilenet0.25", urls=[url], progress=False, seconds=1.5)
+            assert time.monotonic() - started < 10
+            monkeypatch.setenv("RETINAFACE_EXT_DOWNLOAD_SECONDS", "1")
+            with pytest.raises(weights.WeightsUnavailable, match="more than 1 s"):
+                weights.download("mobilenet0.25", urls=[url], progress=False)
+        finally:
+            stop.set()  # the handler's loop ends before the server is shut down
     assert not home.exists() or os.listdir(home) == []
     monkeypatch.setenv("RETINAFACE_EXT_DOWNLOAD_SECONDS", "soon")
     with pytest.raises(ValueError, match="RETINAFACE_EXT_DOWNLOAD_SECONDS='soon' is not a number"):
