@@ -51,7 +51,8 @@ def test_a_resumed_run_counts_each_step_once_in_the_curves(tmp_path):
 
 
 def test_without_matplotlib_the_run_says_once_that_no_plot_is_drawn(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
     with caplog.at_level(logging.INFO, logger="retinaface_ext.train"):
         trainer = Trainer(tiny(tmp_path), show_progress=False)
         trainer.fit()

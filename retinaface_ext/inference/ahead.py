@@ -20,7 +20,7 @@ def default_workers() -> int:
     return max(1, min(4, cpus))
 
 
-#: Decoded images waiting for the detector take at most about this many bytes.
+#: Decoded images or frames waiting for the detector take at most about this many bytes.
 AHEAD_BYTES = 512 << 20
 
 

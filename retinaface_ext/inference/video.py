@@ -7,7 +7,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from .ahead import produce_ahead
+from .ahead import AHEAD_BYTES, produce_ahead
 from .detections import Detections
 
 VideoSource = Union[str, os.PathLike, int, "cv2.VideoCapture"]  # noqa: F821 (cv2 is imported lazily)
@@ -33,9 +33,8 @@ def source_name(source: VideoSource) -> str:
     return "video"
 
 
-#: Decoded frames waiting for the detector take at most this many bytes (and 64 frames):
-#: 64 frames of 1080p, 5 of 8K, one at a time beyond that.
-AHEAD_BYTES = 512 << 20
+#: Decoded frames waiting for the detector: at most this many, and AHEAD_BYTES of them
+#: (64 frames of 1080p, 5 of 8K, one at a time beyond that).
 AHEAD_FRAMES = 64
 
 

@@ -32,9 +32,9 @@ from ..files import cache_root
 #: Replaces every entry's addresses by ``<this>/<file name>`` (a mirror of the files).
 MIRROR_VARIABLE = "RETINAFACE_EXT_WEIGHTS_URL"
 CHUNK = 1 << 20
-#: A download from one address gives up after this many seconds in all (a server that
-#: trickles bytes never trips the 30 s a read may wait); ``$RETINAFACE_EXT_DOWNLOAD_SECONDS``
-#: sets another.
+#: A download gives up after this many seconds in all, every address it tries together
+#: (a server that trickles bytes never trips the 30 s one read may wait);
+#: ``$RETINAFACE_EXT_DOWNLOAD_SECONDS`` sets another.
 DOWNLOAD_SECONDS = 900.0
 READ_SECONDS = 30.0
 

@@ -5,16 +5,14 @@ APs by epoch), redrawn after each validation, and TensorBoard events with
 
 import io
 import json
-import logging
 import math
 import os
 from collections import defaultdict
 from typing import Dict, List, Optional
 
 from ..files import atomic_write_bytes
+from .state import LOSS_PARTS
 
-log = logging.getLogger("retinaface_ext.train")
-LOSSES = ("loss_l", "loss_c", "loss_landm")
 AP_KEYS = ("ap50", "easy", "medium", "hard")
 
 
@@ -43,7 +41,7 @@ def epoch_table(log_path: str) -> Dict[str, Dict[int, float]]:
         by_epoch[steps[step].get("epoch")].append(steps[step])
     table: Dict[str, Dict[int, float]] = defaultdict(dict)
     for epoch, records in sorted(by_epoch.items()):
-        for name in LOSSES:
+        for name in LOSS_PARTS:
             values = [float(r[name]) for r in records if isinstance(r.get(name), (int, float))]
             if values:
                 table[name][epoch] = sum(values) / len(values)
@@ -60,10 +58,7 @@ def epoch_table(log_path: str) -> Dict[str, Dict[int, float]]:
 def draw_results(log_path: str, png_path: str) -> bool:
     """Draw ``png_path`` from ``log_path`` (written whole or not at all); False, and
     nothing written, without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
+    try:  # a Figure of its own draws with Agg: the caller's pyplot backend is left alone
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:

@@ -134,6 +134,10 @@ def prepare_run_folder(out: str, exist_ok: bool, continuing: bool) -> str:
     return out
 
 
+#: The loss parts a step logs, by these names (log.jsonl, TensorBoard, results.png).
+LOSS_PARTS = ("loss_l", "loss_c", "loss_landm")
+
+
 class JsonLog:
     """One JSON object per line, appended and flushed as they come (rank 0 only)."""
 

@@ -37,6 +37,7 @@ from .schedule import make_scheduler
 from .state import (
     BEST,
     LAST,
+    LOSS_PARTS,
     JsonLog,
     fit_optimizer_to_run,
     load_training_checkpoint,
@@ -48,7 +49,6 @@ from .state import (
 )
 
 log = logging.getLogger("retinaface_ext.train")
-LOSS_PARTS = ("loss_l", "loss_c", "loss_landm")
 
 
 class TrainingStopped(RuntimeError):
