@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 from cli_run import one_line_error, run_cli
-from shared_data import WEIGHTS
 
 from retinaface_ext.export import load_pt2, to_pt2
 from retinaface_ext.models import RetinaFace
@@ -68,7 +67,9 @@ def test_a_package_from_elsewhere_is_not_run_without_trust(tmp_path, empty_cache
     for load in (lambda: load_pt2(package), lambda: Detector(package, device="cpu")):
         with pytest.raises(UntrustedPackage, match="not built by this installation; a .pt2 package is a program"):
             load()
-    code, _, err = run_cli(capsys, "detect", WEIGHTS, "--weights", package, "--json")
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"")  # refused as a package before any image is read
+    code, _, err = run_cli(capsys, "detect", image, "--weights", package, "--json")
     one_line_error(code, err, "network.pt2: not built by this installation", "--trust-package")
     assert not marker.exists()
 
@@ -168,7 +169,9 @@ def test_the_folder_of_a_package_is_made_or_refused_before_the_export(tmp_path, 
     with pytest.raises(RuntimeError, match="out of memory"):
         to_pt2(model, tmp_path / "other" / "sub" / "x.pt2", size=(64, 64), dynamic=False)
     assert not (tmp_path / "other").exists()  # the folders it made are gone again
-    code, _, err = run_cli(capsys, "export", "--weights", WEIGHTS, "--pt2", tmp_path / "y.pt2", "--size", "16", "16")
+    checkpoint = tmp_path / "checkpoint.pth"
+    checkpoint.write_bytes(b"")  # the size is refused before the checkpoint is read
+    code, _, err = run_cli(capsys, "export", "--weights", checkpoint, "--pt2", tmp_path / "y.pt2", "--size", "16", "16")
     one_line_error(code, err, "to_pt2: size must be at least 32 x 32")
 
 
@@ -176,8 +179,10 @@ def test_the_commands_do_not_pass_on_torchs_cuda_runtime_note(tmp_path):
     """Every export printed torch's "No CUDA runtime is found" on a machine without a GPU."""
     script = (
         "from retinaface_ext import cli\n"
-        f"cli.main(['export', '--weights', {str(WEIGHTS)!r}, '--pt2', 'x.pt2', '--size', '16', '16'])\n"
+        "cli.main(['export', '--weights', 'checkpoint.pth', '--pt2', 'x.pt2', '--size', '16', '16'])\n"
         "import torch.utils.cpp_extension  # what inductor imports when it compiles\n"
     )
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert "No CUDA runtime" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert "to_pt2: size must be at least 32 x 32" in result.stderr
