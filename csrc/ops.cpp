@@ -29,6 +29,10 @@ TORCH_LIBRARY(retinaface_ext, m) {
       "SymInt canvas_height, SymInt canvas_width, float[] variances, float score_threshold, int top_k, "
       "float nms_threshold, int keep_top_k) -> (Tensor boxes, Tensor scores, Tensor landmarks, Tensor counts)");
   m.def("image_planes(Tensor image, float[] mean) -> Tensor");
+}
+
+// Not part of the API: hooks for the tests, in a namespace of their own.
+TORCH_LIBRARY(retinaface_ext_testing, m) {
   // Elements of deform_conv2d's column buffer (0: the backend's default); returns the
   // previous setting. A process-wide knob, for tests of the multi-chunk path.
   m.def("set_deform_conv_column_budget(int elements) -> int", &rfe::set_column_budget);

@@ -78,21 +78,8 @@ class DeformConv2d(nn.Module):
         mask: Optional[torch.Tensor] = None
         if self.modulated:
             mask = torch.sigmoid(predicted[:, 2 * points :])
-        if not torch.jit.is_scripting():
-            if torch.is_autocast_enabled(x.device.type):
-                return self._mixed_precision(x, offset, mask)
+        # Under torch.autocast the op casts its inputs itself (csrc/deform_conv/deform_conv_autocast.cpp).
         return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
-
-    @torch.jit.unused
-    def _mixed_precision(self, x, offset, mask: Optional[torch.Tensor]):
-        """Under autocast: every input in one dtype, autocast's where our kernels take it
-        (CUDA), float32 on the CPU (whose kernel is float32 / float64)."""
-        dtype = torch.get_autocast_dtype(x.device.type) if x.device.type == "cuda" else torch.float32
-        mask = mask.to(dtype) if mask is not None else None
-        bias = self.bias.to(dtype) if self.bias is not None else None
-        return deform_conv2d(
-            x.to(dtype), offset.to(dtype), self.weight.to(dtype), bias, self.stride, self.padding, self.dilation, mask
-        )
 
     def extra_repr(self):
         return (

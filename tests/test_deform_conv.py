@@ -13,7 +13,12 @@ import torch.nn.functional as F
 
 from retinaface_ext import ops
 from retinaface_ext.ops import reference
-from retinaface_ext.ops.deform_conv import set_column_budget
+
+
+def set_column_budget(elements: int) -> int:
+    """The test-only hook (csrc/ops.cpp): the column buffer's size in elements (0: the
+    backend's default); returns the previous setting."""
+    return torch.ops.retinaface_ext_testing.set_deform_conv_column_budget(elements)
 
 
 def make_case(
@@ -207,6 +212,46 @@ def test_module_at_initialisation(modulated):
     module(x).square().sum().backward()  # the offset convolution learns
     assert module.conv_offset.weight.grad.abs().sum() > 0
     assert "modulated=" in repr(module)
+
+
+def _after_a_convolution_under_autocast(device, dtype):
+    """A convolution then the raw op under torch.autocast: the op gets the convolution's
+    reduced-precision output with float32 weight, offset, mask and bias (the autocast
+    kernel casts them), against the float32 call; gradients reach every input."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(device)
+    args, options = make_case(2, 4, 9, 8, 6, (3, 3), 1, 1, 1, 1, 1, True, True, dtype=torch.float32)
+    args = {k: v.to(device).requires_grad_() for k, v in args.items()}
+    x = args.pop("input")
+    flat = [options[k] for k in ("stride", "stride", "padding", "padding", "dilation", "dilation")]
+
+    def call(features):
+        return torch.ops.retinaface_ext.deform_conv2d(
+            features, args["weight"], args["offset"], args["mask"], args["bias"], *flat
+        )
+
+    expected = call(conv(x))
+    with torch.autocast(device, dtype=dtype):
+        features = conv(x)
+        assert features.dtype == dtype
+        out = call(features)
+    out.float().sum().backward()
+    assert all(t.grad is not None for t in (x, *args.values()))
+    return out, expected
+
+
+def test_raw_op_under_cpu_autocast_runs_in_float32():
+    out, expected = _after_a_convolution_under_autocast("cpu", torch.bfloat16)
+    assert out.dtype == torch.float32  # the CPU kernels' precision (README: "Mixed precision")
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_raw_op_under_cuda_autocast_runs_in_float16():
+    out, expected = _after_a_convolution_under_autocast("cuda", torch.float16)
+    assert out.dtype == torch.float16  # the autocast dtype, as a convolution's
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
 
 
 @pytest.mark.cuda

@@ -160,8 +160,24 @@ int64_t positions_per_tile(const DeformShape& s, int64_t backend_default);
 // Sets the column budget in elements (0: each backend's default); returns the previous.
 int64_t set_column_budget(int64_t elements);
 
+// The sizes that the arguments' checks derive, symbolic where the shapes are.
+struct DeformSizes {
+  c10::SymInt Ho, Wo, groups, offset_groups;
+};
+
+// Checks deform_conv2d's arguments against each other (names the argument, the shape seen
+// and the shape wanted); the Meta kernels call it on symbolic shapes.
+DeformSizes check_deform_conv_sizes(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
+                                    const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
+                                    int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w);
+
+// The same checks, with the concrete shapes the kernels index with.
 DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
                                    const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
                                    int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w);
+
+// deform_conv2d_backward's grad_out: the forward's output shape.
+void check_deform_conv_grad_out(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                                const DeformSizes& sizes);
 
 }  // namespace rfe

@@ -347,9 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
   const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h, pad_w,
                                                dilation_h, dilation_w);
-  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({s.N, s.O, s.Ho, s.Wo}),
-              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo, "], got ",
-              grad_out_.sizes());
+  check_deform_conv_grad_out(grad_out_, input_, weight_, DeformSizes{s.Ho, s.Wo, s.groups, s.offset_groups});
   const at::Tensor offset = images_contiguous(offset_), grad_out = grad_out_.contiguous();
   const at::Tensor input = bordered_channels_last(input_), weight = weight_as_columns(weight_, s);
   const int64_t K = s.K(), L = s.L(), Og = s.O / s.groups, Cg = s.C / s.groups;

@@ -133,9 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
   const DeformShape s = check_deform_conv_args(input_, weight_, offset_, mask, bias, stride_h, stride_w, pad_h, pad_w,
                                                dilation_h, dilation_w);
-  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({s.N, s.O, s.Ho, s.Wo}),
-              "deform_conv2d_backward: grad_out must have shape [", s.N, ", ", s.O, ", ", s.Ho, ", ", s.Wo, "], got ",
-              grad_out_.sizes());
+  check_deform_conv_grad_out(grad_out_, input_, weight_, DeformSizes{s.Ho, s.Wo, s.groups, s.offset_groups});
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), grad_out = grad_out_.contiguous();
   const at::Tensor weight = grouped(weight_.contiguous(), s);

@@ -6,6 +6,9 @@
 
 namespace rfe {
 
+// Checks image_planes' arguments (symbolic shapes too: the Meta kernel calls it).
+void check_image_planes_args(const at::Tensor& image, at::ArrayRef<double> mean);
+
 // Checks image_planes' arguments; returns the image as a contiguous [B, H, W, C].
 at::Tensor image_planes_input(const at::Tensor& image, at::ArrayRef<double> mean);
 

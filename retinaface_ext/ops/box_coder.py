@@ -12,6 +12,7 @@ import torch
 
 from .. import _extension
 from . import reference
+from ._checks import check_decode_detections
 from ._common import check_tensors
 from .reference import decode, decode_landm, encode, encode_landm  # noqa: F401
 
@@ -49,7 +50,7 @@ if _extension.is_available():
 
     @torch.library.register_fake("retinaface_ext::decode_detections")
     def _decode_detections_fake(loc, conf, landm, priors, variances, score_threshold):
-        torch._check(loc.dim() == 3 and loc.shape[-1] == 4, lambda: "decode_detections: bad loc shape")
+        check_decode_detections(loc, conf, landm, priors, variances)
         k = torch.library.get_ctx().new_dynamic_size()
         index = loc.new_empty((k,), dtype=torch.long)
         return loc.new_empty((k, 4)), loc.new_empty((k,)), loc.new_empty((k, 10)), index, index.clone()

@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .. import _extension
+from ._checks import check_detect_faces
 from ._common import check_tensors
 
 #: ``counts[b]`` of an image whose face scores (over all its priors) are NaN or inf.
@@ -88,7 +89,21 @@ if _extension.is_available():
         nms_threshold,
         keep_top_k,
     ):
-        torch._check(loc.dim() == 3 and loc.shape[-1] == 4, lambda: "detect_faces: bad loc shape")
+        check_detect_faces(
+            loc,
+            logits,
+            landm,
+            priors,
+            inside,
+            factor,
+            canvas_height,
+            canvas_width,
+            variances,
+            score_threshold,
+            top_k,
+            nms_threshold,
+            keep_top_k,
+        )
         k = torch.library.get_ctx().new_dynamic_size()
         counts = loc.new_empty((loc.shape[0],), dtype=torch.long)
         return loc.new_empty((k, 4)), loc.new_empty((k,)), loc.new_empty((k, 10)), counts

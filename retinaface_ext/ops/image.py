@@ -27,33 +27,6 @@ def image_planes(image: torch.Tensor, mean: Sequence[float]) -> torch.Tensor:
 
 if _extension.is_available():
 
-    @torch.library.register_fake("retinaface_ext::image_planes")
-    def _image_planes_fake(image, mean):
-        # The kernels' checks (csrc/image/image_checks.cpp), with their messages.
-        torch._check(
-            image.dim() in (3, 4),
-            lambda: (
-                f"image_planes: image must have shape [H, W, C] or "
-                f"[B, H, W, C] (channels last), got {list(image.shape)}"
-            ),
-        )
-        torch._check(
-            image.dtype in (torch.uint8, torch.float32),
-            lambda: f"image_planes: image must be uint8 or float32, got {image.dtype}",
-        )
-        channels = image.shape[-1]
-        torch._check(
-            1 <= channels <= 4,
-            lambda: (
-                f"image_planes: image must have 1 to 4 channels (its last dimension), got shape {list(image.shape)}"
-            ),
-        )
-        torch._check(
-            len(mean) == channels,
-            lambda: f"image_planes: mean must hold one value per channel ({channels}), got {len(mean)}",
-        )
-        return image.new_empty((*image.shape[:-3], image.shape[-1], *image.shape[-3:-1]), dtype=torch.float32)
-
     def _image_planes_backward(ctx, grad):
         return grad.movedim(-3, -1), None
 

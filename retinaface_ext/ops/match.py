@@ -127,11 +127,6 @@ def _check_match_values(truths, landmarks, num_truths, priors):
 
 if _extension.is_available():
 
-    @torch.library.register_fake("retinaface_ext::box_iou")
-    def _box_iou_fake(boxes1, boxes2):
-        torch._check(boxes1.dim() in (2, 3) and boxes1.dim() == boxes2.dim(), lambda: "box_iou: bad shapes")
-        return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
-
     def _box_iou_setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
@@ -143,14 +138,3 @@ if _extension.is_available():
         return vjp(grad)
 
     torch.library.register_autograd("retinaface_ext::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
-
-    @torch.library.register_fake("retinaface_ext::match")
-    def _match_fake(truths, labels, landmarks, num_truths, priors, threshold, variances):
-        torch._check(truths.dim() == 3 and priors.dim() == 2, lambda: "match: bad shapes")
-        torch._check(0.0 <= threshold <= 1.0, lambda: f"match: threshold must be an IoU in [0, 1], got {threshold}")
-        B, P = truths.shape[0], priors.shape[0]
-        return (
-            truths.new_empty((B, P, 4)),
-            truths.new_empty((B, P), dtype=torch.long),
-            truths.new_empty((B, P, 10)),
-        )

@@ -7,6 +7,7 @@ Both functions compile with ``torch.jit.script`` and ``torch.compile``. Quantize
 import torch
 
 from .. import _extension
+from ._checks import check_nms
 from ._common import check_tensors
 
 
@@ -54,32 +55,16 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     return torch.ops.retinaface_ext.batched_nms(boxes, scores, idxs, float(iou_threshold))
 
 
-def _check_shapes(boxes, scores, idxs=None):
-    torch._check(
-        boxes.dim() == 2 and boxes.shape[1] == 4,
-        lambda: f"boxes must have shape [N, 4] (x1, y1, x2, y2), got {list(boxes.shape)}",
-    )
-    torch._check(
-        scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
-        lambda: f"scores must have shape [N] with N = boxes.shape[0], got {list(scores.shape)}",
-    )
-    if idxs is not None:
-        torch._check(
-            idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0],
-            lambda: f"idxs must have shape [N] with N = boxes.shape[0], got {list(idxs.shape)}",
-        )
-
-
 if _extension.is_available():
 
     @torch.library.register_fake("retinaface_ext::nms")
     def _nms_fake(boxes, scores, iou_threshold):
-        _check_shapes(boxes, scores)
+        check_nms("nms", boxes, scores, None, iou_threshold)
         kept = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((kept,), dtype=torch.long)
 
     @torch.library.register_fake("retinaface_ext::batched_nms")
     def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
-        _check_shapes(boxes, scores, idxs)
+        check_nms("batched_nms", boxes, scores, idxs, iou_threshold)
         kept = torch.library.get_ctx().new_dynamic_size()
         return boxes.new_empty((kept,), dtype=torch.long)
