@@ -219,3 +219,40 @@ def test_integer_outputs_are_refused_and_named():
         ops.detect_faces(**arguments(loc=torch.zeros(2, len(prior_boxes(CANVAS)), 4, dtype=torch.long)))
     with pytest.raises(TypeError, match="detect_faces: logits must be a torch.Tensor"):
         ops.detect_faces(**arguments(logits=[[0.0, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    "case", ["plain", "limits", "inside and factor", "nan score", "inf box", "empty image", "all equal"]
+)
+def test_the_exportable_variant_equals_the_reference(case):
+    """export.graph.detect_faces_onnx (the ONNX graph's post-processing: no loop, no
+    data-dependent branch) returns the reference's outputs, non-finite codes included."""
+    from retinaface_ext.export.graph import detect_faces_onnx
+
+    priors = prior_boxes(CANVAS, dtype=torch.float64)
+    loc, logits, landm = outputs(3, priors, seed=11, dtype=torch.float64)
+    inside = factor = None
+    settings = dict(score_threshold=0.02, top_k=5000, nms_threshold=0.4, keep_top_k=750)
+    if case == "limits":
+        settings.update(top_k=30, keep_top_k=7, nms_threshold=0.2, score_threshold=0.3)
+    if case == "inside and factor":
+        inside = (torch.rand(3, len(priors), generator=torch.Generator().manual_seed(1)) > 0.3).double()
+        factor = torch.tensor([1.0, 0.5, 2.5], dtype=torch.float64)
+    if case == "nan score":
+        logits[1, 17, 1] = float("nan")
+    if case == "inf box":
+        logits[2, 5] = torch.tensor([0.0, 20.0])
+        loc[2, 5, 2] = 1e6  # exp overflows: the candidate's box is infinite
+    if case == "empty image":
+        logits[0, :, 1] = -50.0
+    if case == "all equal":
+        loc, logits, landm = torch.zeros_like(loc), torch.zeros_like(logits), torch.zeros_like(landm)
+        settings.update(top_k=40, nms_threshold=0.3)
+    expected = reference.detect_faces(loc, logits, landm, priors, CANVAS, inside, factor, (0.1, 0.2), **settings)
+    got = detect_faces_onnx(loc, logits, landm, priors, inside, factor, CANVAS, (0.1, 0.2), **settings)
+    assert got[3].tolist() == expected[3].tolist()
+    if case in ("nan score", "inf box", "empty image"):
+        assert min(expected[3].tolist()) in (NON_FINITE_SCORES, NON_FINITE_CANDIDATES, 0)
+    for name, a, b in zip(("boxes", "scores", "landmarks"), got, expected):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, msg=name)

@@ -18,7 +18,7 @@ from cli_run import one_line_error, run_cli
 from shared_data import HAVE_SHARED, WEIGHTS, assert_reproduces_the_pipeline
 from test_pt2_files import PLANTED, fake_package
 
-from retinaface_ext.export import DETECT_FACES_OUTPUTS, DetectFacesGraph, load_pt2, to_pt2
+from retinaface_ext.export import DETECTION_OUTPUTS, DetectionGraph, load_pt2, to_pt2
 from retinaface_ext.inference import Detections
 from retinaface_ext.models import InferenceRetinaFace, RetinaFace
 
@@ -62,7 +62,7 @@ def test_the_detector_package_gives_the_expected_faces(detector_package, crowd):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_the_detector_package_equals_eager_at_any_size(detector_package, crowd, batch):
     package, _ = load_pt2(detector_package)
-    eager = DetectFacesGraph(
+    eager = DetectionGraph(
         InferenceRetinaFace(RetinaFace.from_checkpoint(WEIGHTS), channels_last=False, fuse_activations=False)
     ).eval()
     for height, width in SIZES:
@@ -70,7 +70,7 @@ def test_the_detector_package_equals_eager_at_any_size(detector_package, crowd, 
         with torch.no_grad():
             expected, got = eager(images), package(images)
         assert torch.equal(expected[3], got[3]), (height, width)
-        for name, a, b in zip(DETECT_FACES_OUTPUTS[:3], expected, got):
+        for name, a, b in zip(DETECTION_OUTPUTS[:3], expected, got):
             assert float((a - b).abs().max()) <= 1e-4 * max(1.0, float(a.abs().max())), (name, height, width)
 
 
@@ -242,7 +242,7 @@ def test_a_cuda_package_equals_eager_and_runs_in_the_cpp_example(crowd, tmp_path
     assert report.device == "cuda"
     package, _ = load_pt2(path)
     eager = (
-        DetectFacesGraph(
+        DetectionGraph(
             InferenceRetinaFace(RetinaFace.from_checkpoint(WEIGHTS), channels_last=False, fuse_activations=False)
         )
         .cuda()

@@ -8,13 +8,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from ..files import atomic_write_bytes
 from ..models import InferenceRetinaFace, RetinaFace
-from ..models.config import MEAN_BGR, DetectionSettings
-from .graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, DetectionGraph
+from ..models.config import DetectionSettings
+from .common import check_batch, check_size, compare_outputs, example_images, exported_module, prepare_network
+from .graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS
 from .onnx_ops import DEFORM_CONV_OPSET, custom_translations, register_torchscript_symbolics
 
 log = logging.getLogger("retinaface_ext.export")
@@ -52,31 +52,6 @@ class ExportReport:
             return text + "; not checked (onnxruntime is not installed)"
         worst = max(self.differences.values(), default=0.0)
         return text + f"; checked with onnxruntime {self.checked_with}: max |difference| {worst:.2e}"
-
-
-def _network(model) -> InferenceRetinaFace:
-    if isinstance(model, InferenceRetinaFace):
-        if any(type(m).__name__ == "ConvActivation" for m in model.modules()):
-            raise ValueError(
-                "to_onnx: this InferenceRetinaFace fuses activations into oneDNN calls that ONNX does "
-                "not know; pass the RetinaFace (or make it with fuse_activations=False)"
-            )
-        return model.eval()
-    if not isinstance(model, RetinaFace):
-        if isinstance(model, torch.nn.Module):
-            raise TypeError(f"to_onnx: model must be a RetinaFace or a checkpoint, got {type(model).__name__}")
-        model = RetinaFace.from_checkpoint(model)
-    return InferenceRetinaFace(model, channels_last=False, fuse_activations=False).cpu()
-
-
-def _size(size, caller: str = "to_onnx") -> Tuple[int, int]:
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{caller}: size must be (height, width), got {size!r}") from None
-    if height < 32 or width < 32:
-        raise ValueError(f"{caller}: size must be at least 32 x 32 (the network's coarsest stride), got {size!r}")
-    return height, width
 
 
 def to_onnx(
@@ -122,17 +97,16 @@ def to_onnx(
             f"to_onnx: opset must be in [1, {onnx.defs.onnx_opset_version()}] (the opsets onnx "
             f"{onnx.__version__} knows), got {opset}"
         )
-    network = _network(model)
+    network = prepare_network(model, "to_onnx")
     if network.dcn and opset < DEFORM_CONV_OPSET:
         raise ValueError(
             f"to_onnx: a DCN model needs opset {DEFORM_CONV_OPSET} or later (ONNX DeformConv), got {opset}"
         )
-    height, width = _size(size)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"to_onnx: batch must be a whole number >= 1, got {batch!r}")
-    module = DetectionGraph(network, settings or DetectionSettings()).eval() if postprocess else network
+    height, width = check_size(size, "to_onnx")
+    batch = check_batch(batch, "to_onnx")
+    module = exported_module(network, postprocess, settings, onnx=True)
     outputs = DETECTION_OUTPUTS if postprocess else NETWORK_OUTPUTS
-    example = _example_images(batch, height, width, raw=postprocess)
+    example = example_images(batch, height, width, raw=postprocess)
     started = time.perf_counter()
     data = _export(module, example, dynamic, opset, exporter, outputs)
     seconds = time.perf_counter() - started
@@ -156,12 +130,6 @@ def _written_opset(data: bytes) -> int:
     """The default-domain opset that a serialised ONNX model imports."""
     model = _require("onnx", "ONNX export").load_model_from_string(data)
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
-
-
-def _example_images(batch: int, height: int, width: int, raw: bool, seed: int = 0) -> torch.Tensor:
-    """Random images: BGR in 0..255, mean subtracted unless ``raw``."""
-    images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 255
-    return images if raw else images - torch.tensor(MEAN_BGR).reshape(1, 3, 1, 1)
 
 
 def _require(module: str, why: str):
@@ -232,23 +200,18 @@ def _check(report: ExportReport, data: bytes, module, example, dynamic: bool) ->
     inputs = [example]
     if dynamic:  # another size, to see the graph follow it
         batch, _, height, width = example.shape
-        inputs.append(_example_images(batch, height + 32 + 8, width + 8, raw=report.postprocess, seed=1))
+        inputs.append(example_images(batch, height + 32 + 8, width + 8, raw=report.postprocess, seed=1))
     for images in inputs:
         with torch.no_grad():
             expected = [t.numpy() for t in module(images)]
         found = session.run(list(report.outputs), {report.inputs[0]: images.numpy()})
-        for name, want, got in zip(report.outputs, expected, found):
-            if want.shape != got.shape:
-                raise RuntimeError(
-                    f"to_onnx: onnxruntime's {name} has shape {list(got.shape)} at input "
-                    f"{list(images.shape)}, PyTorch's {list(want.shape)}"
-                )
-            difference = float(np.abs(want.astype(np.float64) - got).max()) if want.size else 0.0
-            key = f"{name}@{images.shape[2]}x{images.shape[3]}"
-            report.differences[key] = difference
-            if difference > 1e-3 * max(1.0, float(np.abs(want).max()) if want.size else 1.0):
-                raise RuntimeError(
-                    f"to_onnx: onnxruntime {onnxruntime.__version__} differs from PyTorch by "
-                    f"{difference:.3g} in {name} at input {list(images.shape)}"
-                )
+        compare_outputs(
+            "to_onnx",
+            f"onnxruntime {onnxruntime.__version__}",
+            report.outputs,
+            expected,
+            found,
+            images,
+            report.differences,
+        )
     report.checked_with = onnxruntime.__version__

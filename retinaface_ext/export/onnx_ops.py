@@ -8,7 +8,12 @@
 - ``retinaface_ext::nms_per_image`` -> ``NonMaxSuppression`` (torch.export exporter
   only): the per-image NMS of the post-processing graph, an op of its own because ONNX's
   NMS has its own shape of result; eagerly it runs on our ``batched_nms`` kernel.
+- ``retinaface_ext::top_k_per_image`` -> ``TopK``: the best scores of each image with
+  ties broken by index, as ONNX's TopK (and the reference's stable sort) do and
+  ``torch.topk`` does not; torch's exporter has no stable sort.
 """
+
+from typing import Tuple
 
 import torch
 
@@ -43,6 +48,20 @@ def nms_per_image(
 def _nms_per_image_fake(boxes, scores, max_per_image, iou_threshold, score_threshold):
     kept = torch.library.get_ctx().new_dynamic_size()
     return scores.new_empty((kept, 2), dtype=torch.long)
+
+
+@torch.library.custom_op("retinaface_ext::top_k_per_image", mutates_args=())
+def top_k_per_image(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``min(k, N)`` best of ``scores [B, N]`` per image, best first, equal scores in
+    index order: (values, indices), each ``[B, min(k, N)]``."""
+    values, order = scores.sort(dim=1, descending=True, stable=True)
+    return values[:, :k].clone(), order[:, :k].clone()
+
+
+@top_k_per_image.register_fake
+def _top_k_per_image_fake(scores, k):
+    size = (scores.shape[0], torch.sym_min(k, scores.shape[1]))
+    return scores.new_empty(size), scores.new_empty(size, dtype=torch.long)
 
 
 def _deform_conv_attributes(
@@ -81,12 +100,21 @@ def _nms_per_image_onnx(boxes, scores, max_per_image, iou_threshold, score_thres
     return op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)
 
 
+def _top_k_per_image_onnx(scores, k):
+    from onnxscript import opset19 as op
+
+    count = op.Min(op.Constant(value_ints=[k]), op.Shape(scores, start=1, end=2))
+    values, indices = op.TopK(scores, count, axis=1, largest=1, sorted=1)
+    return values, indices
+
+
 def custom_translations() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
     _extension.require()
     return {
         torch.ops.retinaface_ext.deform_conv2d.default: _deform_conv2d_onnx,
         torch.ops.retinaface_ext.nms_per_image.default: _nms_per_image_onnx,
+        torch.ops.retinaface_ext.top_k_per_image.default: _top_k_per_image_onnx,
     }
 
 

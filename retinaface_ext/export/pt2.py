@@ -10,56 +10,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-from torch import nn
 
-from ..models import InferenceRetinaFace, RetinaFace
+from ..models import RetinaFace
 from ..models.config import DetectionSettings
-from ..priors import make_prior_boxes
-from .exporter import _example_images, _size
-from .graph import NETWORK_INPUTS, NETWORK_OUTPUTS
+from .common import check_batch, check_size, compare_outputs, example_images, exported_module, prepare_network
+from .graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS
 from .pt2_files import _first_line, _load, file_digest, record_built
 
-#: The packages' inputs and outputs; the network package's are :data:`NETWORK_OUTPUTS`.
-DETECT_FACES_OUTPUTS = ("boxes", "scores", "landmarks", "counts")
 #: The sizes a dynamic package takes: the network's coarsest level needs more than 32 px.
 MIN_SIDE, MAX_SIDE, MAX_BATCH = 33, 8192, 256
 DEVICES = ("cpu", "cuda")
-
-
-class DetectFacesGraph(nn.Module):
-    """The network and the Detector's post-processing in one module: ``images [B, 3, H,
-    W]`` float32 BGR in 0..255 (the mean is subtracted here) -> ``boxes [K, 4]`` (x1, y1,
-    x2, y2 in the input's pixels), ``scores [K]``, ``landmarks [K, 10]``, ``counts [B]``
-    (int64), what :func:`retinaface_ext.ops.detect_faces` returns for the batch."""
-
-    def __init__(self, network: InferenceRetinaFace, settings: Optional[DetectionSettings] = None):
-        super().__init__()
-        self.network = network
-        self.config, self.settings = network.config, settings or DetectionSettings()
-        self.register_buffer("mean", torch.tensor(self.config.mean_bgr).reshape(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        loc, logits, landm = self.network(images - self.mean)
-        height, width = images.shape[2], images.shape[3]
-        priors = make_prior_boxes(
-            height, width, self.config.min_sizes, self.config.steps, device=loc.device, dtype=loc.dtype
-        )
-        settings = self.settings
-        return torch.ops.retinaface_ext.detect_faces(
-            loc,
-            logits,
-            landm,
-            priors,
-            None,
-            None,
-            height,
-            width,
-            list(self.config.variances),
-            settings.score_threshold,
-            settings.top_k,
-            settings.nms_threshold,
-            settings.keep_top_k,
-        )
 
 
 @dataclass
@@ -106,7 +66,7 @@ def to_pt2(
     Args:
         device: ``"cpu"`` or ``"cuda"``: where the package runs (compiled for it).
         postprocess: the network and the ``detect_faces`` post-processing (inputs BGR in
-            0..255; outputs :data:`DETECT_FACES_OUTPUTS`), reading detections as
+            0..255; outputs :data:`DETECTION_OUTPUTS`), reading detections as
             ``settings`` says; else the network alone (inputs minus the mean; outputs
             ``loc``, ``logits``, ``landmarks``, as the ONNX network's).
         dynamic: batch 1 to 256, height and width 33 to 8192 (any size, not only multiples
@@ -124,19 +84,18 @@ def to_pt2(
         raise ValueError(f"to_pt2: device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("to_pt2: device='cuda' needs a visible CUDA device (the package is compiled on it)")
-    height, width = _size(size, "to_pt2")
+    height, width = check_size(size, "to_pt2")
     if dynamic and min(height, width) < MIN_SIDE:
         raise ValueError(f"to_pt2: a dynamic package needs an example of at least {MIN_SIDE} x {MIN_SIDE}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"to_pt2: batch must be a whole number >= 1, got {batch!r}")
+    batch = check_batch(batch, "to_pt2")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"to_pt2: {path} is a folder")
     created = _make_folder(os.path.dirname(os.path.abspath(path)))  # before minutes of work, not after
-    network = _network(model).to(device)
-    module = DetectFacesGraph(network, settings).eval() if postprocess else network
+    network = prepare_network(model, "to_pt2").to(device)
+    module = exported_module(network, postprocess, settings, onnx=False)
     # torch.export specialises a dimension of size 1: a dynamic batch needs an example of 2.
-    example = _example_images(max(batch, 2) if dynamic else batch, height, width, raw=postprocess).to(device)
+    example = example_images(max(batch, 2) if dynamic else batch, height, width, raw=postprocess).to(device)
     shapes = None
     if dynamic:
         shapes = {
@@ -146,7 +105,7 @@ def to_pt2(
                 3: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE),
             }
         }
-    outputs = DETECT_FACES_OUTPUTS if postprocess else NETWORK_OUTPUTS
+    outputs = DETECTION_OUTPUTS if postprocess else NETWORK_OUTPUTS
     metadata = {
         "retinaface_ext.backbone": network.config.backbone,
         "retinaface_ext.dcn": str(int(network.dcn)),
@@ -216,16 +175,6 @@ def _make_folder(folder: str) -> List[str]:
     return missing[::-1]
 
 
-def _network(model) -> InferenceRetinaFace:
-    if isinstance(model, InferenceRetinaFace):
-        raise TypeError("to_pt2: pass the RetinaFace (or a checkpoint); the package folds it itself")
-    if not isinstance(model, RetinaFace):
-        if isinstance(model, nn.Module):
-            raise TypeError(f"to_pt2: model must be a RetinaFace or a checkpoint, got {type(model).__name__}")
-        model = RetinaFace.from_checkpoint(model)
-    return InferenceRetinaFace(model.cpu(), channels_last=False, fuse_activations=False).eval()
-
-
 def _check(report: Pt2Report, package_path: str, module, example, dynamic: bool) -> None:
     package = _load(package_path, package_path, -1)
     inputs = [example]
@@ -235,15 +184,10 @@ def _check(report: Pt2Report, package_path: str, module, example, dynamic: bool)
     for images in inputs:
         with torch.no_grad():
             expected, got = module(images), package(images)
-        for name, a, b in zip(report.outputs, expected, got):
-            if a.shape != b.shape:
-                raise RuntimeError(
-                    f"to_pt2: the package's {name} has shape {list(b.shape)}, eager {list(a.shape)}; nothing written"
-                )
-            difference = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
-            report.differences[name] = max(report.differences.get(name, 0.0), difference)
-            scale = max(1.0, float(a.double().abs().max())) if a.numel() else 1.0
-            if difference > 1e-3 * scale:
-                raise RuntimeError(
-                    f"to_pt2: the package's {name} differs from eager PyTorch by {difference:.3g}; nothing written"
-                )
+        compare_outputs(
+            "to_pt2", "the package", report.outputs, _host(expected), _host(got), images, report.differences
+        )
+
+
+def _host(tensors):
+    return [t.detach().cpu().numpy() for t in tensors]

@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import __version__
-from ..export.graph import NETWORK_INPUTS, NETWORK_OUTPUTS
+from ..export.graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, OLD_DETECTION_OUTPUTS
 from ..files import cache_root
 
 INSTALL_HINT = 'pip install onnxruntime (or pip install "retinaface_ext[onnx]")'
@@ -89,6 +89,12 @@ class OnnxRuntimeNetwork:
             raise ValueError(f"{self.path}: onnxruntime cannot load it: {error}") from None
         inputs = tuple(i.name for i in self.session.get_inputs())
         outputs = tuple(o.name for o in self.session.get_outputs())
+        if outputs in (DETECTION_OUTPUTS, OLD_DETECTION_OUTPUTS):
+            raise ValueError(
+                f"{self.path}: a detection graph (network + post-processing), not a network; the engine runs "
+                f"the network: export with retinaface_ext.export.to_onnx(..., postprocess=False) or "
+                f"`retinaface export WEIGHTS --onnx OUT` (without --postprocess)"
+            )
         if inputs != NETWORK_INPUTS or outputs != NETWORK_OUTPUTS:
             raise self._not_a_network(
                 f"inputs {list(inputs)}, outputs {list(outputs)} (expected "

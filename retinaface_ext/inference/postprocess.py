@@ -92,7 +92,6 @@ class Postprocessing:
         factor = None
         if factors is not None and any(f != 1.0 for f in factors):
             factor = torch.tensor(factors, device=loc.device, dtype=loc.dtype)
-        settings = self.settings
         boxes, scores, landmarks, counts = self.detect_faces(
             loc,
             logits,
@@ -102,10 +101,7 @@ class Postprocessing:
             inside,
             factor,
             self.config.variances,
-            settings.score_threshold,
-            settings.top_k,
-            settings.nms_threshold,
-            settings.keep_top_k,
+            *self.settings.op_arguments(),
         )
         counts = counts.tolist()
         check_counts(counts, names)

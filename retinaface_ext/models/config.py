@@ -45,6 +45,10 @@ class DetectionSettings:
         for name in ("top_k", "keep_top_k"):
             object.__setattr__(self, name, whole_number(getattr(self, name), name))
 
+    def op_arguments(self) -> Tuple[float, int, float, int]:
+        """The settings in ``detect_faces``' order: score_threshold, top_k, nms_threshold, keep_top_k."""
+        return self.score_threshold, self.top_k, self.nms_threshold, self.keep_top_k
+
 
 @dataclass(frozen=True)
 class RetinaFaceConfig:
