@@ -59,6 +59,22 @@ def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, detect
     assert_same_faces(again.detect(crowd), resized.detect(crowd))
 
 
+def old_detection_graph(path):
+    """A graph with the inputs and outputs of 0.1's detection graph (Identity nodes)."""
+    from onnx import TensorProto, helper, save
+
+    names = ("boxes", "scores", "landmarks", "image_index")
+    nodes = [helper.make_node("Identity", ["images"], [name]) for name in names]
+    graph = helper.make_graph(
+        nodes,
+        "old",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    return path
+
+
 def test_an_onnx_file_is_a_detector(tmp_path, detector, crowd):
     pytest.importorskip("onnxruntime")
     model = RetinaFace.from_checkpoint(WEIGHTS)
@@ -67,8 +83,11 @@ def test_an_onnx_file_is_a_detector(tmp_path, detector, crowd):
     assert from_file.engine.name == "onnxruntime"
     assert_same_faces(from_file.detect(crowd), detector.detect(crowd))
     to_onnx(model, tmp_path / "detect.onnx", postprocess=True, check=False)
-    with pytest.raises(ValueError, match="not an exported RetinaFace network"):
+    with pytest.raises(ValueError, match=r"a detection graph .*, not a network.*without --postprocess"):
         Detector(str(tmp_path / "detect.onnx"))
+    old = old_detection_graph(tmp_path / "old.onnx")  # landmarks [K, 5, 2] and image_index, as 0.1 wrote
+    with pytest.raises(ValueError, match=r"a detection graph .*, not a network.*without --postprocess"):
+        Detector(str(old))
     with pytest.raises(ValueError, match="an ONNX file runs with engine='onnxruntime'"):
         Detector(str(tmp_path / "net.onnx"), engine="torch")
 
