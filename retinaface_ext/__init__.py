@@ -3,11 +3,10 @@
 from . import data, nn, ops
 from ._extension import compiled_backends
 from ._extension import is_available as kernels_available
+from ._version import __version__
 from .draw import draw_detections
 from .inference import Detections, Detector
 from .models import RetinaFace
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Detector",

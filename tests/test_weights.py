@@ -177,14 +177,19 @@ def test_a_wrong_file_in_the_cache_is_named_and_not_replaced(home):
     assert (home / "mobilenet0.25_Final.pth").read_bytes() == wrong
 
 
-def test_an_unpinned_entry_is_checked_for_its_structure_and_warns(home):
-    model = RetinaFace("resnet50")
-    with serving({"r.pth": saved(model.state_dict()), "m.pth": WEIGHTS.read_bytes()}) as (base, _):
-        with pytest.raises(weights.WeightsUnavailable, match="does not fit RetinaFace"):
+def test_an_unpinned_entry_is_checked_for_its_backbone_and_warns(home):
+    """Without a digest the download checks the backbone; the names and shapes are checked
+    by the strict load of every model (naming the file)."""
+    state = RetinaFace("resnet50").state_dict()
+    state["ClassHead.0.conv1x1.bias"] = torch.zeros(5)  # a shape no RetinaFace has
+    with serving({"r.pth": saved(state), "m.pth": WEIGHTS.read_bytes()}) as (base, _):
+        with pytest.raises(weights.WeightsUnavailable, match="holds mobilenet0.25 weights, not the published resnet50"):
             weights.download("resnet50", urls=[f"{base}/m.pth"], progress=False)
         with pytest.warns(UserWarning, match="no pinned digest"):
             path = weights.download("resnet50", urls=[f"{base}/r.pth"], progress=False)
     assert path == str(home / "Resnet50_Final.pth")
+    with pytest.raises(ValueError, match=f"{path} does not fit RetinaFace: 1 shape mismatches: ClassHead.0.conv1x1"):
+        RetinaFace.from_checkpoint(path)
 
 
 def test_a_file_of_that_name_wins_over_the_published_name(tmp_path, monkeypatch, home):

@@ -22,9 +22,8 @@ at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& wei
                                   int64_t dilation_w) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   const at::ScalarType dtype = device == c10::DeviceType::CUDA ? at::autocast::get_autocast_dtype(device) : at::kFloat;
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("retinaface_ext::deform_conv2d", "")
-                             .typed<DeformConv2d>();
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("retinaface_ext::deform_conv2d", "").typed<DeformConv2d>();
   const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(dtype, t, device); };
   const auto cast_optional = [&](const std::optional<at::Tensor>& t) {
     return t.has_value() ? std::optional<at::Tensor>(cast(*t)) : std::nullopt;

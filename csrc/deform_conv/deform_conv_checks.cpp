@@ -47,8 +47,7 @@ DeformSizes check_deform_conv_sizes(const at::Tensor& input, const at::Tensor& w
                     kw = weight.sym_size(3);
   TORCH_CHECK(kh > 0 && kw > 0, "deform_conv2d: the kernel must not be empty, got weight of shape ",
               weight.sym_sizes());
-  TORCH_CHECK(H > 0 && W > 0, "deform_conv2d: input must have a non-empty image (H, W > 0), got ",
-              input.sym_sizes());
+  TORCH_CHECK(H > 0 && W > 0, "deform_conv2d: input must have a non-empty image (H, W > 0), got ", input.sym_sizes());
   TORCH_CHECK(per_group > 0 && C > 0 && C % per_group == 0, "deform_conv2d: input channels (", C,
               ") must be a positive multiple of weight.shape[1] (", per_group, ")");
   DeformSizes s;
@@ -93,8 +92,8 @@ DeformSizes check_deform_conv_sizes(const at::Tensor& input, const at::Tensor& w
 DeformShape check_deform_conv_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
                                    const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
                                    int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
-  const DeformSizes sizes =
-      check_deform_conv_sizes(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+  const DeformSizes sizes = check_deform_conv_sizes(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                                                    dilation_h, dilation_w);
   return DeformShape{input.size(0),
                      input.size(1),
                      input.size(2),
@@ -130,9 +129,9 @@ at::Tensor deform_conv2d_meta(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
                               int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
                               int64_t dilation_w) {
-  const DeformSizes s = check_deform_conv_sizes(input, weight, offset, mask.value_or(at::Tensor()),
-                                                bias.value_or(at::Tensor()), stride_h, stride_w, pad_h, pad_w,
-                                                dilation_h, dilation_w);
+  const DeformSizes s =
+      check_deform_conv_sizes(input, weight, offset, mask.value_or(at::Tensor()), bias.value_or(at::Tensor()), stride_h,
+                              stride_w, pad_h, pad_w, dilation_h, dilation_w);
   return at::empty_symint({input.sym_size(0), weight.sym_size(0), s.Ho, s.Wo}, input.options());
 }
 
@@ -140,9 +139,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias, int64_t stride_h, int64_t stride_w,
     int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
-  const DeformSizes s = check_deform_conv_sizes(input, weight, offset, mask.value_or(at::Tensor()),
-                                                bias.value_or(at::Tensor()), stride_h, stride_w, pad_h, pad_w,
-                                                dilation_h, dilation_w);
+  const DeformSizes s =
+      check_deform_conv_sizes(input, weight, offset, mask.value_or(at::Tensor()), bias.value_or(at::Tensor()), stride_h,
+                              stride_w, pad_h, pad_w, dilation_h, dilation_w);
   check_deform_conv_grad_out(grad_out, input, weight, s);
   const auto like = [](const at::Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
   const at::Tensor none = at::empty({0}, input.options());

@@ -15,10 +15,10 @@ constexpr double kForcedOverlap = 2.0;
 // Shapes, dtypes, devices, threshold and variances of match's arguments; returns {B, G, P}
 // (symbolic shapes too: the Meta kernel calls it).
 std::tuple<c10::SymInt, c10::SymInt, c10::SymInt> check_match_sizes(const at::Tensor& truths, const at::Tensor& labels,
-                                                                   const at::Tensor& landmarks,
-                                                                   const at::Tensor& num_truths,
-                                                                   const at::Tensor& priors, double threshold,
-                                                                   at::ArrayRef<double> variances);
+                                                                    const at::Tensor& landmarks,
+                                                                    const at::Tensor& num_truths,
+                                                                    const at::Tensor& priors, double threshold,
+                                                                    at::ArrayRef<double> variances);
 
 // The same checks, with the concrete {B, G, P} the kernels index with.
 std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths, const at::Tensor& labels,

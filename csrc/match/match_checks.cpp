@@ -6,22 +6,22 @@
 namespace rfe {
 
 std::tuple<c10::SymInt, c10::SymInt, c10::SymInt> check_match_sizes(const at::Tensor& truths, const at::Tensor& labels,
-                                                                   const at::Tensor& landmarks,
-                                                                   const at::Tensor& num_truths,
-                                                                   const at::Tensor& priors, double threshold,
-                                                                   at::ArrayRef<double> variances) {
+                                                                    const at::Tensor& landmarks,
+                                                                    const at::Tensor& num_truths,
+                                                                    const at::Tensor& priors, double threshold,
+                                                                    at::ArrayRef<double> variances) {
   TORCH_CHECK(truths.dim() == 3 && truths.sym_size(2) == 4,
               "match: truths must have shape [B, G, 4] (x1, y1, x2, y2), got ", truths.sym_sizes());
   const c10::SymInt B = truths.sym_size(0), G = truths.sym_size(1);
   TORCH_CHECK(labels.dim() == 2 && labels.sym_size(0) == B && labels.sym_size(1) == G,
               "match: labels must have shape [B, G] = [", B, ", ", G, "], got ", labels.sym_sizes());
-  TORCH_CHECK(landmarks.dim() == 3 && landmarks.sym_size(0) == B && landmarks.sym_size(1) == G &&
-                  landmarks.sym_size(2) == 10,
-              "match: landmarks must have shape [B, G, 10] = [", B, ", ", G, ", 10], got ", landmarks.sym_sizes());
+  TORCH_CHECK(
+      landmarks.dim() == 3 && landmarks.sym_size(0) == B && landmarks.sym_size(1) == G && landmarks.sym_size(2) == 10,
+      "match: landmarks must have shape [B, G, 10] = [", B, ", ", G, ", 10], got ", landmarks.sym_sizes());
   TORCH_CHECK(num_truths.dim() == 1 && num_truths.sym_size(0) == B, "match: num_truths must have shape [B] = [", B,
               "], got ", num_truths.sym_sizes());
-  TORCH_CHECK(priors.dim() == 2 && priors.sym_size(1) == 4,
-              "match: priors must have shape [P, 4] (cx, cy, w, h), got ", priors.sym_sizes());
+  TORCH_CHECK(priors.dim() == 2 && priors.sym_size(1) == 4, "match: priors must have shape [P, 4] (cx, cy, w, h), got ",
+              priors.sym_sizes());
   TORCH_CHECK(G < (int64_t(1) << 31), "match: at most 2^31 - 1 truths per image, got G = ", G);
   TORCH_CHECK(truths.scalar_type() == at::kFloat || truths.scalar_type() == at::kDouble,
               "match: truths must be float32 or float64, got ", truths.scalar_type());
@@ -50,7 +50,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_targets(const at::Tensor& t
   return {at::empty({B, priors, 4}, truths.options()), at::empty({B, priors}, truths.options().dtype(at::kLong)),
           at::empty({B, priors, 10}, truths.options())};
 }
-
 
 std::tuple<int64_t, int64_t, int64_t> check_match_args(const at::Tensor& truths, const at::Tensor& labels,
                                                        const at::Tensor& landmarks, const at::Tensor& num_truths,

@@ -18,7 +18,7 @@ from .shared import (
 
 
 def command_widerface_predict(args) -> int:
-    from .. import __version__
+    from .._version import __version__
     from ..evaluation.prediction_runs import PredictionRun, file_digest
     from ..evaluation.widerface import write_prediction_file
 

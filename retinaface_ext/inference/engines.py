@@ -129,7 +129,7 @@ def cached_package(model: RetinaFace, device: str, device_index: int = -1):
     longer match (cut short, replaced) or that does not load is built again."""
     import hashlib
 
-    from .. import __version__
+    from .._version import __version__
     from ..export.pt2 import to_pt2
     from ..export.pt2_files import file_digest, load_pt2
     from ..files import atomic_write_text, cache_root

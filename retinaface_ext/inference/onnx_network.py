@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..export.graph import DETECTION_OUTPUTS, NETWORK_INPUTS, NETWORK_OUTPUTS, OLD_DETECTION_OUTPUTS
 from ..files import cache_root
 

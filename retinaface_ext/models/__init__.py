@@ -1,10 +1,10 @@
 """RetinaFace networks: backbones, FPN, SSH (optionally deformable), heads, presets."""
 
 from .backbones import MobileNetV1, ResNet50
-from .checkpoint import read_state_dict
 from .config import MEAN_BGR, MOBILENET_025, PRESETS, RESNET50, DetectionSettings, RetinaFaceConfig, config_for
 from .inference import InferenceRetinaFace
 from .layers import PaddingMask, fold_batchnorm
+from .loading import read_state_dict
 from .retinaface import FPN, SSH, RetinaFace
 
 __all__ = [

@@ -1,5 +1,6 @@
-"""Reading Pytorch_Retinaface checkpoints and loading them strictly, with errors that say
-what does not fit."""
+"""Reading Pytorch_Retinaface checkpoint files and loading them strictly, with errors that
+say what does not fit. Names of published weights are resolved above this module
+(:mod:`.loading`); here a checkpoint is a path or a dict."""
 
 import os
 from typing import Dict, Tuple, Union
@@ -7,17 +8,14 @@ from typing import Dict, Tuple, Union
 import torch
 from torch import nn
 
+from ..nn import DeformConv2d
+
 _WRAPPER_KEYS = ("state_dict", "model", "net")
 
 
-def read_state_dict(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torch.Tensor]:
-    """The tensors of a checkpoint (a path, a dict, or the name of published weights such
-    as ``"mobilenet0.25"``: see :mod:`.weights`), on the CPU, without the ``module.``
+def read_checkpoint(checkpoint: Union[str, os.PathLike, dict]) -> Dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file or dict, on the CPU, without the ``module.``
     prefix of DataParallel. Files are read with ``weights_only=True``."""
-    from .weights import is_published_name, load_published
-
-    if is_published_name(checkpoint):
-        return load_published(checkpoint)
     if isinstance(checkpoint, (str, os.PathLike)):
         path = os.fspath(checkpoint)
         if not os.path.isfile(path):
@@ -70,11 +68,12 @@ def describe(state_dict: Dict[str, torch.Tensor], source="checkpoint") -> Tuple[
     return backbone, dcn
 
 
-def load_state_dict_strict(model: nn.Module, checkpoint) -> None:
-    """Load ``checkpoint`` into ``model`` with ``strict=True``; on mismatch raise ValueError
-    naming the missing, unexpected and mis-shaped keys (and the backbone it was made for)."""
-    name = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
-    state_dict = read_state_dict(checkpoint)
+def load_state_dict_strict(model: nn.Module, checkpoint, name: str = "checkpoint") -> None:
+    """Load ``checkpoint`` (a file or a dict; ``name`` says where it came from) into
+    ``model`` with ``strict=True``; on mismatch raise ValueError naming the missing,
+    unexpected and mis-shaped keys (and the backbone it was made for)."""
+    name = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else name
+    state_dict = read_checkpoint(checkpoint)
     expected = model.state_dict()
     # Checkpoints older than BatchNorm's num_batches_tracked load fine without it.
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
@@ -119,7 +118,6 @@ def plain_to_dcn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[
     which the doubled weight cancels (both factors are powers of two, so no rounding
     either). Training then starts from the plain detector and learns to deform.
     """
-    from ..nn import DeformConv2d
 
     state_dict = dict(state_dict)
     for name, module in model.named_modules():

@@ -1,7 +1,6 @@
 """RetinaFace: backbone, 3-level FPN, SSH context modules and the class / box / landmark
 heads, with Pytorch_Retinaface's module names so that its checkpoints load strictly."""
 
-import os
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -10,8 +9,10 @@ from torch import nn
 
 from ..nn import DeformConv2d
 from .backbones import MobileNetV1, ResNet50
+from .checkpoint import check_finite, describe, load_state_dict_strict, plain_to_dcn
 from .config import RetinaFaceConfig, config_for
 from .layers import PaddingMask, conv_bn, maybe_mask
+from .loading import read_state_dict, source_name
 
 
 def _slope(channels: int) -> float:
@@ -151,12 +152,11 @@ class RetinaFace(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def load_checkpoint(self, checkpoint: Union[str, dict]) -> "RetinaFace":
-        """Load a Pytorch_Retinaface checkpoint (a path or a state dict) strictly; the
-        ``module.`` prefix of DataParallel checkpoints is removed. A checkpoint that does
-        not fit raises ValueError listing the missing, unexpected and mis-shaped keys."""
-        from .checkpoint import load_state_dict_strict
-
-        load_state_dict_strict(self, checkpoint)
+        """Load a Pytorch_Retinaface checkpoint (a path, a state dict or the name of
+        published weights) strictly; the ``module.`` prefix of DataParallel checkpoints
+        is removed. A checkpoint that does not fit raises ValueError listing the missing,
+        unexpected and mis-shaped keys."""
+        load_state_dict_strict(self, read_state_dict(checkpoint), source_name(checkpoint))
         return self
 
     @classmethod
@@ -172,12 +172,11 @@ class RetinaFace(nn.Module):
         the deformable weights at twice the plain ones, cancelling the mask's initial
         0.5), so that fine-tuning with DCN starts from the published detector.
         """
-        from .checkpoint import check_finite, describe, plain_to_dcn, read_state_dict
-
-        state_dict = read_state_dict(checkpoint)
-        found_backbone, found_dcn = describe(state_dict, checkpoint)
-        check_finite(state_dict, checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint")
+        state_dict, name = read_state_dict(checkpoint), source_name(checkpoint)
+        found_backbone, found_dcn = describe(state_dict, name)
+        check_finite(state_dict, name)
         model = cls(backbone or found_backbone, dcn=found_dcn if dcn is None else dcn)
         if model.dcn and not found_dcn:
             state_dict = plain_to_dcn(state_dict, model)
-        return model.load_checkpoint(state_dict)
+        load_state_dict_strict(model, state_dict, name)
+        return model

@@ -3,7 +3,7 @@ and the folder they are kept in.
 
 ``Detector("mobilenet0.25")``, ``RetinaFace.from_checkpoint("resnet50")`` and
 ``retinaface detect --weights NAME`` (the default is ``mobilenet0.25``) come here through
-:func:`retinaface_ext.models.read_state_dict`. A name is looked up in :data:`PUBLISHED`;
+:func:`retinaface_ext.models.read_state_dict` (:mod:`.loading`). A name is looked up in :data:`PUBLISHED`;
 its file is read from :func:`weights_folder` when it is there (no network), else
 downloaded from the first address that works, to a temporary file beside the target,
 checked, then renamed into place. Nothing unchecked is ever left in the folder.
@@ -28,6 +28,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..files import cache_root
+from .checkpoint import describe, read_checkpoint
 
 #: Replaces every entry's addresses by ``<this>/<file name>`` (a mirror of the files).
 MIRROR_VARIABLE = "RETINAFACE_EXT_WEIGHTS_URL"
@@ -147,12 +148,13 @@ def check_weights(name: str, state_dict: Dict[str, torch.Tensor], source: str) -
                 f"expected {entry.digest[:16]}...)"
             )
         return
-    from .checkpoint import load_state_dict_strict
-    from .retinaface import RetinaFace
-
-    load_state_dict_strict(RetinaFace(entry.backbone), state_dict)
+    backbone, _ = describe(state_dict, source)
+    if backbone != entry.backbone:
+        raise ValueError(f"{source} holds {backbone} weights, not the published {name} ({entry.backbone})")
     warnings.warn(
-        f"{source}: the {name} weights have no pinned digest; only their names and shapes were checked", stacklevel=3
+        f"{source}: the {name} weights have no pinned digest; only their backbone was checked (names and "
+        "shapes are checked when a model loads them)",
+        stacklevel=3,
     )
 
 
@@ -166,12 +168,10 @@ def fetch(name: str, progress: bool = True) -> str:
 
 def load_published(name: str, progress: bool = True) -> Dict[str, torch.Tensor]:
     """The tensors of the published weights ``name`` (see :func:`fetch`)."""
-    from .checkpoint import read_state_dict
-
     path = cached_path(name)
     if not os.path.isfile(path):
-        return read_state_dict(download(name, progress=progress))  # checked on the way in
-    state_dict = read_state_dict(path)
+        return read_checkpoint(download(name, progress=progress))  # checked on the way in
+    state_dict = read_checkpoint(path)
     try:
         check_weights(name, state_dict, path)
     except ValueError as error:
@@ -201,8 +201,6 @@ def download(
     :func:`download_seconds`), read with ``weights_only=True``, checked
     (:func:`check_weights`), then renamed into place. Raises WeightsUnavailable naming
     every address tried and the path where a file downloaded by hand is picked up."""
-    from .checkpoint import read_state_dict
-
     seconds = download_seconds() if seconds is None else float(seconds)
     deadline = time.monotonic() + seconds
     target = cached_path(name)
@@ -215,7 +213,7 @@ def download(
         temporary = os.path.join(os.path.dirname(target), f".{entry.file_name}.{os.getpid()}.part")
         try:
             _fetch(url, temporary, entry, progress, deadline, seconds)
-            check_weights(name, read_state_dict(temporary), url)
+            check_weights(name, read_checkpoint(temporary), url)
             os.replace(temporary, target)
             return target
         except (OSError, ValueError) as error:
