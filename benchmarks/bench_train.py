@@ -19,6 +19,9 @@ from retinaface_ext import RetinaFace
 from retinaface_ext import nn as retinaface_nn
 from retinaface_ext.loss import MultiBoxLoss
 from retinaface_ext.priors import prior_boxes
+from retinaface_ext.train import Trainer
+from retinaface_ext.train.options import SyntheticDefaults, TrainConfig
+from retinaface_ext.train.window import LOG_EVERY
 
 SIZE = 640
 BATCH = {"cpu": 8, "cuda": 32}
@@ -131,3 +134,34 @@ def bench_loss(benchmark, faces, impl):
         sum(criterion(predictions, priors, targets)).backward()
 
     benchmark.pedantic(loss, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("log_every", [1, LOG_EVERY], ids=["read_every_step", f"read_every_{LOG_EVERY}"])
+def bench_trainer_epoch(benchmark, synchronized, device, tmp_path_factory, log_every):
+    """An epoch of the Trainer itself (20 steps of MobileNet-0.25 + DCN, batch 4, 128 px,
+    synthetic faces, no validation) with the losses read back after every step, as before
+    0.2, and every ``--log-every`` steps: what the loop's host synchronisations cost."""
+    folder = tmp_path_factory.mktemp("trainer_epoch")
+    config = TrainConfig(
+        data="synthetic",
+        synthetic_dir=str(folder / "set"),
+        synthetic=SyntheticDefaults(num_train=80, num_val=0, source_size=160),
+        out=str(folder / "run"),
+        exist_ok=True,
+        device=device,
+        workers=0,
+        epochs=1000,
+        batch_size=4,
+        image_size=128,
+        dcn=True,
+        log_every=log_every,
+    )
+    trainer = Trainer(config, show_progress=False)
+    benchmark.group = f"Trainer: an epoch of 20 steps {device}, MobileNet-0.25 + DCN, batch 4, 128x128"
+    benchmark.extra_info["images"] = 80
+
+    def epoch():
+        trainer._train_epoch()
+        trainer.epoch, trainer.step_in_epoch = trainer.epoch + 1, 0
+
+    benchmark.pedantic(synchronized(epoch, device), **rounds(device, cpu=3, cuda=5))

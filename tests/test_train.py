@@ -154,8 +154,11 @@ def test_an_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypa
     assert losses(whole.out) == losses(interrupted.out)
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step_and_part(tmp_path, monkeypatch):
-    trainer = Trainer(tiny(tmp_path, epochs=1), show_progress=False)
+@pytest.mark.parametrize("log_every", [1, 10])
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_part(tmp_path, monkeypatch, log_every):
+    """Found where the losses are read back: the run saves the weights of the read before
+    (step 2 when every step is read, step 0 with a window of 10) and names both steps."""
+    trainer = Trainer(tiny(tmp_path, epochs=1, log_every=log_every), show_progress=False)
     original = trainer.criterion.sums
     calls = []
 
@@ -167,21 +170,54 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_part(tmp_path, monk
         return tuple(sums)
 
     monkeypatch.setattr(trainer.criterion, "sums", poisoned)
-    before = None
-    with pytest.raises(TrainingStopped, match=r"step 3 \(epoch 1\): loss_c = nan") as stop:
-        original_step = trainer._train_step
+    states = [{k: v.clone() for k, v in trainer.model.state_dict().items()}]
+    original_step = trainer._train_step
 
-        def remember(batch):
-            nonlocal before
-            before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-            return original_step(batch)
+    def remember(batch):
+        losses = original_step(batch)
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return losses
 
-        monkeypatch.setattr(trainer, "_train_step", remember)
+    monkeypatch.setattr(trainer, "_train_step", remember)
+    good = 2 if log_every == 1 else 0
+    with pytest.raises(
+        TrainingStopped, match=rf"step 3 \(epoch 1\): loss_c = nan; the weights of step {good} "
+    ) as stop:
         trainer.fit()
     assert stop.value.exit_status == 1
     saved = load_checkpoint(os.path.join(trainer.out, "last.pt"))
-    for key, value in before.items():
+    assert saved["step"] == good and saved["interrupted"]
+    for key, value in states[good].items():
         torch.testing.assert_close(saved["model"][key], value, rtol=0, atol=0)
+    assert [step for step, *_ in losses(trainer.out)] == [1, 2]  # the good steps were logged
+
+
+def test_reading_the_losses_back_less_often_changes_no_number(tmp_path):
+    """The same run with the losses read after every step and every 4 steps: the same
+    losses in log.jsonl, step by step, and the same weights."""
+    every = Trainer(tiny(tmp_path, "every", log_every=1), show_progress=False)
+    every.fit()
+    window = Trainer(tiny(tmp_path, "window", log_every=4), show_progress=False)
+    window.fit()
+    assert losses(every.out) == losses(window.out) and len(losses(every.out)) == 12
+    for key, value in every.model.state_dict().items():
+        torch.testing.assert_close(window.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_the_training_priors_are_the_presets(tmp_path, monkeypatch):
+    """A preset whose anchors differ from priors.py's defaults: the loss matches against
+    the preset's priors."""
+    import dataclasses
+
+    from retinaface_ext.models import config
+    from retinaface_ext.priors import prior_boxes
+
+    small = dataclasses.replace(config.MOBILENET_025, min_sizes=((8, 24), (48, 96), (192, 384)))
+    monkeypatch.setitem(config.PRESETS, "mobilenet0.25", small)
+    trainer = Trainer(tiny(tmp_path, epochs=1), show_progress=False)
+    expected = prior_boxes((64, 64), small.min_sizes, small.steps)
+    assert not torch.equal(expected, prior_boxes((64, 64)))
+    torch.testing.assert_close(trainer.priors, expected, rtol=0, atol=0)
 
 
 def test_a_checkpoint_is_never_half_written(tmp_path):

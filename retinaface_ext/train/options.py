@@ -12,6 +12,7 @@ import torch
 
 from ..data.loader import default_workers
 from ..models.config import config_for
+from .window import LOG_EVERY
 
 BACKBONES = ("mobilenet0.25", "resnet50")
 #: The largest --image-size: a square crop of 64 megapixels, the Detector's limit too.
@@ -126,6 +127,13 @@ class TrainConfig:
         "train in channels-last memory format (default: on the CPU, where it is faster; off on CUDA)",
         RUN,
         "switch",
+    )
+    log_every: int = _flag(
+        LOG_EVERY,
+        "steps between reads of the losses (the loop's one host synchronisation: each step is still logged; a "
+        "loss that is not finite stops the run there, saving the weights of the read before)",
+        RUN,
+        "count",
     )
     compile: bool = _flag(False, "torch.compile the model for training (the first steps compile it)", RUN)
     tensorboard: bool = _flag(

@@ -47,6 +47,7 @@ from .state import (
     save_checkpoint,
     write_args,
 )
+from .window import StepWindow
 
 log = logging.getLogger("retinaface_ext.train")
 
@@ -114,7 +115,9 @@ class Trainer:
         if config.compile:
             self.net = torch.compile(self.net)
         self.criterion = MultiBoxLoss(loc_weight=self.preset.loc_weight, variances=self.preset.variances)
-        self.priors = prior_boxes((config.image_size, config.image_size), device=self.device)
+        self.priors = prior_boxes(
+            (config.image_size, config.image_size), self.preset.min_sizes, self.preset.steps, device=self.device
+        )
         per_process = config.batch_size // self.dist.world_size
         workers = usable_workers(config.workers, len(self.train_set) // max(1, per_process * self.dist.world_size))
         if workers < config.workers and self.is_main:
@@ -285,7 +288,7 @@ class Trainer:
             for module in self.model.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        bar = tqdm(
+        bar = self.bar = tqdm(
             total=self.steps_per_epoch,
             initial=self.step_in_epoch,
             unit="batch",
@@ -294,7 +297,8 @@ class Trainer:
             disable=not (self.is_main and self.show_progress),
         )
         skip, started, images = self.step_in_epoch, time.perf_counter(), 0
-        totals = np.zeros(3)
+        self.totals, self.window = np.zeros(3), StepWindow(self.config.log_every)
+        self.window.remember(self)
         # Time spent waiting for the loader, apart from the steps: a data-bound run shows
         # itself as a large share of waiting (more --workers, or a faster disk, would help).
         waited = 0.0
@@ -308,27 +312,17 @@ class Trainer:
                 if index < skip:
                     continue  # a resumed epoch: the same batches, in the same order, as before the stop
                 waited += time.perf_counter() - asked
-                self._stop_if_requested()
-                parts = self._train_step(batch)
+                self._stop_if_requested(collective=self.window.due())
+                losses = self._train_step(batch)
                 self.step, self.step_in_epoch = self.step + 1, self.step_in_epoch + 1
                 images += len(batch.images) * self.dist.world_size
                 elapsed = time.perf_counter() - started
-                rate, waiting = images / elapsed, waited / elapsed
-                totals += parts
                 lr = self.optimizer.param_groups[0]["lr"]
-                logged = dict(zip(LOSS_PARTS, parts.tolist()), lr=lr, images_per_s=rate, data_wait=waiting)
-                self.log.write(event="step", epoch=self.epoch + 1, step=self.step, **logged)
-                if self.board is not None:
-                    self.board.scalars("train", logged, self.step)
-                bar.set_postfix(
-                    loc=f"{parts[0]:.3f}",
-                    cls=f"{parts[1]:.3f}",
-                    landm=f"{parts[2]:.3f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{rate:.1f}",
-                    data=f"{waiting:.0%}",
-                )
+                self.window.add(self.step, losses, lr=lr, images_per_s=images / elapsed, data_wait=waited / elapsed)
                 bar.update()
+                if self.window.due():
+                    self._check()
+            self._check()
         done = max(self.step_in_epoch - skip, 1)
         if self.is_main:
             elapsed = time.perf_counter() - started
@@ -337,16 +331,36 @@ class Trainer:
                 "for data",
                 self.epoch + 1,
                 self.config.epochs,
-                *(totals / done),
+                *(self.totals / done),
                 images / elapsed,
                 100 * waited / elapsed,
             )
 
-    def _train_step(self, batch) -> np.ndarray:
+    def _check(self) -> None:
+        """Reads the window's losses back (the loop's one synchronisation), logs its steps,
+        stops at a loss that is not finite, and remembers the state as the last good one."""
+        for pending, values in self.window.read_back():
+            if not np.isfinite(values).all():
+                self._stop_on_non_finite(pending.step, values)
+            self.totals += values
+            logged = dict(zip(LOSS_PARTS, values.tolist()), **pending.logged)
+            self.log.write(event="step", epoch=self.epoch + 1, step=pending.step, **logged)
+            if self.board is not None:
+                self.board.scalars("train", logged, pending.step)
+            self.bar.set_postfix(
+                loc=f"{values[0]:.3f}",
+                cls=f"{values[1]:.3f}",
+                landm=f"{values[2]:.3f}",
+                lr=f"{logged['lr']:.2e}",
+                img_s=f"{logged['images_per_s']:.1f}",
+                data=f"{logged['data_wait']:.0%}",
+            )
+        self.window.remember(self)
+
+    def _train_step(self, batch) -> torch.Tensor:
+        """One step; returns its three losses, still on the device (see :meth:`_check`)."""
         layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
         batch = batch.to(self.device, non_blocking=True).normalized(self.preset.mean_bgr, layout)
-        # BatchNorm statistics as they were, to save the last good state if this step fails.
-        statistics = [buffer.clone() for buffer in self.model.buffers()]
         with torch.autocast(
             self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
         ):
@@ -356,12 +370,6 @@ class Trainer:
         positives = self.dist.sum(positives).clamp(min=1).float() / self.dist.world_size
         with_landmarks = self.dist.sum(with_landmarks).clamp(min=1).float() / self.dist.world_size
         losses = torch.stack([sum_l / positives, sum_c / positives, sum_landm / with_landmarks])
-        values = losses.detach().cpu().numpy()
-        if not np.isfinite(values).all():
-            with torch.no_grad():
-                for buffer, before in zip(self.model.buffers(), statistics):
-                    buffer.copy_(before)
-            self._stop_on_non_finite(values)
         total = self.criterion.total(tuple(losses))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -371,7 +379,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return values
+        return losses.detach()
 
     # ------------------------------------------------------------------ validation
 
@@ -539,11 +547,17 @@ class Trainer:
                 pass
         return previous
 
-    def _stop_if_requested(self) -> None:
+    def _stop_if_requested(self, collective: bool) -> None:
+        """Stops at a signal: one process looks at its own flag before every step (no
+        synchronisation); under torchrun every process stops at the same step, so the
+        flags are summed, at the window's checks only (``collective``)."""
         requested = self._stop_requested is not None
-        if self.dist.enabled:  # every process stops at the same step
+        if self.dist.enabled:
+            if not collective:
+                return
             requested = bool(self.dist.sum(torch.tensor(int(requested), device=self.device)).item())
         if requested:
+            self._check()  # the window's steps logged (or a bad one found) first
             self._save(LAST, interrupted=True)
             raise TrainingStopped(
                 f"stopped by {self._stop_requested or 'another process'} at step {self.step}; "
@@ -551,12 +565,13 @@ class Trainer:
                 130,
             )
 
-    def _stop_on_non_finite(self, values: np.ndarray) -> None:
+    def _stop_on_non_finite(self, step: int, values: np.ndarray) -> None:
         bad = [f"{name} = {value}" for name, value in zip(LOSS_PARTS, values) if not np.isfinite(value)]
+        good = self.window.restore(self)
         self._save(LAST, interrupted=True)
         raise TrainingStopped(
-            f"step {self.step + 1} (epoch {self.epoch + 1}): {', '.join(bad)}; the weights "
-            f"before this step are in {os.path.join(self.out, LAST)}",
+            f"step {step} (epoch {self.epoch + 1}): {', '.join(bad)}; the weights of step {good} (the last "
+            f"checked before it, --log-every {self.config.log_every}) are in {os.path.join(self.out, LAST)}",
             1,
         )
 
