@@ -4,7 +4,7 @@ tensors, with errors that say which image is wrong and why."""
 import os
 import stat
 import warnings
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -20,6 +20,33 @@ MAX_DECODED_PIXELS = 128 * 1024 * 1024
 
 COLOR_ORDERS = ("bgr", "rgb")
 EXIF_ORIENTATION = 0x0112
+
+
+#: The file names folder runs and WIDER FACE prediction take as images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(path: Union[str, os.PathLike], recursive: bool = False) -> Tuple[List[str], str]:
+    """The image files under ``path`` (a file: itself) and the folder their names are
+    relative to. In a folder, every entry with an image extension is listed, sorted,
+    whatever it is (a FIFO, a dangling link): reading it says what is wrong with it.
+    FileNotFoundError or ValueError naming ``path`` when there is nothing to read."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return [path], os.path.dirname(path)
+    if not os.path.isdir(path):
+        if os.path.lexists(path):
+            raise ValueError(f"{display_path(path)}: neither an image file nor a folder")
+        raise FileNotFoundError(f"no such image or folder: {display_path(path)}")
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not recursive:
+            break
+    if not found:
+        raise ValueError(f"{display_path(path)}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found, path
 
 
 def display_path(path: Union[str, bytes, os.PathLike]) -> str:

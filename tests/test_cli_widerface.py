@@ -189,3 +189,35 @@ def test_eval_names_broken_prediction_files_and_ground_truth(tmp_path, capsys):
     savemat(gt / "wider_hard_val.mat", {"something_else": np.zeros(3)})
     code, _, err = run(capsys, "eval", "--pred", pred, "--gt", gt)
     one_line_error(code, err, "wider_hard_val.mat: not the WIDER FACE val ground truth layout", "gt_list")
+
+
+def test_the_prediction_loop_from_python_is_the_commands(tmp_path):
+    """evaluation.predict (what the command and the training's validation call): the
+    images of every event with an image extension, in order, each with the Detector's
+    faces as x, y, w, h, score rows, batched or not."""
+    from retinaface_ext import Detector
+    from retinaface_ext.evaluation.predict import predict_widerface, widerface_images
+    from retinaface_ext.models import DetectionSettings
+
+    crowd = cv2.imread(str(CROWD))
+    for event, name, crop in (("0--Parade", "a", crowd[:300]), ("0--Parade", "b", crowd[100:]), ("9--X", "c", crowd)):
+        (tmp_path / event).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / event / f"{name}.jpg"), crop)
+    (tmp_path / "9--X" / "notes.txt").write_text("not an image")
+    images = widerface_images(str(tmp_path))
+    assert [(event, name.rsplit("/", 1)[-1]) for event, name in images] == [
+        ("0--Parade", "a.jpg"),
+        ("0--Parade", "b.jpg"),
+        ("9--X", "c.jpg"),
+    ]
+    detector = Detector(str(WEIGHTS), device="cpu", settings=DetectionSettings(score_threshold=0.3))
+    one = list(predict_widerface(detector, images, batch_size=1))
+    three = list(predict_widerface(detector, images, batch_size=3))
+    assert [(e, n) for e, n, _ in one] == [("0--Parade", "a"), ("0--Parade", "b"), ("9--X", "c")]
+    for (_, _, rows), (_, _, batched), (_, path) in zip(one, three, images):
+        faces = detector.detect(path)
+        assert rows.shape == (len(faces), 5) and len(faces) > 0 and rows[:, 4].min() > 0.3
+        np.testing.assert_allclose(rows[:, 2:4], (faces.boxes[:, 2:] - faces.boxes[:, :2]).numpy(), atol=1e-3)
+        np.testing.assert_allclose(batched, rows, atol=1e-3)
+    with pytest.raises(ValueError, match="image folder not found"):
+        widerface_images(str(tmp_path / "missing"))

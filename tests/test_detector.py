@@ -407,3 +407,15 @@ def test_non_finite_outputs_name_their_image():
     bad[0, 3] = 1e4  # not a candidate: its overflow does not matter
     logits[0, 3] = torch.tensor([10.0, -10.0])
     assert len(detector.postprocess(bad, logits, landm, canvas, names=names)) == 3
+
+
+def test_settings_as_one_object():
+    from retinaface_ext.models import DetectionSettings
+
+    model = RetinaFace("mobilenet0.25").eval()
+    settings = DetectionSettings(score_threshold=0.3, keep_top_k=5)
+    assert Detector(model, device="cpu", settings=settings).settings is settings
+    with pytest.raises(ValueError, match="give settings or score_threshold"):
+        Detector(model, device="cpu", settings=settings, top_k=10)
+    with pytest.raises(TypeError, match="settings must be a DetectionSettings"):
+        Detector(model, device="cpu", settings={"score_threshold": 0.3})

@@ -306,3 +306,36 @@ def test_images_are_read_ahead_up_to_a_number_of_bytes():
     next(reads)
     assert len(started) <= 1 + 3 + 2  # the one taken, three finished, two running
     assert sum(1 for _ in reads) == 39
+
+
+def test_a_folder_run_from_python(folder, tmp_path):
+    """The library's FolderRun, which the command calls: shards that cover the folder
+    once, a rerun that skips what is recorded, an unreadable file as an item with its
+    error (and a line), the faces those of Detector.detect."""
+    from retinaface_ext import Detector
+    from retinaface_ext.images import list_images
+    from retinaface_ext.inference.folders import FolderRun
+
+    files, root = list_images(folder, recursive=True)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a JPEG")
+    detector = Detector(str(WEIGHTS), device="cpu", batch_size=3)
+    results = tmp_path / "faces.jsonl"
+    seen = []
+    for shard in ((0, 2), (1, 2)):
+        run = FolderRun.plan(files, str(root), str(results), shard)
+        assert run.results == runs.part_path(str(results), shard) and run.skipped == 0
+        seen += [item.path for item in run.detect(detector, threshold=0.5)]
+    assert sorted(seen) == sorted(files)
+    run = FolderRun.plan(files, str(root), str(results))  # merges the parts, all done
+    assert run.merged == (2, 14) and run.skipped == 14 and run.files == []
+    with_bad = FolderRun.plan([*files, str(bad)], str(root), str(results))
+    (item,) = list(with_bad.detect(detector))
+    assert item.path == str(bad) and item.faces is None and "cannot decode" in str(item.error)
+    assert "error" in lines_of(results)[-1]
+    plain = FolderRun.plan(files[:2], str(root))
+    for item in plain.detect(detector, threshold=0.5):
+        expected = detector.detect(item.path).above(0.5)
+        np.testing.assert_allclose(item.faces.boxes.numpy(), expected.boxes.numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="cannot decode"):  # without a results file it stops the run
+        list(FolderRun.plan([str(bad)], str(tmp_path)).detect(detector))

@@ -9,7 +9,6 @@ from .args import UserError, fraction, positive_int
 from .shared import (
     add_detector_options,
     add_size_options,
-    batches,
     check_origin_size,
     image_files,
     make_detector,
@@ -23,7 +22,6 @@ def command_detect(args) -> int:
     from ..draw import draw_detections
     from ..files import atomic_write_text, write_image
     from ..images import display_path
-    from ..inference.ahead import read_ahead
     from .video import command_detect_video, video_source
 
     source = video_source(args.input)
@@ -31,7 +29,8 @@ def command_detect(args) -> int:
         return command_detect_video(args, source)
     check_origin_size(args)
     files, root = image_files(args.input, args.recursive)
-    files, results = folder_run(args, files, root)
+    run = folder_run(args, files, root)
+    files = run.files
     outputs = {}
     if args.out:
         output_folder(args.out)
@@ -50,110 +49,58 @@ def command_detect(args) -> int:
     crops = align_outputs(args.align, files, root, args.overwrite) if args.align else {}
     detector = make_detector(args, target_size=args.target_size, max_size=args.max_size)
     unreadable = 0
-    read = reader(detector, keep_going=results is not None)
-    with progress_bar(len(files), "detect", enabled=bool(args.out or results)) as progress:
-        for chunk in batches(read_ahead(files, read, args.workers), args.batch_size):
-            readable = [(path, image) for path, image in chunk if not isinstance(image, Exception)]
-            found = detector.detect([image for _, image in readable], names=[path for path, _ in readable])
-            faces_of = dict(zip([path for path, _ in readable], found))
-            for path, image in chunk:
-                if isinstance(image, Exception):
-                    unreadable += 1
-                    results.write({**key_record(path, root), "error": str(image)})
-                    progress.update()
-                    continue
-                faces = faces_of[path].above(args.threshold)
-                record = {"image": path, "width": image.shape[1], "height": image.shape[0], "faces": faces.to_list()}
-                if results is not None:
-                    results.write({**key_record(path, root), **record, "image": os.path.relpath(path, root)})
-                if args.out:
-                    image_out, json_out = outputs[path]
-                    if not args.no_draw:
-                        write_image(image_out, draw_detections(image, faces, args.threshold))
-                    if args.json:
-                        atomic_write_text(json_out, json.dumps(record, indent=1) + "\n")
-                elif args.json:
-                    print(json.dumps(record), flush=True)
-                if args.align:
-                    write_crops(image, faces, crops[path])
-                if results is None and (not args.json or args.out):
-                    progress.write(
-                        f"{display_path(path)}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout
-                    )
-                progress.update()
-    if results is not None:
-        results.close()
+    with progress_bar(len(files), "detect", enabled=bool(args.out or run.results)) as progress:
+        for item in run.detect(detector, args.threshold, args.batch_size, args.workers):
+            progress.update()
+            if item.error is not None:
+                unreadable += 1
+                continue
+            path, image, faces = item.path, item.image, item.faces
+            record = {"image": path, "width": image.shape[1], "height": image.shape[0], "faces": faces.to_list()}
+            if args.out:
+                image_out, json_out = outputs[path]
+                if not args.no_draw:
+                    write_image(image_out, draw_detections(image, faces, args.threshold))
+                if args.json:
+                    atomic_write_text(json_out, json.dumps(record, indent=1) + "\n")
+            elif args.json:
+                print(json.dumps(record), flush=True)
+            if args.align:
+                write_crops(image, faces, crops[path])
+            if run.results is None and (not args.json or args.out):
+                progress.write(f"{display_path(path)}: {len(faces)} faces", file=sys.stderr if args.out else sys.stdout)
+    if run.results is not None:
         note = f" ({unreadable} could not be read: their lines hold an 'error')" if unreadable else ""
-        print(f"{display_path(results.path)}: {len(files)} images written{note}", file=sys.stderr)
+        print(f"{display_path(run.results)}: {len(files)} images written{note}", file=sys.stderr)
     return 0
 
 
-def reader(detector, keep_going: bool):
-    """How an image is read in the background: a failure stops the run, or, in a folder
-    run with --jsonl, is returned (and recorded) so that the others go on."""
-
-    def read(path):
-        try:
-            return detector.read_image(path)
-        except (OSError, ValueError) as error:
-            if not keep_going:
-                raise
-            return error
-
-    return read
-
-
-def key_record(path, root):
-    from ..inference.runs import file_key
-
-    relative, size, mtime_ns = file_key(path, root)
-    return {"image": relative, "size": size, "mtime_ns": mtime_ns}
-
-
 def folder_run(args, files, root):
-    """The files this process does and, with --jsonl, the writer of its results: the
-    shard (--shard, else torchrun's RANK/WORLD_SIZE), the part files merged first in a
-    run without shards, and the images already recorded skipped."""
-    from ..inference.runs import (
-        ResultsFileError,
-        ResultsWriter,
-        merge_parts,
-        parse_shard,
-        part_path,
-        pending,
-        read_lines,
-        shard_from_environment,
-        shard_of,
-    )
+    """The library's :class:`~retinaface_ext.inference.folders.FolderRun` for the command's
+    options (the shard: --shard, else torchrun's RANK/WORLD_SIZE), its notes printed."""
+    from ..inference.folders import FolderRun
+    from ..inference.runs import parse_shard, shard_from_environment
 
+    if args.jsonl and os.path.isdir(args.jsonl):
+        raise UserError(f"--jsonl {args.jsonl}: is a folder, not a file")
     try:
         shard = parse_shard(args.shard) if args.shard else shard_from_environment()
+        run = FolderRun.plan(files, root, args.jsonl, shard)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if not args.jsonl:
-        if shard is not None:
-            files = [f for f in files if shard_of(os.path.relpath(f, root), shard[1]) == shard[0]]
-        return files, None
-    if os.path.isdir(args.jsonl):
-        raise UserError(f"--jsonl {args.jsonl}: is a folder, not a file")
-    target = part_path(args.jsonl, shard) if shard else args.jsonl
-    try:
-        if shard is None:
-            parts, added = merge_parts(args.jsonl)
-            if parts:
-                print(f"{args.jsonl}: merged {parts} part files ({added} images)", file=sys.stderr)
-        done, cut = read_lines(target, repair=True)
-    except ResultsFileError as error:
-        raise UserError(str(error)) from None
-    if cut:
+    if run.results is None:
+        return run
+    parts, added = run.merged
+    if parts:
+        print(f"{args.jsonl}: merged {parts} part files ({added} images)", file=sys.stderr)
+    if run.cut:
         print(
-            f"{target}: its last line was cut off (a run stopped while writing it); that image is redone",
+            f"{run.results}: its last line was cut off (a run stopped while writing it); that image is redone",
             file=sys.stderr,
         )
-    files, skipped = pending(files, root, done, shard)
     share = f" (shard {shard[0]} of {shard[1]})" if shard else ""
-    print(f"{target}: {skipped} images already done, {len(files)} to do{share}", file=sys.stderr)
-    return files, ResultsWriter(target)
+    print(f"{run.results}: {run.skipped} images already done, {len(run.files)} to do{share}", file=sys.stderr)
+    return run
 
 
 def align_outputs(folder, files, root, overwrite=False):

@@ -10,24 +10,24 @@ def command_export(args) -> int:
     if (args.onnx is None) == (args.pt2 is None):
         raise UserError("give one of --onnx OUT and --pt2 OUT")
     out, option = (args.onnx, "--onnx") if args.onnx else (args.pt2, "--pt2")
-    args.weights = checkpoint_path(args.weights)
+    weights = checkpoint_path(args.weights)
     if os.path.isdir(out):
         raise UserError(f"{option} {out}: is a folder, not a file")
     if os.path.exists(out) and not args.overwrite:
         raise UserError(f"{option} {out}: the file exists (add --overwrite to replace it)")
-    if os.path.realpath(out) == os.path.realpath(args.weights):
+    if os.path.realpath(out) == os.path.realpath(weights):
         raise UserError(f"{option} {out}: that is the checkpoint itself")
     dynamic = args.dynamic or args.size is None
     size = tuple(args.size) if args.size else (640, 640)
     if args.pt2:
-        return export_pt2(args, dynamic, size)
+        return export_pt2(args, weights, dynamic, size)
     if args.device != "cpu":
         raise UserError("--device applies to --pt2 (ONNX files run where onnxruntime runs them)")
     from ..export import to_onnx
 
     try:
         report = to_onnx(
-            args.weights,
+            weights,
             args.onnx,
             dynamic=dynamic,
             opset=args.opset,
@@ -45,14 +45,14 @@ def command_export(args) -> int:
     return 0
 
 
-def export_pt2(args, dynamic, size) -> int:
+def export_pt2(args, weights, dynamic, size) -> int:
     from ..export import to_pt2
 
     if args.opset is not None or args.exporter != "dynamo":
         raise UserError("--opset and --exporter apply to --onnx")
     try:
         report = to_pt2(
-            args.weights,
+            weights,
             args.pt2,
             device=args.device,
             postprocess=args.postprocess,

@@ -1,7 +1,6 @@
 """Steps several commands share: finding image files, output folders, the detector and its
 options, progress bars."""
 
-import dataclasses
 import os
 import sys
 from typing import List, Tuple
@@ -9,32 +8,18 @@ from typing import List, Tuple
 from ..models.config import DetectionSettings
 from .args import UserError, checkpoint_path, fraction, positive_int, positive_number
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: The long side of the WIDER FACE multi-scale protocol, used with --target-size.
 PROTOCOL_MAX_SIZE = 2150
 
 
 def image_files(path: str, recursive: bool = False) -> Tuple[List[str], str]:
-    """The image files to read and the folder their output names are relative to. In a
-    folder, every entry with an image extension is listed, whatever it is (a FIFO, a
-    dangling link): reading it says what is wrong with it."""
-    from ..images import display_path
+    """The library's :func:`~retinaface_ext.images.list_images`, its refusals as UserError."""
+    from ..images import list_images
 
-    if os.path.isfile(path):
-        return [path], os.path.dirname(path)
-    if not os.path.isdir(path):
-        if os.path.lexists(path):
-            raise UserError(f"{display_path(path)}: neither an image file nor a folder")
-        raise UserError(f"no such image or folder: {display_path(path)}")
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not recursive:
-            break
-    if not found:
-        raise UserError(f"{display_path(path)}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return found, path
+    try:
+        return list_images(path, recursive)
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from None
 
 
 def output_folder(path: str, option: str = "--out") -> str:
@@ -65,29 +50,37 @@ def refuse_existing(paths, overwrite: bool) -> None:
         raise UserError(f"{display_path(taken[0])} and {more} already exist; add --overwrite to replace them")
 
 
-def make_detector(args, **overrides):
+def weights_path(args) -> str:
+    """--weights as a file: a checkpoint (published names fetched and checked) or an
+    exported network (.onnx, .pt2)."""
+    if not args.weights.lower().endswith((".onnx", ".pt2")):
+        return checkpoint_path(args.weights)
+    if not os.path.isfile(args.weights):
+        raise UserError(f"--weights {args.weights}: no such file")
+    return args.weights
+
+
+def make_detector(args, weights=None, **overrides):
+    """The Detector of the command's options (``weights``: :func:`weights_path`'s, when
+    the caller has it already)."""
     from ..inference import Detector
 
-    if not args.weights.lower().endswith((".onnx", ".pt2")):
-        args.weights = checkpoint_path(args.weights)
-    elif not os.path.isfile(args.weights):
-        raise UserError(f"--weights {args.weights}: no such file")
     device = args.device
     if device is None and "LOCAL_RANK" in os.environ:  # one GPU per process under torchrun
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    settings = dict(
+    options = dict(
         backbone=args.backbone,
         device=device,
         batch_size=args.batch_size,
         engine=args.engine,
         trust_package=args.trust_package,
-        **dataclasses.asdict(detection_settings(args)),
+        settings=detection_settings(args),
     )
-    settings.update(overrides)
-    return Detector(args.weights, **settings)
+    options.update(overrides)
+    return Detector(weights or weights_path(args), **options)
 
 
 def progress_bar(total, description, enabled=True, unit="image"):
@@ -98,18 +91,6 @@ def progress_bar(total, description, enabled=True, unit="image"):
     return tqdm(
         total=total, desc=description, unit=unit, disable=not enabled or total < 2, file=sys.stderr, leave=False
     )
-
-
-def batches(items, size):
-    """Lists of ``size`` consecutive items (the last one shorter) of any iterable."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # ---------------------------------------------------------------- commands

@@ -5,41 +5,35 @@ import time
 
 from .args import UserError
 from .shared import (
-    IMAGE_EXTENSIONS,
     PROTOCOL_MAX_SIZE,
     add_detector_options,
     add_size_options,
-    batches,
     make_detector,
     output_folder,
     prediction_sizes,
     progress_bar,
+    weights_path,
 )
 
 
 def command_widerface_predict(args) -> int:
     from .._version import __version__
+    from ..evaluation.predict import predict_widerface, widerface_images
     from ..evaluation.prediction_runs import PredictionRun, file_digest
     from ..evaluation.widerface import write_prediction_file
 
-    if not os.path.isdir(args.images):
-        raise UserError(f"image folder not found: {args.images} (expected WIDER_val/images/<event>/*.jpg)")
-    events = sorted(e for e in os.listdir(args.images) if os.path.isdir(os.path.join(args.images, e)))
-    jobs = [
-        (event, os.path.join(args.images, event, f))
-        for event in events
-        for f in sorted(os.listdir(os.path.join(args.images, event)))
-        if f.lower().endswith(IMAGE_EXTENSIONS)
-    ]
-    if not jobs:
-        raise UserError(f"{args.images}: no <event>/<image> files")
+    try:
+        images = widerface_images(args.images)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     target_size, max_size = prediction_sizes(args)
     output_folder(args.out)
-    detector = make_detector(args, target_size=target_size, max_size=max_size)
+    weights = weights_path(args)
+    detector = make_detector(args, weights, target_size=target_size, max_size=max_size)
     run = PredictionRun(
         args.out,
         {
-            "weights_sha256": file_digest(args.weights),
+            "weights_sha256": file_digest(weights),
             "backbone": detector.config.backbone,
             "target_size": target_size,
             "max_size": max_size,
@@ -54,22 +48,17 @@ def command_widerface_predict(args) -> int:
     run.start(args.overwrite)
     started = time.perf_counter()
     try:
-        with progress_bar(len(jobs), "widerface-predict") as progress:
-            for chunk in batches(jobs, args.batch_size):
-                images = [detector.read_image(path) for _, path in chunk]
-                for (event, path), faces in zip(chunk, detector.detect(images, names=[path for _, path in chunk])):
-                    boxes, scores = faces.boxes.cpu().numpy(), faces.scores.cpu().numpy()
-                    rows = [[x1, y1, x2 - x1, y2 - y1, s] for (x1, y1, x2, y2), s in zip(boxes, scores)]
-                    name = os.path.splitext(os.path.basename(path))[0]
-                    write_prediction_file(os.path.join(args.out, event, name + ".txt"), name, rows)
-                    run.add(f"{event}/{name}.txt")
-                progress.update(len(chunk))
+        with progress_bar(len(images), "widerface-predict") as progress:
+            for event, name, rows in predict_widerface(detector, images, args.batch_size):
+                write_prediction_file(os.path.join(args.out, event, name + ".txt"), name, rows)
+                run.add(f"{event}/{name}.txt")
+                progress.update()
     except BaseException:
         run.save("interrupted")
         raise
     run.save("complete")
     elapsed = time.perf_counter() - started
-    print(f"wrote {len(jobs)} prediction files to {args.out} in {elapsed:.1f} s")
+    print(f"wrote {len(images)} prediction files to {args.out} in {elapsed:.1f} s")
     return 0
 
 

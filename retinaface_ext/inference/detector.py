@@ -14,17 +14,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..devices import resolve_device
 from ..images import MAX_PIXELS, ImageLike
-from ..models import PaddingMask, RetinaFace, config_for
-from ..models.checkpoint import check_finite
+from ..models import PaddingMask, RetinaFace
 from ..models.config import DetectionSettings, whole_number
 from .detections import Detections
-from .engines import AotiEngine, OnnxRuntimeEngine, TorchEngine
+from .engines import make_engine
 from .postprocess import Postprocessing
 from .preprocess import Prepared, Preprocessing
 
-ENGINES = ("torch", "onnxruntime", "aoti")
 #: Images share a padded forward pass only while the pass costs at most this many times
 #: their own pixels; the rest run in other passes (groups of similar sizes).
 MAX_PADDING_FACTOR = 2.0
@@ -84,6 +81,8 @@ class Detector:
         keep_top_k: detections per image kept after NMS (750). These four are a
             :class:`~retinaface_ext.models.DetectionSettings` (``self.settings``);
             ``confidence_threshold`` is the old name of ``score_threshold``.
+        settings: the four as one :class:`~retinaface_ext.models.DetectionSettings`
+            (instead of them).
         target_size, max_size: resize each image so its short side is ``target_size``
             unless its long side would exceed ``max_size`` (WIDER FACE testing: 1600,
             2150); either alone works too. None keeps the original size (the default).
@@ -136,39 +135,23 @@ class Detector:
         confidence_threshold: Optional[float] = None,
         max_pass_pixels: int = MAX_PASS_PIXELS,
         trust_package: bool = False,
+        settings: Optional[DetectionSettings] = None,
     ):
         if confidence_threshold is not None:
             warnings.warn("Detector(confidence_threshold=...) is now score_threshold", DeprecationWarning, stacklevel=2)
             score_threshold = confidence_threshold
-        self.settings = DetectionSettings(score_threshold, nms_threshold, top_k, keep_top_k)
+        values = DetectionSettings(score_threshold, nms_threshold, top_k, keep_top_k)
+        if settings is not None:
+            if not isinstance(settings, DetectionSettings):
+                raise TypeError(f"settings must be a DetectionSettings, got {type(settings).__name__}")
+            if values != DEFAULTS:
+                raise ValueError("give settings or score_threshold, nms_threshold, top_k and keep_top_k, not both")
+        self.settings = settings or values
         self.batch_size = whole_number(batch_size, "batch_size")
         self.max_pass_pixels = whole_number(max_pass_pixels, "max_pass_pixels")
-        suffix = (
-            os.path.splitext(os.fspath(weights_or_model))[1].lower()
-            if isinstance(weights_or_model, (str, os.PathLike))
-            else ""
+        self.engine = make_engine(
+            weights_or_model, engine, backbone, device, fold_batchnorm, channels_last, half, compile, trust_package
         )
-        file_engine = {".onnx": "onnxruntime", ".pt2": "aoti"}.get(suffix)
-        engine = (file_engine or "torch") if engine is None else engine
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        if file_engine is not None and engine != file_engine:
-            kind = {".onnx": "an ONNX file", ".pt2": "an AOTInductor package"}[suffix]
-            raise ValueError(f"{os.fspath(weights_or_model)}: {kind} runs with engine={file_engine!r}")
-        if engine in ("onnxruntime", "aoti"):
-            if half or compile:
-                raise ValueError(f"half and compile apply to engine='torch'; {engine} runs the float32 graph")
-            source = weights_or_model if file_engine else self._load_model(weights_or_model, backbone, device)[0]
-            if engine == "onnxruntime":
-                config = config_for(backbone or "mobilenet0.25") if file_engine else source.config
-                self.engine = OnnxRuntimeEngine(source, config, device)
-            else:
-                self.engine = AotiEngine(source, device, backbone, trust_package)
-        else:
-            model, device = self._load_model(weights_or_model, backbone, device)
-            self.engine = TorchEngine(
-                model, resolve_device(device), fold_batchnorm, channels_last, bool(half), bool(compile)
-            )
         self.device, self.config = self.engine.device, self.engine.config
         self.preprocessing = Preprocessing(
             self.device, self.config.mean_bgr, self.engine.channels_last, target_size, max_size
@@ -179,23 +162,6 @@ class Detector:
     def model(self):
         """The network the engine runs: ``model(images) -> loc, logits, landm``."""
         return self.engine.network
-
-    @staticmethod
-    def _load_model(weights_or_model, backbone, device):
-        if isinstance(weights_or_model, torch.nn.Module):
-            if not isinstance(weights_or_model, RetinaFace):
-                raise TypeError(
-                    f"weights_or_model: expected a RetinaFace or a checkpoint, got {type(weights_or_model).__name__}"
-                )
-            model = weights_or_model
-            check_finite(model.state_dict(), "weights_or_model")
-            if device is None:
-                device = next(model.parameters()).device
-        else:
-            model = RetinaFace.from_checkpoint(weights_or_model, backbone=backbone)
-        if backbone is not None and model.config.backbone != config_for(backbone).backbone:
-            raise ValueError(f"backbone={backbone!r} but the model is {model.config.backbone}")
-        return model, device
 
     def __call__(self, images, color: str = "bgr", names: Optional[Sequence[str]] = None):
         return self.detect(images, color, names)

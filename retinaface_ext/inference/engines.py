@@ -1,22 +1,96 @@
-"""What runs the network for the Detector: one small class per engine, each called as
-``engine(images, padding_mask) -> loc, logits, landm`` (the head outputs).
-
-An engine says where it runs (``device``), which preset its network has (``config``),
-the memory layout it reads (``channels_last``) and whether images of different sizes
-may share a pass (``pads``: a padding mask zeroes the padding at every layer).
+"""What runs the network for the Detector: one small class per engine behind the
+:class:`Engine` protocol, and :func:`make_engine`, which picks one for what the user
+passed (a model, a checkpoint, an ``.onnx`` or ``.pt2`` file) and owns the caching of
+exported networks (:mod:`.onnx_network`, :func:`cached_package`).
 """
 
 import os
-from typing import Optional, Tuple
+from typing import Optional, Protocol, Tuple
 
 import torch
 
 from ..devices import resolve_device
 from ..models import InferenceRetinaFace, RetinaFace, config_for
+from ..models.checkpoint import check_finite
 from ..models.config import RetinaFaceConfig
 from .postprocess import compile_stage
 
 Outputs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+ENGINES = ("torch", "onnxruntime", "aoti")
+
+
+class Engine(Protocol):
+    """Called as ``engine(images, padding_mask) -> loc, logits, landm`` (the head
+    outputs). Says its ``name``, where it runs (``device``), which preset its network has
+    (``config``), the memory layout it reads (``channels_last``), whether images of
+    different sizes may share a pass (``pads``: a padding mask zeroes the padding at
+    every layer) and whether its post-processing is compiled (``compiled``)."""
+
+    name: str
+    device: torch.device
+    config: RetinaFaceConfig
+    channels_last: bool
+    pads: bool
+    compiled: bool
+    network: object
+
+    def __call__(self, images: torch.Tensor, padding_mask=None) -> Outputs: ...
+
+
+def make_engine(
+    weights_or_model,
+    engine: Optional[str] = None,
+    backbone: Optional[str] = None,
+    device=None,
+    fold_batchnorm: bool = True,
+    channels_last: bool = True,
+    half: bool = False,
+    compile: bool = False,
+    trust_package: bool = False,
+) -> Engine:
+    """The engine for ``weights_or_model`` (see :class:`~retinaface_ext.Detector`'s
+    arguments): an ``.onnx`` file runs on onnxruntime, a ``.pt2`` package on aoti, a
+    model or checkpoint on ``engine`` (default torch; onnxruntime and aoti export it once
+    into the cache)."""
+    suffix = (
+        os.path.splitext(os.fspath(weights_or_model))[1].lower()
+        if isinstance(weights_or_model, (str, os.PathLike))
+        else ""
+    )
+    file_engine = {".onnx": "onnxruntime", ".pt2": "aoti"}.get(suffix)
+    engine = (file_engine or "torch") if engine is None else engine
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if file_engine is not None and engine != file_engine:
+        kind = {".onnx": "an ONNX file", ".pt2": "an AOTInductor package"}[suffix]
+        raise ValueError(f"{os.fspath(weights_or_model)}: {kind} runs with engine={file_engine!r}")
+    if engine == "torch":
+        model, device = _load_model(weights_or_model, backbone, device)
+        return TorchEngine(model, resolve_device(device), fold_batchnorm, channels_last, bool(half), bool(compile))
+    if half or compile:
+        raise ValueError(f"half and compile apply to engine='torch'; {engine} runs the float32 graph")
+    source = weights_or_model if file_engine else _load_model(weights_or_model, backbone, device)[0]
+    if engine == "onnxruntime":
+        config = config_for(backbone or "mobilenet0.25") if file_engine else source.config
+        return OnnxRuntimeEngine(source, config, device)
+    return AotiEngine(source, device, backbone, trust_package)
+
+
+def _load_model(weights_or_model, backbone, device):
+    if isinstance(weights_or_model, torch.nn.Module):
+        if not isinstance(weights_or_model, RetinaFace):
+            raise TypeError(
+                f"weights_or_model: expected a RetinaFace or a checkpoint, got {type(weights_or_model).__name__}"
+            )
+        model = weights_or_model
+        check_finite(model.state_dict(), "weights_or_model")
+        if device is None:
+            device = next(model.parameters()).device
+    else:
+        model = RetinaFace.from_checkpoint(weights_or_model, backbone=backbone)
+    if backbone is not None and model.config.backbone != config_for(backbone).backbone:
+        raise ValueError(f"backbone={backbone!r} but the model is {model.config.backbone}")
+    return model, device
 
 
 class TorchEngine:

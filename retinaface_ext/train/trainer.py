@@ -422,17 +422,11 @@ class Trainer:
         return metrics
 
     def _widerface_aps(self, detector: Detector) -> Dict[str, float]:
+        from ..evaluation.predict import predict_widerface, widerface_images
         from ..evaluation.widerface import evaluate
 
-        root = self.config.widerface_val
-        predictions = {}
-        for event in sorted(os.listdir(root)):
-            folder = os.path.join(root, event)
-            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-                found = detector.detect(detector.read_image(os.path.join(folder, name)))
-                boxes, scores = found.boxes.cpu().numpy(), found.scores.cpu().numpy()
-                rows = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores[:, None]], 1)
-                predictions[os.path.splitext(name)[0]] = rows
+        images = widerface_images(self.config.widerface_val)
+        predictions = {name: rows for _, name, rows in predict_widerface(detector, images)}
         result = evaluate(predictions, self.ground_truth)
         return {setting: result.ap[setting] for setting in ("easy", "medium", "hard")}
 
