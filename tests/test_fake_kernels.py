@@ -8,6 +8,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import retinaface_ext  # noqa: F401  (registers the ops)
+import retinaface_ext.export.onnx_ops  # noqa: F401  (the export's two per-image ops)
 
 OPS = torch.ops.retinaface_ext
 
@@ -138,6 +139,11 @@ REFUSALS = {
     "detect_faces: nms_threshold": (OPS.detect_faces, _detect(thresholds=(0.02, -0.1)), "nms_threshold"),
     "detect_faces: top_k": (OPS.detect_faces, _detect(k=(0, 10)), "top_k"),
     "detect_faces: variances": (OPS.detect_faces, _detect(variances=(0.1, 0.2, 0.3)), "variances"),
+    "nms_per_image: scores": (OPS.nms_per_image, [torch.rand(2, 5, 4), torch.rand(10), 3, 0.4, 0.1], "scores"),
+    "nms_per_image: boxes": (OPS.nms_per_image, [torch.rand(2, 4, 4), torch.rand(2, 5), 3, 0.4, 0.1], "boxes"),
+    "nms_per_image: count": (OPS.nms_per_image, [torch.rand(2, 5, 4), torch.rand(2, 5), 0, 0.4, 0.1], "count"),
+    "top_k_per_image: scores": (OPS.top_k_per_image, [torch.ones(2, 5, dtype=torch.long), 3], "scores"),
+    "top_k_per_image: count": (OPS.top_k_per_image, [torch.rand(2, 5), 0], "count"),
 }
 
 

@@ -23,6 +23,20 @@ from .. import _extension, ops
 DEFORM_CONV_OPSET = 19
 
 
+def _check_per_image(op: str, scores, boxes, count: int) -> None:
+    """The per-image ops' arguments, for the eager function and the fake alike."""
+    torch._check(
+        scores.dim() == 2 and scores.dtype.is_floating_point,
+        lambda: f"{op}: scores must be a floating point [B, N], got {scores.dtype} of shape {list(scores.shape)}",
+    )
+    if boxes is not None:
+        torch._check(
+            boxes.dim() == 3 and boxes.shape[:2] == scores.shape and boxes.shape[2] == 4,
+            lambda: f"{op}: boxes must have shape [B, N, 4] = {[*scores.shape, 4]}, got {list(boxes.shape)}",
+        )
+    torch._check(count >= 1, lambda: f"{op}: the count per image must be at least 1, got {count}")
+
+
 @torch.library.custom_op("retinaface_ext::nms_per_image", mutates_args=())
 def nms_per_image(
     boxes: torch.Tensor, scores: torch.Tensor, max_per_image: int, iou_threshold: float, score_threshold: float
@@ -31,6 +45,7 @@ def nms_per_image(
     above ``iou_threshold`` suppresses) over the boxes ``[B, N, 4]`` whose ``scores
     [B, N]`` are above ``score_threshold``, best first, at most ``max_per_image``.
     Returns ``[K, 2]`` int64 (image, box index), by image, each image best first."""
+    _check_per_image("nms_per_image", scores, boxes, max_per_image)
     batch, count = scores.shape
     flat_scores = scores.reshape(-1)
     candidates = torch.nonzero(flat_scores > score_threshold).flatten()
@@ -46,6 +61,7 @@ def nms_per_image(
 
 @nms_per_image.register_fake
 def _nms_per_image_fake(boxes, scores, max_per_image, iou_threshold, score_threshold):
+    _check_per_image("nms_per_image", scores, boxes, max_per_image)
     kept = torch.library.get_ctx().new_dynamic_size()
     return scores.new_empty((kept, 2), dtype=torch.long)
 
@@ -54,12 +70,14 @@ def _nms_per_image_fake(boxes, scores, max_per_image, iou_threshold, score_thres
 def top_k_per_image(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``min(k, N)`` best of ``scores [B, N]`` per image, best first, equal scores in
     index order: (values, indices), each ``[B, min(k, N)]``."""
+    _check_per_image("top_k_per_image", scores, None, k)
     values, order = scores.sort(dim=1, descending=True, stable=True)
     return values[:, :k].clone(), order[:, :k].clone()
 
 
 @top_k_per_image.register_fake
 def _top_k_per_image_fake(scores, k):
+    _check_per_image("top_k_per_image", scores, None, k)
     size = (scores.shape[0], torch.sym_min(k, scores.shape[1]))
     return scores.new_empty(size), scores.new_empty(size, dtype=torch.long)
 

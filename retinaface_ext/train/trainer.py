@@ -1,11 +1,11 @@
 """The training loop: data, model, the reference recipe, checkpoints, validation,
 interrupts. One process, or many under ``torchrun`` with DistributedDataParallel.
 
-(Over 400 lines on purpose: the loop, its checkpoints, resuming and stopping read and
+(Over 450 lines on purpose: the loop, its checkpoints, resuming and stopping read and
 write one state, the epoch, step, random draws and best AP, and stay one class so that
-the order in which they do it can be read in one place.)"""
+the order in which they do it can be read in one place. What it measures when it
+validates is validation.py's; the losses' reads and the last checked state, window.py's.)"""
 
-import contextlib
 import itertools
 import logging
 import math
@@ -22,13 +22,11 @@ from ..data import TrainTransform, WiderFaceDataset, make_loader
 from ..data.loader import usable_workers
 from ..data.synthetic import make_synthetic_faces
 from ..devices import resolve_device
-from ..evaluation.ap import average_precision
 from ..inference import Detector
 from ..loss import MultiBoxLoss
 from ..models import RetinaFace
 from ..models.config import config_for
 from ..priors import prior_boxes
-from ..targets import BOX
 from .curves import TensorBoard, draw_results
 from .distributed import Distributed
 from .options import KEPT_ON_RESUME, SYNTHETIC, TrainConfig, resumed, synthetic_cache_dir
@@ -47,6 +45,7 @@ from .state import (
     save_checkpoint,
     write_args,
 )
+from .validation import fixed_algorithms, read_widerface_ground_truth, validation_metrics
 from .window import StepWindow
 
 log = logging.getLogger("retinaface_ext.train")
@@ -105,7 +104,7 @@ class Trainer:
         if checkpoint is not None:  # a checkpoint that does not fit fails before the data are read
             self._restore(checkpoint, "model", "optimizer", "rng")
         self.train_set, self.val_set = self._datasets()
-        self.ground_truth = self._widerface_ground_truth()
+        self.ground_truth = read_widerface_ground_truth(config.widerface_gt if self.is_main else None)
         self.freeze_batchnorm = freeze_batchnorm
         self.net = self.model
         if self.dist.enabled:
@@ -212,18 +211,6 @@ class Trainer:
             if val is not None:
                 log.info("validating on %s", val)
         return train, val
-
-    def _widerface_ground_truth(self):
-        """The WIDER FACE val ground truth, read now: broken .mat files are found before
-        the first step, not at the first validation."""
-        if self.config.widerface_gt is None or not self.is_main:
-            return None
-        from ..evaluation.widerface import load_ground_truth
-
-        try:
-            return load_ground_truth(self.config.widerface_gt)
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"--widerface-gt {self.config.widerface_gt}: {error}") from error
 
     def _synthetic(self):
         settings = self.config.synthetic
@@ -397,19 +384,7 @@ class Trainer:
         return metrics
 
     def _validate(self) -> Dict[str, float]:
-        metrics: Dict[str, float] = {}
-        started = time.perf_counter()
-        detector = self.detector()
-        detections, faces = [], []
-        for index in range(len(self.val_set)):
-            image, target = self.val_set[index]
-            found = detector.detect(image)
-            detections.append((found.boxes.cpu(), found.scores.cpu()))
-            faces.append(target[:, BOX])
-        metrics["ap50"] = average_precision(detections, faces, 0.5)
-        if self.config.widerface_val:
-            metrics.update(self._widerface_aps(detector))
-        metrics["seconds"] = time.perf_counter() - started
+        metrics = validation_metrics(self.detector(), self.val_set, self.config.widerface_val, self.ground_truth)
         self.log.write(event="validation", epoch=self.epoch, step=self.step, **metrics)
         if self.board is not None:
             self.board.scalars("val", metrics, self.epoch)
@@ -420,15 +395,6 @@ class Trainer:
             "".join(f", {k} {v:.4f}" for k, v in metrics.items() if k in ("easy", "medium", "hard")),
         )
         return metrics
-
-    def _widerface_aps(self, detector: Detector) -> Dict[str, float]:
-        from ..evaluation.predict import predict_widerface, widerface_images
-        from ..evaluation.widerface import evaluate
-
-        images = widerface_images(self.config.widerface_val)
-        predictions = {name: rows for _, name, rows in predict_widerface(detector, images)}
-        result = evaluate(predictions, self.ground_truth)
-        return {setting: result.ap[setting] for setting in ("easy", "medium", "hard")}
 
     def draw_val_image(self, path: str, index: int = 0, threshold: float = 0.5) -> None:
         from ..draw import draw_detections
@@ -568,16 +534,3 @@ class Trainer:
             f"checked before it, --log-every {self.config.log_every}) are in {os.path.join(self.out, LAST)}",
             1,
         )
-
-
-@contextlib.contextmanager
-def fixed_algorithms():
-    """cuDNN's autotuner off (``torch.backends.cudnn.benchmark``) for what runs inside:
-    validation images come in many sizes, and autotuning each new one cost more than
-    the whole validation (81 s of the first on an H200). Restored on the way out."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
