@@ -101,3 +101,25 @@ def bench_image_planes(benchmark, synchronized, device, size, impl):
             return planes
 
     assert benchmark(synchronized(fn, device)) is not None
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def bench_box_vote(benchmark, synchronized, device, crowd_outputs, impl):
+    """Box voting of the crowd photo's detections pooled with a second pass of them
+    jittered by up to 2 px (as two pyramid levels give them): the op vs its reference."""
+    (loc, logits, landm), canvas = crowd_outputs
+    boxes, scores, landmarks, _ = ops.detect_faces(loc, logits, landm, prior_boxes(canvas), canvas)
+    g = torch.Generator().manual_seed(0)
+    pooled = [
+        torch.cat([t, t + (torch.rand(t.shape, generator=g) * 4 - 2) * (t.dim() > 1)]) for t in (boxes, landmarks)
+    ]
+    boxes, landmarks, scores = pooled[0].to(device), pooled[1].to(device), torch.cat([scores, scores]).to(device)
+    idxs = torch.zeros(len(boxes), dtype=torch.long, device=device)
+    benchmark.group = f"box_vote {device}: the crowd photo's {len(boxes)} detections (two passes pooled)"
+    if impl == "kernel":
+        run = lambda: ops.box_vote(boxes, scores, landmarks, 0.4, idxs)  # noqa: E731
+    else:
+        run = lambda: reference.box_vote(boxes, scores, landmarks, idxs, 0.4)  # noqa: E731
+    benchmark.pedantic(
+        synchronized(run, device), rounds=5 if impl == "reference" else 50, iterations=1, warmup_rounds=1
+    )

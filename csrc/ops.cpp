@@ -10,6 +10,9 @@ TORCH_LIBRARY(retinaface_ext, m) {
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
   m.def(
+      "box_vote(Tensor boxes, Tensor scores, Tensor landmarks, Tensor idxs, float iou_threshold) -> (Tensor boxes, "
+      "Tensor scores, Tensor landmarks, Tensor idxs)");
+  m.def(
       "match(Tensor truths, Tensor labels, Tensor landmarks, Tensor num_truths, Tensor priors, "
       "float threshold, float[] variances) -> (Tensor loc_t, Tensor conf_t, Tensor landm_t)");
   m.def(

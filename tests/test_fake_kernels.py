@@ -113,6 +113,22 @@ REFUSALS = {
     "nms: scores dtype": (OPS.nms, [_boxes(), torch.rand(5).double(), 0.5], "scores"),
     "nms: integer boxes": (OPS.nms, [_boxes().long(), torch.rand(5).long(), 0.5], "boxes"),
     "nms: iou_threshold": (OPS.nms, [_boxes(), torch.rand(5), -0.5], "iou_threshold"),
+    "box_vote: boxes": (
+        OPS.box_vote,
+        [torch.rand(4, 3), torch.rand(4), torch.rand(4, 10), torch.zeros(4).long(), 0.4],
+        "boxes",
+    ),
+    "box_vote: landmarks": (
+        OPS.box_vote,
+        [_boxes(4), torch.rand(4), torch.rand(3, 10), torch.zeros(4).long(), 0.4],
+        "landmarks",
+    ),
+    "box_vote: idxs": (OPS.box_vote, [_boxes(4), torch.rand(4), torch.rand(4, 10), torch.zeros(4), 0.4], "idxs"),
+    "box_vote: iou_threshold": (
+        OPS.box_vote,
+        [_boxes(4), torch.rand(4), torch.rand(4, 10), torch.zeros(4).long(), 2.0],
+        "iou_threshold",
+    ),
     "batched_nms: idxs": (OPS.batched_nms, [_boxes(), torch.rand(5), torch.zeros(4, dtype=torch.long), 0.5], "idxs"),
     "batched_nms: idxs dtype": (
         OPS.batched_nms,

@@ -5,6 +5,7 @@ Each op has a pure-PyTorch twin of the same signature in ``retinaface_ext.ops.re
 
 from . import reference
 from .box_coder import decode, decode_detections, decode_landm, encode, encode_landm
+from .box_vote import box_vote
 from .deform_conv import deform_conv2d
 from .detect_faces import detect_faces
 from .image import image_planes
@@ -15,6 +16,7 @@ __all__ = [
     "nms",
     "batched_nms",
     "box_iou",
+    "box_vote",
     "match",
     "encode",
     "decode",

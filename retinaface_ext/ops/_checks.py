@@ -1,5 +1,5 @@
 """The fakes' argument checks for the ops whose output sizes depend on the data (nms,
-batched_nms, decode_detections, detect_faces): the C++ checks of ``csrc/*/*_checks.cpp``
+batched_nms, box_vote, decode_detections, detect_faces): the C++ checks of ``csrc/*/*_checks.cpp``
 in their order and with their messages, so that tracing refuses what the kernels refuse,
 in the same words. The other ops need none: their Meta kernels are the C++ checks."""
 
@@ -150,3 +150,44 @@ def check_detect_faces(
     )
     _check(0.0 <= nms_threshold <= 1.0, lambda: f"{op}: nms_threshold must be in [0, 1], got {_number(nms_threshold)}")
     _check(top_k >= 1 and keep >= 1, lambda: f"{op}: top_k and keep_top_k must be at least 1, got {top_k} and {keep}")
+
+
+def check_box_vote(boxes, scores, landmarks, idxs, iou_threshold: float) -> None:
+    """csrc/box_vote/box_vote_checks.cpp"""
+    op = "box_vote"
+    _check(
+        boxes.dim() == 2 and boxes.shape[1] == 4,
+        lambda: f"{op}: boxes must have shape [N, 4] (x1, y1, x2, y2), got {_sizes(boxes)}",
+    )
+    n = boxes.shape[0]
+    _check(
+        scores.dim() == 1 and scores.shape[0] == n,
+        lambda: f"{op}: scores must have shape [N] with N = boxes.shape[0] = {n}, got {_sizes(scores)}",
+    )
+    _check(
+        landmarks.dim() == 2 and landmarks.shape[0] == n,
+        lambda: f"{op}: landmarks must have shape [N, D] with N = boxes.shape[0] = {n}, got {_sizes(landmarks)}",
+    )
+    _check(
+        idxs.dim() == 1 and idxs.shape[0] == n,
+        lambda: f"{op}: idxs must have shape [N] with N = boxes.shape[0] = {n}, got {_sizes(idxs)}",
+    )
+    _check(
+        boxes.dtype in (torch.float32, torch.float64),
+        lambda: f"{op}: boxes must be float32 or float64, got {_dtype(boxes.dtype)}",
+    )
+    for name, t in (("scores", scores), ("landmarks", landmarks)):
+        _check(
+            t.dtype == boxes.dtype,
+            lambda: f"{op}: {name} must have the dtype of boxes ({_dtype(boxes.dtype)}), got {_dtype(t.dtype)}",
+        )
+    _check(idxs.dtype == torch.int64, lambda: f"{op}: idxs must be int64, got {_dtype(idxs.dtype)}")
+    for name, t in (("scores", scores), ("landmarks", landmarks), ("idxs", idxs)):
+        _check(
+            t.device == boxes.device,
+            lambda: f"{op}: {name} must be on the device of boxes ({boxes.device}), got {t.device}",
+        )
+    _check(
+        0.0 <= iou_threshold <= 1.0,
+        lambda: f"{op}: iou_threshold must be an IoU in [0, 1], got {_number(iou_threshold)}",
+    )

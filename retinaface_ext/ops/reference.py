@@ -54,6 +54,41 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
 
 
+def box_vote(boxes, scores, landmarks, idxs, iou_threshold):
+    """Box voting (insightface's ``bbox_vote``) per category ``idxs`` [N]: in decreasing
+    score order (equal scores: lower index first), each box not yet taken heads a group:
+    itself and the boxes not yet taken, of its category, whose IoU with it is at least
+    ``iou_threshold``. A group becomes one detection: its box and ``landmarks`` [N, D]
+    the score-weighted mean of the group's (its head's where the scores sum to 0), its
+    score the head's (the group's highest). Returns boxes [K, 4], scores [K],
+    landmarks [K, D], idxs [K], by category (ascending) and within one best first."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(idxs[order], stable=True).indices]
+    iou = box_iou(boxes, boxes)
+    taken = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    out = {"boxes": [], "scores": [], "landmarks": [], "idxs": []}
+    for i in order.tolist():
+        if taken[i]:
+            continue
+        group = ~taken & (idxs == idxs[i]) & (iou[i] >= iou_threshold)
+        group[i] = True  # itself, even where its IoU is NaN (an empty box)
+        taken |= group
+        weights = scores[group]
+        total = weights.sum()
+        if total > 0:
+            box = (boxes[group] * weights[:, None]).sum(0) / total
+            points = (landmarks[group] * weights[:, None]).sum(0) / total
+        else:
+            box, points = boxes[i], landmarks[i]
+        out["boxes"].append(box)
+        out["scores"].append(scores[i])
+        out["landmarks"].append(points)
+        out["idxs"].append(idxs[i])
+    if not out["boxes"]:
+        return boxes[:0], scores[:0], landmarks[:0], idxs[:0]
+    return tuple(torch.stack(out[key]) for key in ("boxes", "scores", "landmarks", "idxs"))
+
+
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of x1y1x2y2 boxes: [N, 4] x [M, 4] -> [N, M], or [B, N, 4] x [B, M, 4] -> [B, N, M].
 
