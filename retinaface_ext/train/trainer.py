@@ -326,21 +326,23 @@ class Trainer:
     def _check(self) -> None:
         """Reads the window's losses back (the loop's one synchronisation), logs its steps,
         stops at a loss that is not finite, and remembers the state as the last good one."""
+        last = None
         for pending, values in self.window.read_back():
             if not np.isfinite(values).all():
                 self._stop_on_non_finite(pending.step, values)
             self.totals += values
-            logged = dict(zip(LOSS_PARTS, values.tolist()), **pending.logged)
-            self.log.write(event="step", epoch=self.epoch + 1, step=pending.step, **logged)
+            last = dict(zip(LOSS_PARTS, values.tolist()), **pending.logged)
+            self.log.write(event="step", epoch=self.epoch + 1, step=pending.step, **last)
             if self.board is not None:
-                self.board.scalars("train", logged, pending.step)
+                self.board.scalars("train", last, pending.step)
+        if last is not None:  # the bar shows the last step read
             self.bar.set_postfix(
-                loc=f"{values[0]:.3f}",
-                cls=f"{values[1]:.3f}",
-                landm=f"{values[2]:.3f}",
-                lr=f"{logged['lr']:.2e}",
-                img_s=f"{logged['images_per_s']:.1f}",
-                data=f"{logged['data_wait']:.0%}",
+                loc=f"{last[LOSS_PARTS[0]]:.3f}",
+                cls=f"{last[LOSS_PARTS[1]]:.3f}",
+                landm=f"{last[LOSS_PARTS[2]]:.3f}",
+                lr=f"{last['lr']:.2e}",
+                img_s=f"{last['images_per_s']:.1f}",
+                data=f"{last['data_wait']:.0%}",
             )
         self.window.remember(self)
 
