@@ -38,26 +38,33 @@ def _check(condition, message) -> None:
     torch._check(condition, lambda: message())
 
 
-def check_nms(op: str, boxes, scores, idxs, iou_threshold: float) -> None:
-    """csrc/nms/nms_checks.cpp"""
+def _boxes_and_scores(op: str, boxes, scores) -> int:
+    """boxes [N, 4] and scores [N], the first checks of NMS and voting; returns N."""
     _check(
         boxes.dim() == 2 and boxes.shape[1] == 4,
         lambda: f"{op}: boxes must have shape [N, 4] (x1, y1, x2, y2), got {_sizes(boxes)}",
     )
     n = boxes.shape[0]
+    _one_per_box(op, "scores", scores, n)
+    return n
+
+
+def _one_per_box(op: str, name: str, t, n, dims: int = 1, shape: str = "[N]") -> None:
     _check(
-        scores.dim() == 1 and scores.shape[0] == n,
-        lambda: f"{op}: scores must have shape [N] with N = boxes.shape[0] = {n}, got {_sizes(scores)}",
+        t.dim() == dims and t.shape[0] == n,
+        lambda: f"{op}: {name} must have shape {shape} with N = boxes.shape[0] = {n}, got {_sizes(t)}",
     )
+
+
+def check_nms(op: str, boxes, scores, idxs, iou_threshold: float) -> None:
+    """csrc/nms/nms_checks.cpp"""
+    n = _boxes_and_scores(op, boxes, scores)
     _check(
         boxes.dtype.is_floating_point, lambda: f"{op}: boxes must be a floating point tensor, got {_dtype(boxes.dtype)}"
     )
     like_first(op, "scores", scores, "boxes", boxes)
     if idxs is not None:
-        _check(
-            idxs.dim() == 1 and idxs.shape[0] == n,
-            lambda: f"{op}: idxs must have shape [N] with N = boxes.shape[0] = {n}, got {_sizes(idxs)}",
-        )
+        _one_per_box(op, "idxs", idxs, n)
         _check(idxs.dtype == torch.int64, lambda: f"{op}: idxs must be int64, got {_dtype(idxs.dtype)}")
         _check(
             idxs.device == boxes.device,
@@ -155,23 +162,9 @@ def check_detect_faces(
 def check_box_vote(boxes, scores, landmarks, idxs, iou_threshold: float) -> None:
     """csrc/box_vote/box_vote_checks.cpp"""
     op = "box_vote"
-    _check(
-        boxes.dim() == 2 and boxes.shape[1] == 4,
-        lambda: f"{op}: boxes must have shape [N, 4] (x1, y1, x2, y2), got {_sizes(boxes)}",
-    )
-    n = boxes.shape[0]
-    _check(
-        scores.dim() == 1 and scores.shape[0] == n,
-        lambda: f"{op}: scores must have shape [N] with N = boxes.shape[0] = {n}, got {_sizes(scores)}",
-    )
-    _check(
-        landmarks.dim() == 2 and landmarks.shape[0] == n,
-        lambda: f"{op}: landmarks must have shape [N, D] with N = boxes.shape[0] = {n}, got {_sizes(landmarks)}",
-    )
-    _check(
-        idxs.dim() == 1 and idxs.shape[0] == n,
-        lambda: f"{op}: idxs must have shape [N] with N = boxes.shape[0] = {n}, got {_sizes(idxs)}",
-    )
+    n = _boxes_and_scores(op, boxes, scores)
+    _one_per_box(op, "landmarks", landmarks, n, 2, "[N, D]")
+    _one_per_box(op, "idxs", idxs, n)
     _check(
         boxes.dtype in (torch.float32, torch.float64),
         lambda: f"{op}: boxes must be float32 or float64, got {_dtype(boxes.dtype)}",

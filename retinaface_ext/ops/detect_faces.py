@@ -74,36 +74,9 @@ def detect_faces(
 if _extension.is_available():
 
     @torch.library.register_fake("retinaface_ext::detect_faces")
-    def _detect_faces_fake(
-        loc,
-        logits,
-        landm,
-        priors,
-        inside,
-        factor,
-        canvas_height,
-        canvas_width,
-        variances,
-        score_threshold,
-        top_k,
-        nms_threshold,
-        keep_top_k,
-    ):
-        check_detect_faces(
-            loc,
-            logits,
-            landm,
-            priors,
-            inside,
-            factor,
-            canvas_height,
-            canvas_width,
-            variances,
-            score_threshold,
-            top_k,
-            nms_threshold,
-            keep_top_k,
-        )
+    def _detect_faces_fake(*args):
+        check_detect_faces(*args)  # the schema's arguments, in its order
+        loc = args[0]
         k = torch.library.get_ctx().new_dynamic_size()
         counts = loc.new_empty((loc.shape[0],), dtype=torch.long)
         return loc.new_empty((k, 4)), loc.new_empty((k,)), loc.new_empty((k, 10)), counts
