@@ -19,6 +19,7 @@ from ..models import PaddingMask, RetinaFace
 from ..models.config import DetectionSettings, whole_number
 from .detections import Detections
 from .engines import make_engine
+from .levels import Level, LevelSettings, auto_levels, merge, place
 from .postprocess import Postprocessing
 from .preprocess import Prepared, Preprocessing
 
@@ -112,6 +113,17 @@ class Detector:
             package is a program (native code that runs as it loads), so one from
             elsewhere is refused unless you trust its source; see
             :func:`retinaface_ext.export.load_pt2`.
+        scales: look at each image at these scales (factors applied after the
+            ``target_size`` / ``max_size`` resize) and merge the faces; each scale keeps
+            the face sizes it sees well (:data:`~.levels.FACE_SIZES`). ``"auto"``: a first
+            look at scale 1, then a second, enlarged, at the region where it found small
+            faces, if any (see :mod:`.levels`). Default ``(1.0,)``: one pass.
+        flip: look at each level mirrored too (landmarks mirrored back, left and right
+            swapped).
+        merge: how the faces of the levels become one set: ``"nms"`` (the default) or
+            ``"vote"`` (box voting: the score-weighted mean of each group's boxes and
+            landmarks, the group's best score). All levels of the images of a call share
+            the padded passes; ``batch_size`` counts passes, not images.
     """
 
     def __init__(
@@ -136,6 +148,9 @@ class Detector:
         max_pass_pixels: int = MAX_PASS_PIXELS,
         trust_package: bool = False,
         settings: Optional[DetectionSettings] = None,
+        scales: Union[Sequence[float], str] = (1.0,),
+        flip: bool = False,
+        merge: str = "nms",
     ):
         if confidence_threshold is not None:
             warnings.warn("Detector(confidence_threshold=...) is now score_threshold", DeprecationWarning, stacklevel=2)
@@ -147,6 +162,7 @@ class Detector:
             if values != DEFAULTS:
                 raise ValueError("give settings or score_threshold, nms_threshold, top_k and keep_top_k, not both")
         self.settings = settings or values
+        self.levels = LevelSettings(scales, flip, merge)
         self.batch_size = whole_number(batch_size, "batch_size")
         self.max_pass_pixels = whole_number(max_pass_pixels, "max_pass_pixels")
         self.engine = make_engine(
@@ -156,6 +172,7 @@ class Detector:
         self.preprocessing = Preprocessing(
             self.device, self.config.mean_bgr, self.engine.channels_last, target_size, max_size
         )
+        self.preprocessing.largest_scale = self.levels.largest_scale
         self.postprocess = Postprocessing(self.config, self.settings, clip_boxes, self.engine.compiled)
 
     @property
@@ -188,6 +205,12 @@ class Detector:
             names = [names]
         elif isinstance(names, str) or len(names) != len(batch):
             raise ValueError(f"names must hold one name per image ({len(batch)}), got {names!r}")
+        if not self.levels.single:
+            results = []
+            for start in range(0, len(batch), self.batch_size):
+                end = start + self.batch_size
+                results.extend(self._detect_levels(batch[start:end], names[start:end], color))
+            return results[0] if single else results
         results, prepared, chunk_names, pixels = [], [], [], 0
         for image, name in zip(batch, names):
             one = self.preprocessing.prepare(image, name, color)
@@ -260,3 +283,41 @@ class Detector:
         return self.postprocess(
             *outputs, canvas, sizes, [p.factor for p in prepared], names, [p.image_size for p in prepared]
         )
+
+    def _detect_levels(self, images, names: Sequence[str], color: str) -> List[Detections]:
+        """Each image at its levels (all of them through shared passes), merged."""
+        sources = [self.preprocessing.source(image, name, color) for image, name in zip(images, names)]
+        first = self.levels.first_levels()
+        levels = [list(first) for _ in sources]
+        found = self._run_levels(sources, levels, names)
+        if self.levels.scales == "auto":
+            second = []
+            for i, source in enumerate(sources):
+                unmirrored = place(found[i][0], Level(), source.factor, source.image_size)
+                levels[i], extra = auto_levels(first, unmirrored, source.factor, source.image_size, MAX_PIXELS)
+                second.append(extra)
+            for i, faces in enumerate(self._run_levels(sources, second, names)):
+                levels[i].extend(second[i])
+                found[i].extend(faces)
+        placed = [
+            [
+                place(faces, level, source.factor * level.scale, source.image_size)
+                for faces, level in zip(found[i], levels[i])
+            ]
+            for i, source in enumerate(sources)
+        ]
+        if all(len(image_levels) == 1 for image_levels in placed):
+            return [image_levels[0] for image_levels in placed]
+        return merge(placed, self.levels.merge, self.settings)
+
+    def _run_levels(self, sources, levels, names) -> List[List[Detections]]:
+        """The faces of ``levels[i]`` of each image ``sources[i]``, as the network sees them."""
+        prepared, owners = [], []
+        for i, (source, name) in enumerate(zip(sources, names)):
+            for level in levels[i]:
+                prepared.append(self.preprocessing.level(source, level, name))
+                owners.append(i)
+        found: List[List[Detections]] = [[] for _ in sources]
+        for i, faces in zip(owners, self._detect_prepared(prepared, [names[i] for i in owners])):
+            found[i].append(faces)
+        return found

@@ -28,6 +28,18 @@ class Prepared(NamedTuple):
     image_size: Tuple[int, int]  # (height, width) of the original image
 
 
+def check_level_size(height: int, width: int, factor: float, scale: float, name: str) -> Tuple[int, int]:
+    """The network input size of a level ``scale`` times larger than ``factor`` makes an
+    ``height x width`` image; ValueError naming ``scales`` when it exceeds MAX_PIXELS."""
+    size = resized_shape(height, width, factor * scale)
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ValueError(
+            f"{name}: scales: {scale:g} makes {size[0]}x{size[1]} network pixels, more than this "
+            f"detector takes ({MAX_PIXELS}); ask for smaller scales or pass max_size"
+        )
+    return size
+
+
 class Preprocessing:
     """Images to network inputs on ``device``: minus ``mean_bgr``; resized so that the
     short side is ``target_size`` unless the long side would exceed ``max_size`` (either
@@ -44,6 +56,9 @@ class Preprocessing:
         self.device, self.mean_bgr, self.channels_last = device, tuple(float(m) for m in mean_bgr), channels_last
         self.target_size, self.max_size = check_size(target_size, "target_size"), check_size(max_size, "max_size")
         self._mean = torch.tensor(self.mean_bgr, device=device).reshape(3, 1, 1)
+        #: The largest level scale asked for (:class:`~.levels.LevelSettings`): images
+        #: whose level at that scale would exceed MAX_PIXELS are refused from their header.
+        self.largest_scale = 1.0
 
     def read_image(self, path: Union[str, os.PathLike], name: Optional[str] = None):
         """An image file as OpenCV reads it (BGR), refused from its header, before
@@ -67,21 +82,47 @@ class Preprocessing:
                 f"{name}: {size[0]}x{size[1]} pixels is more than this detector takes "
                 f"({MAX_PIXELS}); pass max_size to shrink large images"
             )
+        if self.largest_scale != 1.0:
+            check_level_size(height, width, factor, self.largest_scale, name)
         return factor, size
 
     def prepare(self, image: ImageLike, name: str = "image", color: str = "bgr") -> Prepared:
         """The pre-processing of one image, as the Detector does it: its network input
         (``[3, h, w]`` float32, mean subtracted, resized), the resize factor and the
         image's own size. ``name`` is what errors call it."""
+        source = self.source(image, name, color)
+        if source.factor == 1.0:
+            return source
+        size = resized_shape(*source.image_size, source.factor)
+        tensor = F.interpolate(source.tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+        return Prepared(tensor, source.factor, source.image_size)
+
+    def source(self, image: ImageLike, name: str = "image", color: str = "bgr") -> Prepared:
+        """One image minus the mean, at its own size, with the factor it is resized by:
+        what :meth:`level` resizes, crops and mirrors."""
         if isinstance(image, (str, os.PathLike)):
             image = self.read_image(image, f"{name} ({display_path(image)})")
         tensor = to_bgr_tensor(image, name, self.device, color)
         height, width = tensor.shape[-2:]
-        factor, size = self.check_input_size(height, width, name)
-        tensor = self._subtract_mean(tensor)
+        factor, _ = self.check_input_size(height, width, name)
+        return Prepared(self._subtract_mean(tensor), factor, (int(height), int(width)))
+
+    def level(self, source: Prepared, level, name: str = "image") -> Prepared:
+        """The network input of one :class:`~.levels.Level` of an image (its
+        :meth:`source`): the level's region, mirrored if it says so, resized by the
+        image's factor times the level's scale. ValueError naming ``scales`` when that
+        input would exceed MAX_PIXELS."""
+        tensor, (height, width) = source.tensor, source.image_size
+        if level.crop is not None:
+            x1, y1, x2, y2 = level.crop
+            tensor, height, width = tensor[:, y1:y2, x1:x2], y2 - y1, x2 - x1
+        if level.flip:
+            tensor = tensor.flip(-1)
+        factor = source.factor * level.scale
+        size = check_level_size(height, width, source.factor, level.scale, name)
         if factor != 1.0:
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
-        return Prepared(tensor, factor, (int(height), int(width)))
+        return Prepared(tensor, factor, (height, width))
 
     def network_input(self, image: ImageLike, color: str = "bgr") -> torch.Tensor:
         """One image's batch ``[1, 3, h, w]`` as the network takes it (its memory layout
