@@ -8,7 +8,9 @@ runs only: the package takes a minute to compile). The Detector's pre-processing
 post-processing are also timed alone: what ``detect`` costs beyond them is per-call
 overhead. On CUDA the Detector also runs in half precision and compiled.
 ``bench_detect_throughput`` detects a batch of 640x480 images in one call (32 on CUDA,
-8 on the CPU) and prints images per second. ``bench_export`` times ``to_onnx`` and
+8 on the CPU) and prints images per second. ``bench_detect_levels`` runs the levels
+settings (scales, flip, merge) over the five WIDER FACE val photos of ../shared in one call
+each and prints their AP beside the time: the README's frontier table. ``bench_export`` times ``to_onnx`` and
 reports the file's size.
 
     pytest --benchmark benchmarks/bench_detect.py
@@ -37,6 +39,7 @@ WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
 CROWD = SHARED / "images" / "widerface_crowd.jpg"
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
+VAL_PHOTOS = sorted((SHARED / "images" / "widerface_val").glob("*.jpg"))
 SIZES = {"1024x624": None, "640x480": (640, 480)}
 IMPLEMENTATIONS = [
     "detect",
@@ -222,3 +225,51 @@ def bench_export(benchmark, eager_model, tmp_path, graph):
     )
     benchmark.extra_info["size_bytes"] = report.size_bytes
     print(f"\n{graph}: {report}")
+
+
+LEVELS = {
+    "1x (default)": {},
+    "1.5x": dict(scales=(1.5,)),
+    "1600/2150 (~2.1x)": dict(target_size=1600, max_size=2150),
+    "1600/2150 + flip, nms": dict(target_size=1600, max_size=2150, flip=True),
+    "1600/2150 + flip, vote": dict(target_size=1600, max_size=2150, flip=True, merge="vote"),
+    "0.5,1,1.5,2, nms": dict(scales=(0.5, 1, 1.5, 2)),
+    "0.5,1,1.5,2 + flip, nms": dict(scales=(0.5, 1, 1.5, 2), flip=True),
+    "1,2.1, nms": dict(scales=(1, 2.1)),
+    "1,2.1, vote": dict(scales=(1, 2.1), merge="vote"),
+    "auto": dict(scales="auto"),
+    "auto + flip, vote": dict(scales="auto", flip=True, merge="vote"),
+    "1,2.5, vote (accurate)": dict(scales=(1, 2.5), merge="vote"),
+}
+
+
+@pytest.mark.skipif(not VAL_PHOTOS, reason="../shared/images/widerface_val missing")
+@pytest.mark.parametrize("setting", list(LEVELS))
+def bench_detect_levels(benchmark, synchronized, device, eager_model, setting):
+    """The five val photos (176 faces) in one ``detect`` call per setting; AP@0.5 over all
+    faces and the protocol's easy/medium/hard of these images, printed and in extra_info;
+    the crowd photo's faces scored above 0.5."""
+    from retinaface_ext.evaluation.ap import average_precision
+    from retinaface_ext.evaluation.widerface import evaluate, load_ground_truth
+
+    benchmark.group = f"detect levels {device} mobilenet0.25, the 5 WIDER FACE val photos per call"
+    photos = [cv2.imread(str(path)) for path in VAL_PHOTOS]
+    detector = Detector(eager_model, device=device, **LEVELS[setting])
+    with torch.inference_mode():
+        found = benchmark.pedantic(synchronized(lambda: detector.detect(photos), device), rounds=3, warmup_rounds=1)
+        crowd = detector.detect(cv2.imread(str(CROWD)))
+    truth = {image.name: image for image in load_ground_truth(SHARED / "widerface_gt").images}
+    faces = [truth[path.stem].boxes for path in VAL_PHOTOS]
+    all_faces = average_precision(
+        [(f.boxes, f.scores) for f in found], [np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1) for b in faces]
+    )
+    rows = {}
+    for path, f in zip(VAL_PHOTOS, found):
+        boxes = f.boxes.cpu().double().numpy()
+        rows[path.stem] = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], f.scores.cpu().double().numpy()[:, None]], 1)
+    protocol = evaluate(rows, load_ground_truth(SHARED / "widerface_gt"), predicted_only=True).ap
+    benchmark.extra_info.update(ap50=all_faces, crowd_faces=int((crowd.scores > 0.5).sum()), **protocol)
+    print(
+        f"\n{setting}: AP@0.5 {all_faces:.3f} (176 faces); easy/medium/hard {protocol['easy']:.3f}/"
+        f"{protocol['medium']:.3f}/{protocol['hard']:.3f}; crowd photo {int((crowd.scores > 0.5).sum())} faces > 0.5"
+    )

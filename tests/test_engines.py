@@ -59,6 +59,19 @@ def test_onnxruntime_batches_resizes_and_reuses_its_export(onnx_detector, detect
     assert_same_faces(again.detect(crowd), resized.detect(crowd))
 
 
+def test_onnxruntime_runs_levels_and_merges_as_the_torch_engine_does(onnx_detector, cache, crowd, monkeypatch):
+    """Levels of several sizes (which onnxruntime runs as passes of their own), mirrored,
+    voted: the merged faces agree with the torch engine's."""
+    monkeypatch.setenv("RETINAFACE_EXT_CACHE", str(cache))
+    levels = dict(scales=(0.7, 1.3), flip=True, merge="vote")
+    ours = Detector(WEIGHTS, engine="onnxruntime", **levels)
+    torch_engine = Detector(WEIGHTS, device="cpu", **levels)
+    images = [crowd, crowd[:400, :700]]
+    for a, b in zip(ours.detect(images), torch_engine.detect(images)):
+        assert int((a.scores > 0.5).sum()) > 10
+        assert_same_faces(a, b)
+
+
 def old_detection_graph(path):
     """A graph with the inputs and outputs of 0.1's detection graph (Identity nodes)."""
     from onnx import TensorProto, helper, save

@@ -68,6 +68,21 @@ def iou_fraction(text: str) -> float:
     return value
 
 
+def scales(text: str):
+    """``--scales``: ``auto`` or factors > 0 separated by commas (``1,2.5``)."""
+    if text.strip() == "auto":
+        return "auto"
+    values = []
+    for part in text.split(","):
+        value = _number(part.strip()) if part.strip() else None
+        if value is None or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected 'auto' or factors > 0 separated by commas, got {text!r}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a factor appears twice in {text!r}")
+    return tuple(values)
+
+
 def checkpoint_path(text: str, option: str = "--weights") -> str:
     """A checkpoint file, or the name of published weights (fetched and checked, see
     :mod:`retinaface_ext.models.weights`), as the path of a checked file."""

@@ -5,7 +5,7 @@ from the medians."""
 import time
 
 from .args import UserError, positive_int, positive_number
-from .shared import add_detector_options, make_detector
+from .shared import add_detector_options, add_level_options, make_detector
 
 
 def _timed(fn, runs, device):
@@ -77,4 +77,5 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--runs", type=positive_int, default=20, help="timed runs after 3 warm-up runs (20)")
     bench.add_argument("--target-size", type=positive_number, default=None, help="resize the short side to this")
     bench.add_argument("--max-size", type=positive_number, default=None, help="cap the long side at this")
+    add_level_options(bench)
     bench.set_defaults(run=command_bench)

@@ -10,7 +10,7 @@ def command_eval(args) -> int:
     from ..evaluation.prediction_runs import check_prediction_folder
 
     started = time.perf_counter()
-    result = widerface.evaluate(args.pred, args.gt, iou_threshold=args.iou)
+    result = widerface.evaluate(args.pred, args.gt, iou_threshold=args.iou, predicted_only=args.predicted_only)
     print(result)
     if result.unknown_images:
         print(f"{result.unknown_images} predicted images are not in the ground truth (ignored)")
@@ -35,4 +35,10 @@ def add_eval_command(commands) -> None:
     )
     evaluate.add_argument("--iou", type=iou_fraction, default=0.5, help="IoU for a match, in (0, 1] (0.5)")
     evaluate.add_argument("--plot", help="write the PR curves to this PNG")
+    evaluate.add_argument(
+        "--predicted-only",
+        action="store_true",
+        help="count only the images that were predicted (a subset of the val set: the easy, medium "
+        "and hard faces of those images); else the others count as finding nothing",
+    )
     evaluate.set_defaults(run=command_eval)

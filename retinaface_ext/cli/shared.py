@@ -6,7 +6,7 @@ import sys
 from typing import List, Tuple
 
 from ..models.config import DetectionSettings
-from .args import UserError, checkpoint_path, fraction, positive_int, positive_number
+from .args import UserError, checkpoint_path, fraction, positive_int, positive_number, scales
 
 #: The long side of the WIDER FACE multi-scale protocol, used with --target-size.
 PROTOCOL_MAX_SIZE = 2150
@@ -79,6 +79,8 @@ def make_detector(args, weights=None, **overrides):
         trust_package=args.trust_package,
         settings=detection_settings(args),
     )
+    if hasattr(args, "scales"):
+        options.update(scales=args.scales, flip=args.flip, merge=args.merge)
     options.update(overrides)
     return Detector(weights or weights_path(args), **options)
 
@@ -189,3 +191,22 @@ def add_size_options(parser, max_size_help):
     sizes.add_argument("--origin-size", action="store_true", help="test at the original size (the default)")
     sizes.add_argument("--target-size", type=positive_number, default=None, help="resize the short side to this")
     sizes.add_argument("--max-size", type=positive_number, default=None, help=max_size_help)
+    add_level_options(parser)
+
+
+def add_level_options(parser):
+    levels = parser.add_argument_group("levels (default: one pass at one scale)")
+    levels.add_argument(
+        "--scales",
+        type=scales,
+        default=(1.0,),
+        help="look at each image at these scales, after the resize (1,2.5: the accurate setting), or "
+        "'auto': a second, enlarged look where the first found small faces",
+    )
+    levels.add_argument("--flip", action="store_true", help="look at each level mirrored too")
+    levels.add_argument(
+        "--merge",
+        choices=["nms", "vote"],
+        default="nms",
+        help="how the faces of the levels become one set: NMS, or box voting (nms)",
+    )

@@ -43,6 +43,7 @@ def command_widerface_predict(args) -> int:
             "keep_top_k": args.keep_top_k,
             "images": os.path.realpath(args.images),
             "retinaface_ext": __version__,
+            **level_settings(args),
         },
     )
     run.start(args.overwrite)
@@ -60,6 +61,15 @@ def command_widerface_predict(args) -> int:
     elapsed = time.perf_counter() - started
     print(f"wrote {len(images)} prediction files to {args.out} in {elapsed:.1f} s")
     return 0
+
+
+def level_settings(args) -> dict:
+    """--scales, --flip and --merge for the run's record, only where they are not the
+    single pass (a folder of one-pass predictions made before they existed stays the
+    same run)."""
+    if args.scales == (1.0,) and not args.flip:
+        return {}
+    return {"scales": args.scales if args.scales == "auto" else list(args.scales), "flip": args.flip, "merge": args.merge}
 
 
 def add_widerface_predict_command(commands) -> None:

@@ -239,10 +239,14 @@ def evaluate(
     ground_truth: Union[GroundTruth, str, os.PathLike],
     iou_threshold: float = 0.5,
     thresholds: int = 1000,
+    predicted_only: bool = False,
 ) -> EvaluationResult:
     """Easy / medium / hard AP of ``predictions`` (a mapping of image name to ``[N, 5]``
     x, y, w, h, score, or a prediction folder) against ``ground_truth`` (a GroundTruth or
-    the folder of the four .mat files)."""
+    the folder of the four .mat files). ``predicted_only``: only the images that have
+    predictions count (their faces of each setting, as the protocol defines them), for a
+    subset of the val set; else the val images without predictions count as finding
+    nothing."""
     if not 0.0 < iou_threshold <= 1.0:  # also refuses NaN
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if isinstance(thresholds, bool) or not isinstance(thresholds, (int, np.integer)) or thresholds < 1:
@@ -260,6 +264,10 @@ def evaluate(
             raise ValueError(f"predictions[{name!r}]: expected [N, 5] x, y, w, h, score, got {list(rows.shape)}")
         cleaned[os.path.splitext(name)[0] if name.endswith((".jpg", ".png")) else name] = rows
     scores = _normalised_scores(cleaned)
+    if predicted_only:
+        ground_truth = GroundTruth([image for image in ground_truth.images if image.name in cleaned])
+        if not ground_truth.images:
+            raise ValueError("predicted_only: none of the predicted images is in the ground truth")
 
     gathered = {s: ([], [], []) for s in SETTINGS}
     missing = 0
