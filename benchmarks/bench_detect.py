@@ -230,6 +230,7 @@ def bench_export(benchmark, eager_model, tmp_path, graph):
 LEVELS = {
     "1x (default)": {},
     "1.5x": dict(scales=(1.5,)),
+    "2x": dict(scales=(2,)),
     "1600/2150 (~2.1x)": dict(target_size=1600, max_size=2150),
     "1600/2150 + flip, nms": dict(target_size=1600, max_size=2150, flip=True),
     "1600/2150 + flip, vote": dict(target_size=1600, max_size=2150, flip=True, merge="vote"),
@@ -266,7 +267,9 @@ def bench_detect_levels(benchmark, synchronized, device, eager_model, setting):
     rows = {}
     for path, f in zip(VAL_PHOTOS, found):
         boxes = f.boxes.cpu().double().numpy()
-        rows[path.stem] = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], f.scores.cpu().double().numpy()[:, None]], 1)
+        rows[path.stem] = np.concatenate(
+            [boxes[:, :2], boxes[:, 2:] - boxes[:, :2], f.scores.cpu().double().numpy()[:, None]], 1
+        )
     protocol = evaluate(rows, load_ground_truth(SHARED / "widerface_gt"), predicted_only=True).ap
     benchmark.extra_info.update(ap50=all_faces, crowd_faces=int((crowd.scores > 0.5).sum()), **protocol)
     print(

@@ -221,3 +221,44 @@ def test_the_prediction_loop_from_python_is_the_commands(tmp_path):
         np.testing.assert_allclose(batched, rows, atol=1e-3)
     with pytest.raises(ValueError, match="image folder not found"):
         widerface_images(str(tmp_path / "missing"))
+
+
+def test_levels_are_recorded_and_a_subset_of_the_val_set_is_evaluated_alone(tmp_path, capsys):
+    """Two of the real val photos with --scales auto --merge vote; eval over the whole val
+    ground truth counts the other 3,224 images as finding nothing, --predicted-only not."""
+    from shared_data import SHARED
+
+    photos = sorted((SHARED / "images" / "widerface_val").glob("*.jpg"))[:2]
+    if not photos or not (SHARED / "widerface_gt" / "wider_face_val.mat").exists():
+        pytest.skip("../shared/images/widerface_val or the val ground truth missing")
+    images = tmp_path / "images" / "0--Parade"
+    images.mkdir(parents=True)
+    for photo in photos:
+        (images / photo.name).write_bytes(photo.read_bytes())
+    predict = ["widerface-predict", "--weights", WEIGHTS, "--images", images.parent, "--out", tmp_path / "pred"]
+    code, _, err = run(capsys, *predict, "--scales", "auto", "--merge", "vote")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "pred" / "retinaface-predict.json").read_text())["settings"]
+    assert (settings["scales"], settings["flip"], settings["merge"]) == ("auto", False, "vote")
+    code, _, err = run(capsys, *predict)  # the single pass is another run
+    one_line_error(code, err, "scales")
+
+    def hard_ap(*flags):
+        code, out, err = run(capsys, "eval", "--pred", tmp_path / "pred", "--gt", SHARED / "widerface_gt", *flags)
+        assert code == 0, err
+        return float(next(line.split()[2] for line in out.splitlines() if line.startswith("Hard")))
+
+    assert hard_ap() < 0.05 and hard_ap("--predicted-only") > 0.85
+    code, out, _ = run(capsys, "eval", "--pred", tmp_path / "pred", "--gt", SHARED / "widerface_gt", "--predicted-only")
+    assert "2 images, 0 without predictions" in out
+    code, _, err = run(capsys, *predict[:-1], tmp_path / "single")
+    assert code == 0, err
+    assert "scales" not in json.loads((tmp_path / "single" / "retinaface-predict.json").read_text())["settings"]
+
+
+def test_predicted_only_with_no_predicted_image_in_the_ground_truth_is_named(tmp_path, capsys):
+    _, gt = small_wider(tmp_path)
+    (tmp_path / "pred" / "0--Parade").mkdir(parents=True)
+    (tmp_path / "pred" / "0--Parade" / "elsewhere.txt").write_text("elsewhere\n0\n")
+    code, _, err = run(capsys, "eval", "--pred", tmp_path / "pred", "--gt", gt, "--predicted-only")
+    one_line_error(code, err, "predicted_only: none of the predicted images is in the ground truth")

@@ -74,7 +74,9 @@ def test_merge_runs_per_image_by_nms_or_votes():
     assert [len(d) for d in by_nms] == [2, 1, 0]
     assert by_nms[0].scores.tolist() == pytest.approx([0.9, 0.7])
     voted = merge([[a, empty], [b], [empty]], "vote", settings)
-    boxes, scores, landmarks, _ = reference.box_vote(a.boxes, a.scores, a.landmarks.reshape(-1, 10), torch.zeros(3, dtype=torch.int64), 0.4)
+    boxes, scores, landmarks, _ = reference.box_vote(
+        a.boxes, a.scores, a.landmarks.reshape(-1, 10), torch.zeros(3, dtype=torch.int64), 0.4
+    )
     torch.testing.assert_close(voted[0].boxes, boxes[:2])
     torch.testing.assert_close(voted[0].landmarks.reshape(-1, 10), landmarks[:2])
     assert voted[0].boxes[0, 2].item() == pytest.approx((10 * 0.9 + 11 * 0.6) / 1.5)
@@ -91,7 +93,12 @@ def test_auto_looks_again_only_where_the_first_look_found_small_faces():
     sized, (second,) = auto_levels([first], crowd, 1.0, (400, 600), 10**8)
     margin = FACE_SIZES[0]
     assert second.crop == (50 - margin, 300 - margin, 512 + margin, 332 + margin)
-    assert second.scale == 2.5 and second.region == (50 - margin / 2, 300 - margin / 2, 512 + margin / 2, 332 + margin / 2)
+    assert second.scale == 2.5 and second.region == (
+        50 - margin / 2,
+        300 - margin / 2,
+        512 + margin / 2,
+        332 + margin / 2,
+    )
     assert sized[0].sized_in == second.region and sized[0].sizes[0] == FACE_SIZES[0]
     # The second look never exceeds the pixel budget: it enlarges less instead.
     crop_pixels = (second.crop[2] - second.crop[0]) * (second.crop[3] - second.crop[1])
@@ -157,7 +164,9 @@ def test_a_flipped_level_is_the_mirrored_faces_of_the_mirrored_image(crowd, scal
     mirrored_image = np.ascontiguousarray(crowd[:, ::-1])
     alone = Detector(WEIGHTS, device="cpu", target_size=400, scales=(scale,)).detect(mirrored_image)
     width = crowd.shape[1]
-    expected_boxes = torch.stack([width - alone.boxes[:, 2], alone.boxes[:, 1], width - alone.boxes[:, 0], alone.boxes[:, 3]], 1)
+    expected_boxes = torch.stack(
+        [width - alone.boxes[:, 2], alone.boxes[:, 1], width - alone.boxes[:, 0], alone.boxes[:, 3]], 1
+    )
     expected_landmarks = alone.landmarks[:, list(MIRRORED_LANDMARKS)].clone()
     expected_landmarks[..., 0] = width - expected_landmarks[..., 0]
     assert len(placed) == len(alone) > 20

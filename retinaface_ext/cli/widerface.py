@@ -69,7 +69,11 @@ def level_settings(args) -> dict:
     same run)."""
     if args.scales == (1.0,) and not args.flip:
         return {}
-    return {"scales": args.scales if args.scales == "auto" else list(args.scales), "flip": args.flip, "merge": args.merge}
+    return {
+        "scales": args.scales if args.scales == "auto" else list(args.scales),
+        "flip": args.flip,
+        "merge": args.merge,
+    }
 
 
 def add_widerface_predict_command(commands) -> None:

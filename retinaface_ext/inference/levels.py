@@ -205,7 +205,9 @@ def merge(images: Sequence[Sequence[Detections]], how: str, settings: DetectionS
     boxes = torch.cat([faces.boxes for levels in images for faces in levels])
     scores = torch.cat([faces.scores for levels in images for faces in levels])
     landmarks = torch.cat([faces.landmarks.reshape(-1, 10) for levels in images for faces in levels])
-    idxs = torch.repeat_interleave(torch.arange(len(images), device=boxes.device), torch.tensor(counts).to(boxes.device))
+    idxs = torch.repeat_interleave(
+        torch.arange(len(images), device=boxes.device), torch.tensor(counts).to(boxes.device)
+    )
     if how == "vote":
         boxes, scores, landmarks, idxs = ops.box_vote(boxes, scores, landmarks, settings.nms_threshold, idxs)
     else:
