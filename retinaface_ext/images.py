@@ -1,6 +1,7 @@
 """Turning what users pass as images (paths, OpenCV arrays, tensors, PIL images) into BGR
 tensors, with errors that say which image is wrong and why."""
 
+import io
 import os
 import stat
 import warnings
@@ -117,7 +118,9 @@ def image_file_size(path: Union[str, os.PathLike]) -> Optional[Tuple[int, int]]:
         return _header_size(handle, display_path(path))
 
 
-def _header_size(handle, shown: str) -> Optional[Tuple[int, int]]:
+def _header_size(handle, shown: str, on_disk: bool = True) -> Optional[Tuple[int, int]]:
+    """(height, width) from the header of the opened file or BytesIO ``handle``; for bytes
+    (``on_disk`` False) there is no file to ask OpenCV whether it knows the format."""
     from PIL import Image
 
     try:
@@ -132,7 +135,7 @@ def _header_size(handle, shown: str) -> Optional[Tuple[int, int]]:
         pass
     handle.seek(0)
     size = _radiance_or_pfm_size(handle.read(1 << 16))
-    if size is None and _opencv_has_reader(handle):
+    if size is None and on_disk and _opencv_has_reader(handle):
         raise ValueError(
             f"{shown}: its format does not tell its size in a header read here, so it is not "
             f"decoded; save it as PNG or JPEG"
@@ -182,20 +185,42 @@ def read_image(
     so file names of any bytes work."""
     shown = display_path(path)
     with open_regular_file(path) as handle:
-        size = _header_size(handle, shown)
-        if size is not None:
-            if check_size is not None:
-                check_size(*size)
-            if size[0] * size[1] > max_pixels:
-                raise ValueError(
-                    f"{shown}: the file declares {size[0]}x{size[1]} pixels, more than {max_pixels} (not decoded)"
-                )
+        _check_declared_size(_header_size(handle, shown), shown, max_pixels, check_size)
         handle.seek(0)
         data = np.frombuffer(handle.read(), np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image file: {shown}")
     return image
+
+
+def decode_image(
+    data: bytes,
+    name: str = "image",
+    max_pixels: int = MAX_DECODED_PIXELS,
+    check_size: Optional[Callable[[int, int], object]] = None,
+) -> np.ndarray:
+    """Encoded image bytes (a file's content) decoded as :func:`read_image` decodes a
+    file, with the same checks of the header's size before decoding; bytes whose size no
+    header read here tells are refused (there is no file to ask OpenCV about). ValueError
+    naming ``name``."""
+    size = _header_size(io.BytesIO(data), name, on_disk=False)
+    if size is None:
+        raise ValueError(f"cannot decode image: {name} (not an image format whose size its header tells)")
+    _check_declared_size(size, name, max_pixels, check_size)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image: {name}")
+    return image
+
+
+def _check_declared_size(size, shown: str, max_pixels: int, check_size) -> None:
+    if size is None:
+        return
+    if check_size is not None:
+        check_size(*size)
+    if size[0] * size[1] > max_pixels:
+        raise ValueError(f"{shown}: the file declares {size[0]}x{size[1]} pixels, more than {max_pixels} (not decoded)")
 
 
 def _is_pil_image(image) -> bool:

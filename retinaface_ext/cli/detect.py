@@ -6,6 +6,7 @@ import os
 import sys
 
 from .args import UserError, fraction, positive_int
+from .detect_ray import add_ray_options
 from .shared import (
     add_detector_options,
     add_size_options,
@@ -22,8 +23,11 @@ def command_detect(args) -> int:
     from ..draw import draw_detections
     from ..files import atomic_write_text, write_image
     from ..images import display_path
+    from .detect_ray import command_detect_ray
     from .video import command_detect_video, video_source
 
+    if args.ray is not None or args.parquet:
+        return command_detect_ray(args)
     source = video_source(args.input)
     if source is not None:
         return command_detect_video(args, source)
@@ -192,4 +196,5 @@ def add_detect_command(commands) -> None:
         help="write one aligned 112x112 crop per face (ArcFace template) into DIR",
     )
     add_size_options(detect, "cap the long side at this (alone: shrink only larger images)")
+    add_ray_options(detect)
     detect.set_defaults(run=command_detect)

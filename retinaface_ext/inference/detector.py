@@ -249,6 +249,11 @@ class Detector:
         decoding, when this detector would refuse its size."""
         return self.preprocessing.read_image(path, name)
 
+    def decode_image(self, data: bytes, name: str = "image") -> np.ndarray:
+        """Encoded image bytes (a file's content) decoded (BGR) as :meth:`read_image` reads
+        a file, refused from their header when this detector would refuse their size."""
+        return self.preprocessing.decode_image(data, name)
+
     def prepare(self, image: ImageLike, name: str = "image", color: str = "bgr") -> Prepared:
         """See :meth:`.Preprocessing.prepare`."""
         return self.preprocessing.prepare(image, name, color)

@@ -14,6 +14,7 @@ from ..images import (
     MAX_PIXELS,
     ImageLike,
     check_size,
+    decode_image,
     display_path,
     read_image,
     resize_factor,
@@ -65,6 +66,13 @@ class Preprocessing:
         decoding, when its size would be refused."""
         name = name or display_path(path)
         return read_image(path, MAX_DECODED_PIXELS, lambda height, width: self.check_input_size(height, width, name))
+
+    def decode_image(self, data: bytes, name: str = "image"):
+        """Encoded image bytes decoded (BGR) as :meth:`read_image` reads a file, refused
+        from their header, before decoding, when their size would be refused."""
+        return decode_image(
+            data, name, MAX_DECODED_PIXELS, lambda height, width: self.check_input_size(height, width, name)
+        )
 
     def network_size(self, height: int, width: int) -> Tuple[float, Tuple[int, int]]:
         """The resize factor and network input size (height, width) of an image."""

@@ -1,0 +1,70 @@
+"""Images per second through the Ray Data stage (``retinaface detect DIR --ray --parquet``,
+on a local Ray instance started once, outside the timing) against the plain folder run
+(``retinaface detect DIR --jsonl``) on the same 48 JPEG images of 640x480, one command per
+round, both with ``--batch-size 8``: what the engine costs on one machine.
+
+    pytest --benchmark benchmarks/bench_ray.py
+"""
+
+import itertools
+import os
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+
+from retinaface_ext import cli
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
+CROWD = SHARED / "images" / "widerface_crowd.jpg"
+IMAGES = 48
+pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    image = cv2.resize(cv2.imread(str(CROWD)), (640, 480))
+    for i in range(IMAGES):
+        cv2.imwrite(str(root / f"{i:03d}.jpg"), np.ascontiguousarray(np.roll(image, 13 * i, axis=1)))
+    return root
+
+
+@pytest.mark.parametrize("how", ["jsonl", "ray"])
+def bench_folder_run(benchmark, request, folder, tmp_path, how):
+    if how == "ray":
+        request.getfixturevalue("ray_instance")
+    benchmark.group = f"detect a folder of {IMAGES} images of 640x480, cpu, one command per round"
+    runs = itertools.count()
+
+    def run():
+        target = tmp_path / f"{how}{next(runs)}"
+        output = ["--ray", "--parquet", target] if how == "ray" else ["--jsonl", f"{target}.jsonl"]
+        argv = ["detect", folder, "--weights", WEIGHTS, "--device", "cpu", "--batch-size", "8", *output]
+        assert cli.main([str(a) for a in argv]) == 0
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
+    if benchmark.stats:
+        per_second = IMAGES / benchmark.stats.stats.median
+        benchmark.extra_info["images_per_second"] = per_second
+        print(f"\n{how}: {per_second:.1f} images/s")

@@ -1,0 +1,306 @@
+"""Face detection as a Ray Data stage, for runs over more images than one machine holds.
+
+:class:`DetectFaces` is a callable class for ``Dataset.map_batches``: each actor builds one
+:class:`~retinaface_ext.inference.Detector` and runs it over whole batches (mixed sizes share
+padded passes), and each image becomes one row of :data:`SCHEMA`, ready for Parquet or JSON.
+:func:`detect_to_parquet` is what ``retinaface detect SOURCE --ray --parquet OUT`` runs:
+listing, skipping what OUT holds, the stage, and part files written whole.
+
+Ray is an optional dependency (``pip install "retinaface_ext[ray]"``); ``import
+retinaface_ext`` never imports it, and neither does this module until a stage runs.
+"""
+
+import os
+import time
+import uuid
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from ._version import __version__
+from .images import IMAGE_EXTENSIONS
+
+INSTALL_HINT = 'pip install "retinaface_ext[ray]" (or pip install "ray[data]")'
+#: The schema's metadata key: a Parquet file without it is not ours.
+SCHEMA_KEY = b"retinaface_ext.faces"
+#: The driver writes a part file when it holds this many rows (and at the end).
+ROWS_PER_PART = 1024
+
+
+def schema():
+    """The rows of :class:`DetectFaces` (pyarrow): ``path`` string; ``width``, ``height``
+    int32 (null when the image could not be read); ``faces`` int32, the faces kept;
+    ``boxes`` list of [x1, y1, x2, y2] float32 lists; ``scores`` list of float32;
+    ``landmarks`` list of [x, y] x 5 float32 lists (left eye, right eye, nose, left and right
+    mouth corners); ``error`` string, null unless the image failed (then no faces)."""
+    import pyarrow as pa
+
+    floats = pa.list_(pa.field("element", pa.float32()))  # Parquet's name for list items
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("faces", pa.int32()),
+            ("boxes", pa.list_(pa.field("element", floats))),
+            ("scores", floats),
+            ("landmarks", pa.list_(pa.field("element", floats))),
+            ("error", pa.string()),
+        ],
+        metadata={SCHEMA_KEY: __version__.encode()},
+    )
+
+
+def import_ray():
+    """``ray`` and ``ray.data``, or ImportError saying how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"Ray Data is not installed ({error}): {INSTALL_HINT}") from None
+    return ray
+
+
+class DetectFaces:
+    """A Ray Data stage: ``dataset.map_batches(DetectFaces, fn_constructor_kwargs={...},
+    batch_size=..., concurrency=...)``.
+
+    Args:
+        weights: published weights by name (``"mobilenet0.25"``) or a checkpoint's path,
+            readable where the actors run.
+        threshold: faces scored below this are left out of the rows (0.6, as ``detect``).
+        column: the image column: decoded images (``read_images``: arrays, RGB, any sizes)
+            or encoded file contents (``read_binary_files``: bytes, decoded here with the
+            Detector's header checks). Default: ``"image"`` if the batch has it, else
+            ``"bytes"``.
+        color: the channel order of decoded images (``"rgb"``, as ``read_images`` gives).
+        path_column: the column naming each image (``include_paths=True`` gives ``path``);
+            absent: rows have no path.
+        threads: torch's CPU threads in each actor (Ray gives an actor one per CPU it asked
+            for); None leaves them.
+        **detector_options: the :class:`~retinaface_ext.inference.Detector`'s (device,
+            batch_size, settings or thresholds, target_size, max_size, scales, flip,
+            merge, ...).
+
+    A batch becomes a ``pyarrow.Table`` of :func:`schema`, one row per image, in order. An
+    image that cannot be decoded or is refused (too many pixels, not an image) is a row
+    with its ``error`` and no faces; the others are detected together.
+    """
+
+    def __init__(
+        self,
+        weights="mobilenet0.25",
+        threshold: float = 0.6,
+        column: Optional[str] = None,
+        color: str = "rgb",
+        path_column: str = "path",
+        threads: Optional[int] = None,
+        **detector_options,
+    ):
+        import torch
+
+        from .inference import Detector
+
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.detector = Detector(weights, **detector_options)
+        self.threshold, self.column, self.color, self.path_column = float(threshold), column, color, path_column
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        columns = _columns(batch)
+        column = self.column or ("image" if "image" in columns else "bytes")
+        if column not in columns:
+            raise ValueError(f"DetectFaces: the batch has no {column!r} column (it has {', '.join(columns)})")
+        values = columns[column]
+        paths = columns.get(self.path_column, [None] * len(values))
+        names = [str(path) if path is not None else f"row {i}" for i, path in enumerate(paths)]
+        images: List[Optional[np.ndarray]] = [None] * len(values)
+        errors: List[Optional[str]] = [None] * len(values)
+        for i, (value, name) in enumerate(zip(values, names)):
+            try:
+                images[i] = self._image(value, name)
+            except (ValueError, TypeError, OSError) as error:
+                errors[i] = str(error)
+        readable = [i for i, image in enumerate(images) if image is not None]
+        encoded = [isinstance(value, (bytes, bytearray, memoryview)) for value in values]
+        if any(encoded) and not all(encoded):
+            raise ValueError(f"DetectFaces: the {column!r} column mixes encoded bytes and decoded images")
+        color = "bgr" if any(encoded) else self.color  # bytes are decoded as OpenCV does: BGR
+        found = self._detect([images[i] for i in readable], [names[i] for i in readable], color)
+        rows = {name: [None] * len(values) for name in schema().names}
+        rows["path"] = [None if path is None else str(path) for path in paths]
+        for i, outcome in zip(readable, found):
+            if isinstance(outcome, str):
+                errors[i] = outcome
+                continue
+            faces = outcome.above(self.threshold)
+            rows["height"][i], rows["width"][i] = (int(v) for v in images[i].shape[:2])
+            rows["faces"][i] = len(faces)
+            rows["boxes"][i] = faces.boxes.cpu().tolist()
+            rows["scores"][i] = faces.scores.cpu().tolist()
+            rows["landmarks"][i] = faces.landmarks.reshape(-1, 10).cpu().tolist()
+        for i, error in enumerate(errors):
+            if error is not None:
+                rows["faces"][i], rows["boxes"][i], rows["scores"][i], rows["landmarks"][i] = 0, [], [], []
+                rows["error"][i] = error
+        return pa.Table.from_pydict(rows, schema=schema())
+
+    def _image(self, value, name: str) -> np.ndarray:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return self.detector.decode_image(bytes(value), name)
+        image = np.asarray(value)
+        if not image.flags.writeable:  # Ray's arrays are read-only views; torch wants its own
+            image = image.copy()
+        if image.dtype == object or image.ndim not in (2, 3):
+            raise ValueError(f"{name}: expected an image array [H, W] or [H, W, C], got {image.dtype} {image.shape}")
+        if image.size and image.shape[0] * image.shape[1] > 0:
+            self.detector.preprocessing.check_input_size(image.shape[0], image.shape[1], name)
+        return image
+
+    def _detect(self, images, names, color) -> list:
+        """The Detector's faces of each image, all in one call; where that call fails, one
+        image at a time, each failure its error string."""
+        if not images:
+            return []
+        try:
+            return self.detector.detect(images, color, names)
+        except (ValueError, TypeError, RuntimeError):
+            pass
+        found = []
+        for image, name in zip(images, names):
+            try:
+                found.append(self.detector.detect(image, color, name))
+            except (ValueError, TypeError, RuntimeError) as error:
+                found.append(str(error).split("\n", 1)[0])
+        return found
+
+
+def _columns(batch) -> Dict[str, Sequence]:
+    """A Ray batch (dict of numpy arrays, pandas DataFrame or pyarrow Table) as columns."""
+    if isinstance(batch, dict):
+        return batch
+    if hasattr(batch, "to_pydict") and hasattr(batch, "schema"):  # pyarrow.Table
+        return {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
+    if hasattr(batch, "columns") and hasattr(batch, "to_numpy"):  # pandas.DataFrame
+        return {name: batch[name].to_numpy() for name in batch.columns}
+    raise TypeError(
+        f"DetectFaces: a batch must be a dict of arrays, a DataFrame or a Table, got {type(batch).__name__}"
+    )
+
+
+# ---------------------------------------------------------------- the command's pipeline
+
+
+def list_source(source: str) -> Tuple[List[str], object]:
+    """The image files under ``source`` (a folder, one file, or a URI Ray's readers take:
+    ``s3://``, ``gs://``, ``file://``) with an image extension, sorted, as the paths Ray
+    reports for them, and the pyarrow filesystem to read them with."""
+    import pyarrow.fs as pafs
+
+    if "://" in source:
+        filesystem, root = pafs.FileSystem.from_uri(source)
+    else:
+        filesystem, root = pafs.LocalFileSystem(), os.path.abspath(source)
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{source}: not found")
+    if info.type == pafs.FileType.File:
+        return [root], filesystem
+    entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = sorted(
+        entry.path
+        for entry in entries
+        if entry.type == pafs.FileType.File and entry.path.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not files:
+        raise ValueError(f"{source}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files, filesystem
+
+
+def done_paths(folder: str) -> Set[str]:
+    """The paths the Parquet files of ``folder`` already hold. A ``.parquet`` file that is
+    not ours (no :data:`SCHEMA_KEY` in its schema) or cannot be read is refused, naming
+    it: part files are written whole, so a broken one is not ours either."""
+    import pyarrow.parquet as pq
+
+    if not os.path.isdir(folder):
+        return set()
+    done: Set[str] = set()
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".parquet") or name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            metadata = pq.read_schema(path).metadata or {}
+            if SCHEMA_KEY not in metadata:
+                raise ValueError("not a results file of retinaface_ext")
+            done.update(pq.read_table(path, columns=["path"]).column("path").to_pylist())
+        except Exception as error:  # pyarrow raises its own kinds for broken files
+            raise ValueError(f"{path}: {error}; --parquet takes a folder of our results (or a new one)") from None
+    return done
+
+
+def write_part(folder: str, table, run: str, number: int) -> str:
+    """One part file written whole: to a hidden temporary file, then renamed."""
+    import pyarrow.parquet as pq
+
+    final = os.path.join(folder, f"part-{run}-{number:05d}.parquet")
+    temporary = os.path.join(folder, f".part-{run}-{number:05d}.parquet.tmp")
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, final)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return final
+
+
+def detect_to_parquet(
+    source: str,
+    out: str,
+    stage_options: dict,
+    batch_size: int = 8,
+    actors: int = 1,
+    actor_resources: Optional[dict] = None,
+    on_part: Optional[Callable[[str, int], None]] = None,
+) -> Tuple[int, int]:
+    """Every image under ``source`` not yet in ``out`` through :class:`DetectFaces`
+    (``stage_options``) on the Ray instance this process is connected to, the rows
+    written to ``out`` as part files of up to :data:`ROWS_PER_PART` rows, each whole.
+    Returns (images done now, images skipped as already in ``out``)."""
+    ray = import_ray()
+    files, filesystem = list_source(source)
+    done = done_paths(out)
+    todo = [path for path in files if path not in done]
+    if not todo:
+        return 0, len(files)
+    os.makedirs(out, exist_ok=True)
+    dataset = ray.data.read_binary_files(todo, include_paths=True, filesystem=filesystem)
+    dataset = dataset.map_batches(
+        DetectFaces,
+        fn_constructor_kwargs=dict(column="bytes", **stage_options),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        **(actor_resources or {}),
+    )
+    import pyarrow as pa
+
+    run, number, pending, written = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6], 0, [], 0
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        pending.append(batch)
+        if sum(len(table) for table in pending) >= ROWS_PER_PART:
+            written += _flush(out, pa.concat_tables(pending), run, number, on_part)
+            number, pending = number + 1, []
+    if pending:
+        written += _flush(out, pa.concat_tables(pending), run, number, on_part)
+    return written, len(files) - len(todo)
+
+
+def _flush(out, table, run, number, on_part) -> int:
+    path = write_part(out, table.cast(schema()), run, number)
+    if on_part is not None:
+        on_part(path, len(table))
+    return len(table)
