@@ -13,7 +13,7 @@ retinaface_ext`` never imports it, and neither does this module until a stage ru
 import os
 import time
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -77,7 +77,13 @@ class DetectFaces:
         path_column: the column naming each image (``include_paths=True`` gives ``path``);
             absent: rows have no path.
         threads: torch's CPU threads in each actor (Ray gives an actor one per CPU it asked
-            for); None leaves them.
+            for); None leaves them. Ray also starts the actor with ``OMP_NUM_THREADS`` set
+            to its CPUs, which costs more threads more than ``set_num_threads`` gives back
+            (53 against 70 images/s with 2 threads here): pass
+            ``runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}}`` to ``map_batches`` too.
+        reuse_freed_memory: an actor owns its process, so glibc is told to keep freed
+            blocks for reuse (:func:`~retinaface_ext.runtime.reuse_freed_memory`: no page
+            faults of fresh activations at every pass, as the ``retinaface`` command does).
         **detector_options: the :class:`~retinaface_ext.inference.Detector`'s (device,
             batch_size, settings or thresholds, target_size, max_size, scales, flip,
             merge, ...).
@@ -95,14 +101,18 @@ class DetectFaces:
         color: str = "rgb",
         path_column: str = "path",
         threads: Optional[int] = None,
+        reuse_freed_memory: bool = True,
         **detector_options,
     ):
         import torch
 
         from .inference import Detector
+        from .runtime import reuse_freed_memory as keep_freed_blocks
 
         if threads is not None:
             torch.set_num_threads(int(threads))
+        if reuse_freed_memory:
+            keep_freed_blocks()
         self.detector = Detector(weights, **detector_options)
         self.threshold, self.column, self.color, self.path_column = float(threshold), column, color, path_column
 
@@ -193,10 +203,11 @@ def _columns(batch) -> Dict[str, Sequence]:
 # ---------------------------------------------------------------- the command's pipeline
 
 
-def list_source(source: str) -> Tuple[List[str], object]:
-    """The image files under ``source`` (a folder, one file, or a URI Ray's readers take:
-    ``s3://``, ``gs://``, ``file://``) with an image extension, sorted, as the paths Ray
-    reports for them, and the pyarrow filesystem to read them with."""
+def list_source(source: str, recursive: bool = False) -> Tuple[List[str], object]:
+    """The image files in ``source`` (a folder, one file, or a URI Ray's readers take:
+    ``s3://``, ``gs://``, ``file://``; its sub-folders too when ``recursive``) with an image
+    extension, sorted, as the paths Ray reports for them, and the pyarrow filesystem to
+    read them with."""
     import pyarrow.fs as pafs
 
     if "://" in source:
@@ -208,7 +219,7 @@ def list_source(source: str) -> Tuple[List[str], object]:
         raise FileNotFoundError(f"{source}: not found")
     if info.type == pafs.FileType.File:
         return [root], filesystem
-    entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=recursive))
     files = sorted(
         entry.path
         for entry in entries
@@ -249,7 +260,7 @@ def write_part(folder: str, table, run: str, number: int) -> str:
     final = os.path.join(folder, f"part-{run}-{number:05d}.parquet")
     temporary = os.path.join(folder, f".part-{run}-{number:05d}.parquet.tmp")
     try:
-        pq.write_table(table, temporary)
+        pq.write_table(table.cast(schema()), temporary)
         os.replace(temporary, final)
     finally:
         if os.path.exists(temporary):
@@ -261,17 +272,17 @@ def detect_to_parquet(
     source: str,
     out: str,
     stage_options: dict,
+    recursive: bool = False,
     batch_size: int = 8,
     actors: int = 1,
     actor_resources: Optional[dict] = None,
-    on_part: Optional[Callable[[str, int], None]] = None,
 ) -> Tuple[int, int]:
-    """Every image under ``source`` not yet in ``out`` through :class:`DetectFaces`
+    """Every image in ``source`` (:func:`list_source`) not yet in ``out`` through :class:`DetectFaces`
     (``stage_options``) on the Ray instance this process is connected to, the rows
     written to ``out`` as part files of up to :data:`ROWS_PER_PART` rows, each whole.
     Returns (images done now, images skipped as already in ``out``)."""
     ray = import_ray()
-    files, filesystem = list_source(source)
+    files, filesystem = list_source(source, recursive)
     done = done_paths(out)
     todo = [path for path in files if path not in done]
     if not todo:
@@ -288,19 +299,14 @@ def detect_to_parquet(
     )
     import pyarrow as pa
 
-    run, number, pending, written = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6], 0, [], 0
+    run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    pending, parts, written = [], 0, 0
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         pending.append(batch)
         if sum(len(table) for table in pending) >= ROWS_PER_PART:
-            written += _flush(out, pa.concat_tables(pending), run, number, on_part)
-            number, pending = number + 1, []
+            write_part(out, pa.concat_tables(pending), run, parts)
+            written, parts, pending = written + sum(len(table) for table in pending), parts + 1, []
     if pending:
-        written += _flush(out, pa.concat_tables(pending), run, number, on_part)
+        write_part(out, pa.concat_tables(pending), run, parts)
+        written += sum(len(table) for table in pending)
     return written, len(files) - len(todo)
-
-
-def _flush(out, table, run, number, on_part) -> int:
-    path = write_part(out, table.cast(schema()), run, number)
-    if on_part is not None:
-        on_part(path, len(table))
-    return len(table)

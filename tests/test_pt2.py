@@ -227,6 +227,10 @@ def test_the_aoti_engine_equals_the_torch_engine(crowd, tmp_path, monkeypatch):
     assert len(cached) == 1 and cached[0].name.endswith("-cpu.pt2")
     again = Detector(str(cached[0]), device="cpu")  # the .pt2 file selects the engine
     assert again.engine.name == "aoti" and len(again.detect(crowd)) == len(aoti.detect(crowd))
+    levels = dict(scales=(0.8, 1.3), flip=True, merge="vote")  # levels of other sizes, passes of their own
+    merged = Detector(str(cached[0]), device="cpu", **levels).detect(images)
+    for a, b in zip(merged, Detector(WEIGHTS, device="cpu", **levels).detect(images)):
+        assert len(a) == len(b) and float((a.boxes - b.boxes).abs().max()) < 0.05
     with pytest.raises(ValueError, match="at least 33 x 33"):
         aoti.detect(crowd[:20, :20])
 

@@ -1,6 +1,8 @@
 """The Ray Data stage (retinaface_ext.ray) and `retinaface detect --ray --parquet`, on a local
 Ray instance that the tests start on 127.0.0.1 and stop."""
 
+import contextlib
+import signal
 import struct
 import subprocess
 import sys
@@ -13,23 +15,43 @@ import torch
 from cli_run import one_line_error, run_cli
 from shared_data import HAVE_SHARED, WEIGHTS
 
-pytestmark = [
-    pytest.mark.skipif(not HAVE_SHARED, reason="../shared missing"),
-    pytest.mark.timeout(600),
-]
+pytestmark = pytest.mark.skipif(not HAVE_SHARED, reason="../shared missing")
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """TimeoutError in this (the main) thread after ``seconds``: no Ray test waits forever."""
+
+    def stop(signum, frame):
+        raise TimeoutError(f"over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def bounded():
+    with deadline(300):
+        yield
 
 
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    with deadline(120):
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+        )
     try:
         yield ray
     finally:
@@ -146,7 +168,7 @@ def test_the_command_writes_parquet_and_a_rerun_skips_everything(ray_instance, f
     from retinaface_ext.ray import schema
 
     out = tmp_path / "faces"
-    command = ["detect", folder, "--ray", "--parquet", out, "--weights", WEIGHTS, "--device", "cpu"]
+    command = ["detect", folder, "--recursive", "--ray", "--parquet", out, "--weights", WEIGHTS, "--device", "cpu"]
     code, _, err = run_cli(capsys, *command, "--batch-size", "4")
     assert code == 0, err
     assert f"{out}: 14 images written, 0 already there" in err
@@ -172,7 +194,7 @@ def test_a_run_stopped_midway_then_rerun_does_every_image_once(ray_instance, fol
     import retinaface_ext.ray as stage
 
     out = tmp_path / "faces"
-    command = ["detect", folder, "--ray", "--parquet", out, "--weights", WEIGHTS, "--device", "cpu"]
+    command = ["detect", folder, "--recursive", "--ray", "--parquet", out, "--weights", WEIGHTS, "--device", "cpu"]
     monkeypatch.setattr(stage, "ROWS_PER_PART", 3)
     written = []
     real_write_part = stage.write_part

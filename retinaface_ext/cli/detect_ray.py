@@ -64,6 +64,8 @@ def command_detect_ray(args) -> int:
         threads=os.cpu_count() if local else None,
     )
     resources = {"num_gpus": 1} if args.device and args.device.startswith("cuda") else {}
+    if local:  # Ray starts an actor with OMP_NUM_THREADS=1, which set_num_threads does not undo in full
+        resources["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(os.cpu_count())}}
     started = not ray.is_initialized()
     if started:
         if local:  # on this machine only, listening on the loopback
@@ -72,7 +74,7 @@ def command_detect_ray(args) -> int:
             ray.init(address=args.ray, configure_logging=False)
     try:
         written, skipped = detect_to_parquet(
-            args.input, args.parquet, stage, args.batch_size, args.actors, resources, on_part=None
+            args.input, args.parquet, stage, args.recursive, args.batch_size, args.actors, resources
         )
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from None
