@@ -110,3 +110,16 @@ def test_only_regular_files_are_read(detector, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="gone.jpg .a link to a missing file."):
         detector.detect(str(tmp_path / "gone.jpg"))
     assert time.monotonic() - started < 30
+
+
+def test_encoded_bytes_are_decoded_as_files_are_read_with_the_same_checks(detector, tmp_path):
+    """Detector.decode_image: what the Ray stage does with read_binary_files' bytes."""
+    data = CROWD.read_bytes()
+    assert np.array_equal(detector.decode_image(data, "crowd"), detector.read_image(CROWD))
+    radiance = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n" + bytes(64)
+    with pytest.raises(ValueError, match="^s3://b/x.hdr: 12000x12000 pixels is more than this detector takes"):
+        detector.decode_image(radiance, "s3://b/x.hdr")
+    with pytest.raises(ValueError, match=r"^cannot decode image: junk \(not an image format whose size"):
+        detector.decode_image(b"no image here", "junk")
+    with pytest.raises(ValueError, match=r"^cannot decode image: cut.jpg \(not an image format"):
+        detector.decode_image(data[:200], "cut.jpg")  # its size is further in than the cut
