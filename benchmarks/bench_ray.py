@@ -29,13 +29,9 @@ pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reaso
 def ray_instance():
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
+    from retinaface_ext.ray import start_local
+
+    start_local(num_cpus=os.cpu_count(), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray

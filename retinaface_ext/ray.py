@@ -61,6 +61,24 @@ def import_ray():
     return ray
 
 
+def start_local(**options):
+    """``ray.init`` of a Ray instance for this machine: node address 127.0.0.1, no dashboard
+    (Ray 2.60's servers still listen on every interface, behind the token authentication it
+    turns on by default; no option of its narrows them). Ray puts the driver's current
+    folder first on its workers' ``sys.path``; a source checkout of this package there (one
+    without its compiled kernels) would shadow the installed one, so Ray is started from the
+    folder this package is imported from: the workers import the package the driver runs.
+    ``options`` go to ``ray.init``."""
+    ray = import_ray()
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        ray.init(include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1", **options)
+    finally:
+        os.chdir(here)
+    return ray
+
+
 class DetectFaces:
     """A Ray Data stage: ``dataset.map_batches(DetectFaces, fn_constructor_kwargs={...},
     batch_size=..., concurrency=...)``.

@@ -1,5 +1,6 @@
 """The Ray Data stage (retinaface_ext.ray) and `retinaface detect --ray --parquet`, on a local
-Ray instance that the tests start on 127.0.0.1 and stop."""
+Ray instance that the tests start (node address 127.0.0.1, no dashboard; Ray's servers
+take every interface, behind its token authentication) and stop; each test under a deadline."""
 
 import contextlib
 import signal
@@ -44,14 +45,10 @@ def bounded():
 def ray_instance():
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    from retinaface_ext.ray import start_local
+
     with deadline(120):
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-        )
+        start_local(num_cpus=2, log_to_driver=False)
     try:
         yield ray
     finally:

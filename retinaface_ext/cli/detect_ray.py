@@ -21,7 +21,7 @@ NOT_WITH_RAY = {
 
 def command_detect_ray(args) -> int:
     from ..models import weights as published
-    from ..ray import ROWS_PER_PART, detect_to_parquet, done_paths, import_ray
+    from ..ray import ROWS_PER_PART, detect_to_parquet, done_paths, import_ray, start_local
 
     if args.ray is None:
         raise UserError("--parquet is written by a Ray run: add --ray (a local instance) or --ray ADDRESS")
@@ -68,8 +68,8 @@ def command_detect_ray(args) -> int:
         resources["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(os.cpu_count())}}
     started = not ray.is_initialized()
     if started:
-        if local:  # on this machine only, listening on the loopback
-            ray.init(include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
+        if local:
+            start_local()
         else:
             ray.init(address=args.ray, configure_logging=False)
     try:
