@@ -12,6 +12,7 @@ from shared_data import HAVE_SHARED, SHARED, WEIGHTS
 from retinaface_ext import Detector
 from retinaface_ext.inference.detections import Detections
 from retinaface_ext.inference.levels import (
+    AUTO_SMALL,
     FACE_SIZES,
     MIRRORED_LANDMARKS,
     Level,
@@ -91,7 +92,7 @@ def test_auto_looks_again_only_where_the_first_look_found_small_faces():
     assert AUTO_BELOW < 0.1 and auto_levels([first], unsure, 1.0, (400, 600), 10**8)[1] == []
     crowd = faces_of([square(100, 100, 80), square(50, 300, 10), square(500, 320, 12)], [0.9, 0.5, 0.3])
     sized, (second,) = auto_levels([first], crowd, 1.0, (400, 600), 10**8)
-    margin = FACE_SIZES[0]
+    margin = AUTO_SMALL
     assert second.crop == (50 - margin, 300 - margin, 512 + margin, 332 + margin)
     assert second.scale == 2.5 and second.region == (
         50 - margin / 2,
@@ -99,7 +100,7 @@ def test_auto_looks_again_only_where_the_first_look_found_small_faces():
         512 + margin / 2,
         332 + margin / 2,
     )
-    assert sized[0].sized_in == second.region and sized[0].sizes[0] == FACE_SIZES[0]
+    assert sized[0].sized_in == second.region and sized[0].sizes[0] == AUTO_SMALL
     # The second look never exceeds the pixel budget: it enlarges less instead.
     crop_pixels = (second.crop[2] - second.crop[0]) * (second.crop[3] - second.crop[1])
     (capped,) = auto_levels([first], crowd, 1.0, (400, 600), 4 * crop_pixels)[1]

@@ -27,14 +27,17 @@ MERGES = ("nms", "vote")
 #: The face sizes a level keeps, in its own network pixels (the square root of the box's
 #: area): at least the first, unless no level enlarges more; at most the second, unless no
 #: level enlarges less. Chosen on the five WIDER FACE val photos of ../shared (176 faces):
-#: 24 px was the best lower bound, or within 0.002 AP of it, for the pairs and triples of
-#: scales tried (scales 1 and 2.5, voting: 16 / 24 / 32 / none gave 0.916 / 0.914 / 0.912 /
-#: 0.899). 160 is reasoned, not measured (no large face there): a face
-#: that large at a level that has a smaller one is seen whole by the smaller level.
-FACE_SIZES = (24.0, 160.0)
+#: with 28 px no added level lowered AP there (24 left scales 0.5, 1, 1.5, 2 at 0.885 against
+#: 2x alone at 0.886; 28 gave 0.886); for scales 1 and 2.5 with voting, 16 / 24 / 28 / 32 /
+#: none gave 0.916 / 0.914 / 0.914 / 0.912 / 0.899. 160 is reasoned, not measured (no large
+#: face there): a face that large at a level that has a smaller one is seen whole by the
+#: smaller level.
+FACE_SIZES = (28.0, 160.0)
 #: scales="auto": the faces of the first look with at least this score that are smaller
-#: than FACE_SIZES[0] there mark the region looked at again.
+#: than AUTO_SMALL network pixels there mark the region looked at again, where the first
+#: look keeps only its faces of AUTO_SMALL or more (24: 0.904 AP on those photos, 28: 0.901).
 AUTO_SCORE = 0.1
+AUTO_SMALL = 24.0
 #: scales="auto": how much the second look enlarges its region (less when the pixel budget
 #: says so).
 AUTO_SCALE = 2.5
@@ -127,11 +130,11 @@ def auto_levels(
     """scales="auto": from the faces the first look found (``faces``, the unmirrored first
     level's, in the image's pixels; ``factor`` the detector's resize), the first levels
     with their size filter and the second look's levels (none when it found no small face).
-    The second look sees the smallest region (a margin of FACE_SIZES[0] network pixels
+    The second look sees the smallest region (a margin of AUTO_SMALL network pixels
     around them) holding the small faces, enlarged AUTO_SCALE times or as much as
     ``max_pixels`` allows; it keeps the faces centred where the first look's small faces
     were (the margin halved), where the first look keeps only its larger faces."""
-    low = FACE_SIZES[0]
+    low = AUTO_SMALL
     boxes = faces.boxes.detach().double().cpu()
     size = (boxes[:, 2] - boxes[:, 0]).clamp(min=0).mul((boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt() * factor
     small = (faces.scores.detach().cpu() >= AUTO_SCORE) & (size < low)
