@@ -213,5 +213,7 @@ def test_the_levels_find_the_small_faces_of_the_val_photos():
     with_original = average_precision_on_the_val_photos(scales=(1.0, 2.1))
     assert original == pytest.approx(0.781, abs=0.002) and enlarged == pytest.approx(0.899, abs=0.002)
     assert with_original >= enlarged  # a level with its face sizes adds what it sees well and no more
+    twice = average_precision_on_the_val_photos(scales=(2.0,))
+    assert average_precision_on_the_val_photos(scales=(0.5, 1.0, 1.5, 2.0)) >= twice
     assert average_precision_on_the_val_photos(scales=(1.0, 2.5), merge="vote") >= 0.90
     assert average_precision_on_the_val_photos(scales="auto") >= enlarged
