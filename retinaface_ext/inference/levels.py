@@ -27,11 +27,11 @@ MERGES = ("nms", "vote")
 #: The face sizes a level keeps, in its own network pixels (the square root of the box's
 #: area): at least the first, unless no level enlarges more; at most the second, unless no
 #: level enlarges less. Chosen on the five WIDER FACE val photos of ../shared (176 faces):
-#: with 28 px no added level lowered AP there (24 left scales 0.5, 1, 1.5, 2 at 0.885 against
-#: 2x alone at 0.886; 28 gave 0.886); for scales 1 and 2.5 with voting, 16 / 24 / 28 / 32 /
-#: none gave 0.916 / 0.914 / 0.914 / 0.912 / 0.899. 160 is reasoned, not measured (no large
-#: face there): a face that large at a level that has a smaller one is seen whole by the
-#: smaller level.
+#: with 28 px added levels cost least there (scales 0.5, 1, 1.5, 2: 0.8861 against 0.8863
+#: for 2x alone; 24 gave 0.885, 30 to 36 no better); for scales 1 and 2.5 with voting,
+#: 16 / 24 / 28 / 32 / none gave 0.916 / 0.914 / 0.914 / 0.912 / 0.899. 160 is reasoned, not
+#: measured (no large face there): a face that large at a level that has a smaller one is
+#: seen whole by the smaller level.
 FACE_SIZES = (28.0, 160.0)
 #: scales="auto": the faces of the first look with at least this score that are smaller
 #: than AUTO_SMALL network pixels there mark the region looked at again, where the first
