@@ -131,6 +131,23 @@ def test_the_stage_on_encoded_files_detects_each_image_once_and_errors_are_rows(
     assert ray_instance.get(table[0]).schema.equals(schema())
 
 
+def test_the_stage_decoding_ahead_as_on_a_gpu_gives_the_same_rows(folder, monkeypatch):
+    """Called directly (no Ray): decoding in a thread ahead of the network, as with a GPU,
+    changes nothing in the rows; a batch that is a dict of arrays is taken as Ray gives it."""
+    from retinaface_ext.ray import DetectFaces
+
+    files = sorted(folder.rglob("*.*"))
+    batch = {
+        "bytes": np.array([p.read_bytes() for p in files], dtype=object),
+        "path": np.array([str(p) for p in files]),
+    }
+    stage = DetectFaces(str(WEIGHTS), device="cpu", batch_size=3, reuse_freed_memory=False)
+    inline = stage(batch).to_pylist()
+    monkeypatch.setattr(DetectFaces, "_decodes_ahead", lambda self: True)
+    assert stage(batch).to_pylist() == inline
+    assert_rows_are_the_detectors(inline, folder)
+
+
 def test_the_stage_on_decoded_images_of_mixed_sizes(ray_instance, folder):
     """read_images decodes (RGB, with PIL) into a column of arrays of different sizes."""
     from PIL import Image
@@ -193,6 +210,7 @@ def test_a_run_stopped_midway_then_rerun_does_every_image_once(ray_instance, fol
     out = tmp_path / "faces"
     command = ["detect", folder, "--recursive", "--ray", "--parquet", out, "--weights", WEIGHTS, "--device", "cpu"]
     monkeypatch.setattr(stage, "ROWS_PER_PART", 3)
+    monkeypatch.setattr(stage, "images_per_call", lambda batch_size: batch_size)
     written = []
     real_write_part = stage.write_part
 
@@ -207,7 +225,7 @@ def test_a_run_stopped_midway_then_rerun_does_every_image_once(ray_instance, fol
     assert code != 0 and len(read_results(out)[0]) >= 6
     assert not list(out.glob(".*.tmp"))
     monkeypatch.setattr(stage, "write_part", real_write_part)
-    code, _, err = run_cli(capsys, *command)
+    code, _, err = run_cli(capsys, *command, "--actors", "2")  # as many actors as cores: reading goes on
     assert code == 0, err
     rows, _ = read_results(out)
     assert_rows_are_the_detectors(rows, folder)
