@@ -1,11 +1,12 @@
 """Images per second through the Ray Data stage (``retinaface detect DIR --ray --parquet``,
 on a local Ray instance started once, outside the timing) against the plain folder run
-(``retinaface detect DIR --jsonl``) on the same 640 JPEG images of 640x480, one command per
+(``retinaface detect DIR --jsonl``) on the same JPEG images of 640x480, one command per
 round, both with ``--batch-size 8``: what the engine costs on one machine. A Ray run pays a
-fixed start (its actor: a Python process importing torch, the Detector built; about 2.6 s
-on 2 cores), so fewer images would measure mostly that.
+fixed start (its actor: a Python process importing torch and Ray Data, the Detector built;
+about 4 s on 2 cores), so two folder sizes are timed: the difference between them is the
+time per image once running.
 
-    pytest --benchmark benchmarks/bench_ray.py
+    pytest --benchmark benchmarks/bench_ray.py -s
 """
 
 import itertools
@@ -21,7 +22,7 @@ from retinaface_ext import cli
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
 CROWD = SHARED / "images" / "widerface_crowd.jpg"
-IMAGES = 640
+SIZES = (640, 2560)
 pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and CROWD.exists()), reason="../shared missing")
 
 
@@ -40,29 +41,34 @@ def ray_instance():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
+def folders(tmp_path_factory):
+    """A folder of each size in SIZES: the crowd photo shifted by 13 px more each time."""
     image = cv2.resize(cv2.imread(str(CROWD)), (640, 480))
-    for i in range(IMAGES):
-        cv2.imwrite(str(root / f"{i:03d}.jpg"), np.ascontiguousarray(np.roll(image, 13 * i, axis=1)))
-    return root
+    roots = {}
+    for size in SIZES:
+        roots[size] = tmp_path_factory.mktemp(f"images{size}")
+        for i in range(size):
+            shifted = np.ascontiguousarray(np.roll(image, 13 * i, axis=1))
+            cv2.imwrite(str(roots[size] / f"{i:04d}.jpg"), shifted)
+    return roots
 
 
+@pytest.mark.parametrize("images", SIZES)
 @pytest.mark.parametrize("how", ["jsonl", "ray"])
-def bench_folder_run(benchmark, request, folder, tmp_path, how):
+def bench_folder_run(benchmark, request, folders, tmp_path, how, images):
     if how == "ray":
         request.getfixturevalue("ray_instance")
-    benchmark.group = f"detect a folder of {IMAGES} images of 640x480, cpu, one command per round"
+    benchmark.group = f"detect a folder of {images} images of 640x480, cpu, one command per round"
     runs = itertools.count()
 
     def run():
         target = tmp_path / f"{how}{next(runs)}"
         output = ["--ray", "--parquet", target] if how == "ray" else ["--jsonl", f"{target}.jsonl"]
-        argv = ["detect", folder, "--weights", WEIGHTS, "--device", "cpu", "--batch-size", "8", *output]
+        argv = ["detect", folders[images], "--weights", WEIGHTS, "--device", "cpu", "--batch-size", "8", *output]
         assert cli.main([str(a) for a in argv]) == 0
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
     if benchmark.stats:
-        per_second = IMAGES / benchmark.stats.stats.median
+        per_second = images / benchmark.stats.stats.median
         benchmark.extra_info["images_per_second"] = per_second
-        print(f"\n{how}: {per_second:.1f} images/s")
+        print(f"\n{how}, {images} images: {per_second:.1f} images/s")
