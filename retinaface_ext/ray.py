@@ -98,9 +98,10 @@ class DetectFaces:
             absent: rows have no path.
         threads: torch's CPU threads in each actor (Ray gives an actor one per CPU it asked
             for); None leaves them. Ray also starts the actor with ``OMP_NUM_THREADS`` set
-            to its CPUs, which costs more threads more than ``set_num_threads`` gives back
-            (53 against 70 images/s with 2 threads here): pass
-            ``runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}}`` to ``map_batches`` too.
+            to its CPUs; with the calls in Ray Data's second thread (see
+            :func:`actor_pool`) that cost more than ``set_num_threads`` gives back (53
+            against 70 images/s with 2 threads here), so pass ``runtime_env={"env_vars":
+            {"OMP_NUM_THREADS": "2"}}`` to ``map_batches`` too.
         reuse_freed_memory: an actor owns its process, so glibc is told to keep freed
             blocks for reuse (:func:`~retinaface_ext.runtime.reuse_freed_memory`: no page
             faults of fresh activations at every pass, as the ``retinaface`` command does).

@@ -94,9 +94,8 @@ def local_threads(actors: int) -> int:
 def local_actor_resources(actors: int) -> dict:
     """What each actor asks of a local instance: the cores but one shared out (that one
     is left to Ray's reading tasks, which ask a whole CPU: actors holding every core would
-    leave the reads waiting for ever), and ``OMP_NUM_THREADS`` set to its threads: Ray sets
-    it to the CPUs asked, rounded down to at least 1, and ``torch.set_num_threads`` on top
-    of 1 gave 53 images/s where 2 from the start gave 70 (2 cores)."""
+    leave the reads waiting for ever), and ``OMP_NUM_THREADS`` set to its threads (Ray sets
+    the CPUs asked, at least 1; see :class:`~retinaface_ext.ray.DetectFaces`'s ``threads``)."""
     cpus = os.cpu_count() or 1
     return {
         "num_cpus": max(cpus - 1, 0) / actors,
